@@ -1,0 +1,166 @@
+//! `mimo`: the one binary of the MiMo system. Results go to stdout, logs to stderr; exit code 0 on success,
+//! 1 when the job failed, 2 on bad usage or bad input.
+
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand, ValueEnum};
+use mimo_model::{MimoModel, ModelError};
+
+#[derive(Parser)]
+#[command(name = "mimo", version, about = "MiMo reasoning models in Rust: inference, training, RL, evaluation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a checkpoint's architecture, parameter counts, dtypes and unused tensors.
+    Inspect {
+        /// HF model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Teacher-forced forward over token ids; prints {"logits": [[..]], "mtp_logits": [[[..]]]} as JSON.
+    Forward {
+        /// HF model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated token ids, e.g. 3,14,15,92.
+        #[arg(long)]
+        ids: String,
+        /// Weight and activation dtype.
+        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+        dtype: DtypeArg,
+        /// Device to run on.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
+}
+
+/// Compute dtypes offered on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DtypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        }
+    }
+}
+
+/// Devices offered on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+fn device(arg: DeviceArg) -> Result<Device> {
+    match arg {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => Device::new_cuda(0).context("cannot open CUDA device 0 (was mimo built with --features cuda?)"),
+    }
+}
+
+/// A usage problem found after argument parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn parse_ids(s: &str) -> Result<Vec<u32>, UsageError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| UsageError(format!("--ids: {t:?} is not a token id")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| {
+            if v.is_empty() {
+                Err(UsageError("--ids: no token ids given".into()))
+            } else {
+                Ok(v)
+            }
+        })
+}
+
+fn rows_json(t: &candle_core::Tensor) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(t.to_dtype(DType::F32)?.to_vec2::<f32>()?)?)
+}
+
+fn forward(model_dir: &std::path::Path, ids: &str, dtype: DtypeArg, dev: DeviceArg) -> Result<()> {
+    let ids = parse_ids(ids)?;
+    let model = MimoModel::from_dir(model_dir, dtype.dtype(), &device(dev)?)?;
+    let (logits, mtp) = model.forward_teacher_forced(&ids)?;
+    let mtp = mtp.iter().map(rows_json).collect::<Result<Vec<_>>>()?;
+    let out = serde_json::json!({ "logits": rows_json(&logits)?, "mtp_logits": mtp });
+    write_stdout(&out.to_string())
+}
+
+/// Writes one line to stdout; a closed pipe is an error, not a panic.
+pub fn write_stdout(line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Inspect { model, json } => inspect::run(&model, json),
+        Cmd::Forward {
+            model,
+            ids,
+            dtype,
+            device,
+        } => forward(&model, &ids, dtype, device),
+    }
+}
+
+/// Exit code for an error: 2 for bad input (usage, malformed files), 1 for a failed job.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<UsageError>() {
+            return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<ModelError>() {
+            return if matches!(e, ModelError::Candle(_)) { 1 } else { 2 };
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The MiMo model for inference (candle): a Qwen2 decoder plus `num_nextn_predict_layers` MTP layers
+//! (spec §1.2–1.4, §7). With zero MTP layers this is exactly Qwen2 (or Llama without q/k/v bias).
+//!
+//! Shapes: `b` batch, `t` new positions, `T` cached + new positions, `H` hidden size, `V` vocab.
+//! Every forward is per position: the engine needs all positions' logits to verify MTP drafts.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Linear};
+
+use crate::cache::KvCache;
+use crate::config::{ModelConfig, MtpHidden};
+use crate::error::{ModelError, Result};
+use crate::weights::{expected_tensors, TensorSpec, WeightStore};
+
+/// An RMSNorm weight (`y = w ⊙ x / sqrt(mean(x²) + eps)`), computed in f32 inside candle's fused kernel.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+    }
+}
+
+/// Rotary position embedding, "rotate-half" layout, tables and rotation in f32 (spec §1.2).
+#[derive(Debug, Clone)]
+struct Rope {
+    /// θ^(−2i/d) for i in 0..d/2, computed in f32 as transformers does.
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig) -> Self {
+        let d = cfg.head_dim;
+        let base = cfg.rope_theta as f32;
+        let inv_freq = (0..d)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / d as f32))
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// cos/sin tables `[t, d/2]` for positions `start..start+t`.
+    fn tables(&self, start: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut freqs = Vec::with_capacity(t * half);
+        for p in start..start + t {
+            freqs.extend(self.inv_freq.iter().map(|f| p as f32 * f));
+        }
+        let freqs = Tensor::from_vec(freqs, (t, half), device)?;
+        Ok((freqs.cos()?, freqs.sin()?))
+    }
+
+    /// Rotates `x` (`[b, heads, t, d]`) in f32 and returns it in f32.
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?)
+    }
+}
+
+/// Grouped-query self-attention with optional q/k/v bias and no o_proj bias.
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Expands `[b, kv, T, d]` to `[b, kv * n_rep, T, d]` so that query head `i` reads KV head `i / n_rep`.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))?)
+}
+
+/// Additive causal mask `[t, T]` for `t` new positions after `start` cached ones.
+fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let total = start + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, total), device)?)
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        (cos, sin): (&Tensor, &Tensor),
+        start_pos: usize,
+        cache_layer: usize,
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let dtype = x.dtype();
+        let split = |y: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?)
+        };
+        let q = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let q = rope.apply(&q, cos, sin)?;
+        let k = rope.apply(&k, cos, sin)?.to_dtype(dtype)?;
+        let v = v.contiguous()?;
+        let (k, v) = cache.update(cache_layer, start_pos, &k, &v)?;
+        // Scores, softmax and the weighted sum in f32 whatever the weight dtype.
+        let n_rep = self.n_heads / self.n_kv_heads;
+        let k = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
+        let v = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if t > 1 {
+            scores = scores.broadcast_add(&causal_mask(start_pos, t, x.device())?)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.to_dtype(dtype)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate x) ⊙ up x)`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        Ok(self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)?)
+    }
+}
+
+/// One pre-norm Qwen2 decoder layer.
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+    cache_layer: usize,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        tables: (&Tensor, &Tensor),
+        start_pos: usize,
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let a = self.input_layernorm.forward(x)?;
+        let a = self
+            .self_attn
+            .forward(&a, rope, tables, start_pos, self.cache_layer, cache)?;
+        let x = (x + a)?;
+        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        Ok((x + m)?)
+    }
+}
+
+/// One MTP layer (spec §1.3): norms of the hidden state and of the next token's embedding, `input_proj` over
+/// `concat[hidden, embedding]`, one decoder layer with its own KV cache, and `final_layernorm` before the shared
+/// `lm_head`.
+#[derive(Debug, Clone)]
+struct MtpLayer {
+    token_layernorm: RmsNorm,
+    hidden_layernorm: RmsNorm,
+    input_proj: Linear,
+    block: DecoderLayer,
+    final_layernorm: RmsNorm,
+}
+
+/// Output of the main model over `t` positions.
+#[derive(Debug, Clone)]
+pub struct MainOutput {
+    /// Logits `[b, t, V]` in f32.
+    pub logits: Tensor,
+    /// The last decoder layer's output before `model.norm`, `[b, t, H]` in the weight dtype.
+    pub hidden: Tensor,
+}
+
+/// Output of one MTP layer over `t` draft rows.
+#[derive(Debug, Clone)]
+pub struct MtpOutput {
+    /// Draft logits `[b, t, V]` in f32.
+    pub logits: Tensor,
+    /// The MTP block's output before `final_layernorm`, `[b, t, H]`.
+    pub hidden: Tensor,
+}
+
+/// The MiMo model: Qwen2 decoder + MTP layers sharing `embed_tokens` and `lm_head`.
+#[derive(Debug, Clone)]
+pub struct MimoModel {
+    cfg: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    mtp_layers: Vec<MtpLayer>,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+/// Builds the modules of the model from a weight store, one tensor at a time.
+struct Loader<'a> {
+    store: &'a WeightStore,
+    cfg: &'a ModelConfig,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.store.get(name, shape, self.dtype, self.device)
+    }
+
+    fn norm(&self, name: &str) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.tensor(&format!("{name}.weight"), &[self.cfg.hidden_size])?,
+            eps: self.cfg.rms_norm_eps as f32,
+        })
+    }
+
+    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self.tensor(&format!("{name}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(self.tensor(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(w, b))
+    }
+
+    fn decoder_layer(&self, prefix: &str, cache_layer: usize) -> Result<DecoderLayer> {
+        let c = self.cfg;
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let q = c.num_attention_heads * c.head_dim;
+        let kv = c.num_key_value_heads * c.head_dim;
+        let a = format!("{prefix}.self_attn");
+        let m = format!("{prefix}.mlp");
+        Ok(DecoderLayer {
+            input_layernorm: self.norm(&format!("{prefix}.input_layernorm"))?,
+            self_attn: Attention {
+                q_proj: self.linear(&format!("{a}.q_proj"), q, h, c.qkv_bias)?,
+                k_proj: self.linear(&format!("{a}.k_proj"), kv, h, c.qkv_bias)?,
+                v_proj: self.linear(&format!("{a}.v_proj"), kv, h, c.qkv_bias)?,
+                o_proj: self.linear(&format!("{a}.o_proj"), h, q, false)?,
+                n_heads: c.num_attention_heads,
+                n_kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            },
+            post_attention_layernorm: self.norm(&format!("{prefix}.post_attention_layernorm"))?,
+            mlp: Mlp {
+                gate_proj: self.linear(&format!("{m}.gate_proj"), i, h, false)?,
+                up_proj: self.linear(&format!("{m}.up_proj"), i, h, false)?,
+                down_proj: self.linear(&format!("{m}.down_proj"), h, i, false)?,
+            },
+            cache_layer,
+        })
+    }
+
+    fn mtp_layer(&self, k: usize) -> Result<MtpLayer> {
+        let p = format!("model.mtp_layers.{k}");
+        let h = self.cfg.hidden_size;
+        Ok(MtpLayer {
+            token_layernorm: self.norm(&format!("{p}.token_layernorm"))?,
+            hidden_layernorm: self.norm(&format!("{p}.hidden_layernorm"))?,
+            input_proj: self.linear(&format!("{p}.input_proj"), h, 2 * h, false)?,
+            block: self.decoder_layer(&p, self.cfg.mtp_cache_layer(k))?,
+            final_layernorm: self.norm(&format!("{p}.final_layernorm"))?,
+        })
+    }
+}
+
+impl MimoModel {
+    /// Loads the model from an opened weight store. Every required tensor is checked (presence, shape, dtype)
+    /// before any is read, so a bad checkpoint fails fast with the tensor's name.
+    pub fn load(store: &WeightStore, cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(ModelError::Input(format!(
+                "unsupported compute dtype {dtype:?} (use f32, bf16 or f16)"
+            )));
+        }
+        store.check_all(&expected_tensors(cfg))?;
+        let ld = Loader {
+            store,
+            cfg,
+            dtype,
+            device,
+        };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let embed = ld.tensor("model.embed_tokens.weight", &[v, h])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed.clone(), None)
+        } else {
+            ld.linear("lm_head", v, h, false)?
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| ld.decoder_layer(&format!("model.layers.{l}"), l))
+            .collect::<Result<Vec<_>>>()?;
+        let mtp_layers = (0..cfg.num_nextn_predict_layers)
+            .map(|k| ld.mtp_layer(k))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens: Embedding::new(embed, h),
+            layers,
+            norm: ld.norm("model.norm")?,
+            lm_head,
+            mtp_layers,
+            rope: Rope::new(cfg),
+            dtype,
+            device: device.clone(),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Opens `dir` (config + weights) and loads the model.
+    pub fn from_dir(dir: &std::path::Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let store = WeightStore::open(dir)?;
+        Self::load(&store, &cfg, dtype, device)
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The weight and activation dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of MTP layers.
+    pub fn num_mtp_layers(&self) -> usize {
+        self.mtp_layers.len()
+    }
+
+    fn check_ids(&self, ids: &Tensor) -> Result<()> {
+        let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.vocab_size {
+            return Err(ModelError::Input(format!(
+                "token id {max} is out of range for vocab_size {}",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Token embeddings `[b, t, H]` from the shared `model.embed_tokens`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        Ok(self.embed_tokens.forward(ids)?)
+    }
+
+    /// `lm_head · x` in f32 (the input is already normalised).
+    pub fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(x)?.to_dtype(DType::F32)?)
+    }
+
+    /// The main model over `ids` (`[b, t]`, u32) at positions `start_pos..start_pos+t`, using and extending
+    /// `cache`. Returns per-position logits and the pre-norm hidden states.
+    pub fn forward(&self, ids: &Tensor, start_pos: usize, cache: &mut dyn KvCache) -> Result<MainOutput> {
+        let (_, t) = ids.dims2()?;
+        let (cos, sin) = self.rope.tables(start_pos, t, &self.device)?;
+        let mut x = self.embed(ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &self.rope, (&cos, &sin), start_pos, cache)?;
+        }
+        let logits = self.lm_head(&self.norm.forward(&x)?)?;
+        Ok(MainOutput { logits, hidden: x })
+    }
+
+    /// The hidden state the MTP layers read, per `mtp_hidden` (spec §7.1): the pre-norm residual stream by
+    /// default, or `model.norm` of it.
+    pub fn mtp_input_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self.cfg.mtp_hidden {
+            MtpHidden::PreNorm => Ok(hidden.clone()),
+            MtpHidden::PostNorm => self.norm.forward(hidden),
+        }
+    }
+
+    /// MTP layer `k` over draft rows: row `i` pairs `hidden[:, i]` (the main model's state at position
+    /// `start_pos + i`) with the embedding of `next_ids[:, i]` (the token one step ahead), runs at RoPE position
+    /// `start_pos + i` and predicts the token after `next_ids[:, i]` (spec §7.2–7.3). `hidden` is the output of
+    /// [`MimoModel::mtp_input_hidden`]. Uses the cache layer `num_hidden_layers + k`.
+    pub fn mtp_layer(
+        &self,
+        k: usize,
+        hidden: &Tensor,
+        next_ids: &Tensor,
+        start_pos: usize,
+        cache: &mut dyn KvCache,
+    ) -> Result<MtpOutput> {
+        let layer = self.mtp_layers.get(k).ok_or_else(|| {
+            ModelError::Input(format!(
+                "MTP layer {k} requested, the model has {}",
+                self.mtp_layers.len()
+            ))
+        })?;
+        let (_, t) = next_ids.dims2()?;
+        let mut e = self.embed(next_ids)?;
+        if self.cfg.mtp_zero_pos0_embedding && start_pos == 0 {
+            // vLLM's convention: the row at position 0 sees a zero token embedding.
+            let mask: Vec<f32> = (0..t).map(|i| if i == 0 { 0.0 } else { 1.0 }).collect();
+            let mask = Tensor::from_vec(mask, (1, t, 1), &self.device)?.to_dtype(e.dtype())?;
+            e = e.broadcast_mul(&mask)?;
+        }
+        let e = layer.token_layernorm.forward(&e)?;
+        let h = layer.hidden_layernorm.forward(hidden)?;
+        let u = layer.input_proj.forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
+        let (cos, sin) = self.rope.tables(start_pos, t, &self.device)?;
+        let u = layer
+            .block
+            .forward(&u, &self.rope, (&cos, &sin), start_pos, cache)?;
+        let logits = self.lm_head(&layer.final_layernorm.forward(&u)?)?;
+        Ok(MtpOutput { logits, hidden: u })
+    }
+
+    /// Teacher-forced forward of one sequence with a fresh cache, as `mimo forward` prints it: main logits
+    /// `[n, V]` and, for each MTP layer `k`, logits `[n-1-k, V]` where row `p` uses `h_p` and token `x_{p+1+k}`
+    /// to predict `x_{p+2+k}` (spec §7.2).
+    pub fn forward_teacher_forced(&self, ids: &[u32]) -> Result<(Tensor, Vec<Tensor>)> {
+        if ids.is_empty() {
+            return Err(ModelError::Input("no input ids".into()));
+        }
+        let n = ids.len();
+        let mut cache = crate::cache::ContiguousKvCache::new(self.cfg.num_cache_layers());
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let main = self.forward(&input, 0, &mut cache)?;
+        let hidden = self.mtp_input_hidden(&main.hidden)?;
+        let mut mtp = Vec::with_capacity(self.mtp_layers.len());
+        for k in 0..self.mtp_layers.len() {
+            let rows = n.saturating_sub(1 + k);
+            if rows == 0 {
+                mtp.push(Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device)?);
+                continue;
+            }
+            let h = hidden.narrow(1, 0, rows)?;
+            let next = input.narrow(1, 1 + k, rows)?;
+            let out = self.mtp_layer(k, &h, &next, 0, &mut cache)?;
+            mtp.push(out.logits.squeeze(0)?);
+        }
+        Ok((main.logits.squeeze(0)?, mtp))
+    }
+}
+
+/// Parameter counts of a config: (main model, MTP layers).
+pub fn parameter_counts(cfg: &ModelConfig) -> (usize, usize) {
+    let specs: Vec<TensorSpec> = expected_tensors(cfg);
+    let mtp = specs.iter().filter(|s| s.is_mtp()).map(TensorSpec::numel).sum();
+    let main = specs.iter().filter(|s| !s.is_mtp()).map(TensorSpec::numel).sum();
+    (main, mtp)
+}
