@@ -8,7 +8,7 @@ shared lm_head. Reference logits follow the row alignment of §7.2: MTP layer k 
 at RoPE position p and predicts x_{p+2+k}.
 
     python tools/make_fixtures.py                       # rewrite the committed fixtures under fixtures/
-    python tools/make_fixtures.py --random SEED --out D # one unseen checkpoint with random shapes, for tests
+    python tools/make_fixtures.py --random SEED.. --out D # unseen checkpoints with random shapes, for tests
 
 Each case directory holds an HF model directory (config.json + safetensors) and `reference.safetensors` with
 `ids` (int64 [n]), `logits` (f32 [n, V]) and `mtp_logits.{k}` (f32 [n-1-k, V]).
@@ -223,11 +223,12 @@ def make(name, case, seed, out_root):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "fixtures")
-    ap.add_argument("--random", type=int, metavar="SEED", help="make one random-shaped case named random-SEED")
+    ap.add_argument("--random", type=int, nargs="+", metavar="SEED", help="make random-shaped cases named random-SEED")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if args.random is not None:
-        make(f"random-{args.random}", random_case(args.random), args.random, args.out)
+        for seed in args.random:
+            make(f"random-{seed}", random_case(seed), seed, args.out)
         return
     for i, (name, case) in enumerate(CASES.items()):
         make(name, case, 1000 + i, args.out)

@@ -28,11 +28,17 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for name in store.names() {
         if let Some(info) = store.info(name) {
-            *dtypes.entry(format!("{:?}", info.dtype).to_lowercase()).or_default() += 1;
+            *dtypes
+                .entry(format!("{:?}", info.dtype).to_lowercase())
+                .or_default() += 1;
         }
     }
     let (main, mtp) = parameter_counts(&cfg);
-    let files: Vec<String> = store.files().iter().map(|p| p.display().to_string()).collect();
+    let files: Vec<String> = store
+        .files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let report = json!({
         "model_dir": dir.display().to_string(),
         "model_type": cfg.arch.as_str(),
@@ -85,7 +91,10 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
     line(
         &mut s,
         "rope / norm",
-        format!("theta {}, rms eps {:e}, max positions {}", cfg.rope_theta, cfg.rms_norm_eps, cfg.max_position_embeddings),
+        format!(
+            "theta {}, rms eps {:e}, max positions {}",
+            cfg.rope_theta, cfg.rms_norm_eps, cfg.max_position_embeddings
+        ),
     );
     line(
         &mut s,
@@ -93,13 +102,20 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
         format!(
             "q/k/v bias {}, lm_head {}",
             cfg.qkv_bias,
-            if cfg.tie_word_embeddings { "tied to embed_tokens" } else { "untied" }
+            if cfg.tie_word_embeddings {
+                "tied to embed_tokens"
+            } else {
+                "untied"
+            }
         ),
     );
     line(
         &mut s,
         "MTP layers",
-        format!("{} (hidden input: {:?})", cfg.num_nextn_predict_layers, cfg.mtp_hidden),
+        format!(
+            "{} (hidden input: {:?})",
+            cfg.num_nextn_predict_layers, cfg.mtp_hidden
+        ),
     );
     line(&mut s, "parameters (main)", group(main));
     line(&mut s, "parameters (MTP)", group(mtp));
@@ -110,7 +126,11 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
         format!(
             "config {}, stored {}",
             cfg.torch_dtype.as_deref().unwrap_or("-"),
-            dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect::<Vec<_>>().join(", ")
+            dtypes
+                .iter()
+                .map(|(d, n)| format!("{d} x{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     );
     line(&mut s, "files", files.join(", "));
@@ -119,11 +139,27 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
         "tensors",
         format!("{} stored, {} expected", store.names().count(), specs.len()),
     );
-    line(&mut s, "problems", if problems.is_empty() { "none".into() } else { problems.len().to_string() });
+    line(
+        &mut s,
+        "problems",
+        if problems.is_empty() {
+            "none".into()
+        } else {
+            problems.len().to_string()
+        },
+    );
     for p in &problems {
         s.push_str(&format!("  {p}\n"));
     }
-    line(&mut s, "unused tensors", if unused.is_empty() { "none".into() } else { unused.len().to_string() });
+    line(
+        &mut s,
+        "unused tensors",
+        if unused.is_empty() {
+            "none".into()
+        } else {
+            unused.len().to_string()
+        },
+    );
     for u in &unused {
         s.push_str(&format!("  {u}\n"));
     }
@@ -135,7 +171,7 @@ fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -2,6 +2,7 @@
 //! 1 when the job failed, 2 on bad usage or bad input.
 
 mod inspect;
+mod reward;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mimo_model::{MimoModel, ModelError};
 
 #[derive(Parser)]
-#[command(name = "mimo", version, about = "MiMo reasoning models in Rust: inference, training, RL, evaluation")]
+#[command(
+    name = "mimo",
+    version,
+    about = "MiMo reasoning models in Rust: inference, training, RL, evaluation"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,6 +49,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
+    /// Rule-based rewards: math answer verification and sandboxed code tests (JSONL in, JSONL out).
+    #[command(subcommand)]
+    Reward(reward::RewardCmd),
 }
 
 /// Compute dtypes offered on the command line.
@@ -74,14 +82,15 @@ pub enum DeviceArg {
 fn device(arg: DeviceArg) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda => Device::new_cuda(0).context("cannot open CUDA device 0 (was mimo built with --features cuda?)"),
+        DeviceArg::Cuda => Device::new_cuda(0)
+            .context("cannot open CUDA device 0 (was mimo built with --features cuda?)"),
     }
 }
 
 /// A usage problem found after argument parsing (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UsageError(String);
+pub struct UsageError(pub String);
 
 fn parse_ids(s: &str) -> Result<Vec<u32>, UsageError> {
     s.split(',')
@@ -102,7 +111,9 @@ fn parse_ids(s: &str) -> Result<Vec<u32>, UsageError> {
 }
 
 fn rows_json(t: &candle_core::Tensor) -> Result<serde_json::Value> {
-    Ok(serde_json::to_value(t.to_dtype(DType::F32)?.to_vec2::<f32>()?)?)
+    Ok(serde_json::to_value(
+        t.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+    )?)
 }
 
 fn forward(model_dir: &std::path::Path, ids: &str, dtype: DtypeArg, dev: DeviceArg) -> Result<()> {
@@ -132,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
             device,
         } => forward(&model, &ids, dtype, device),
+        Cmd::Reward(cmd) => reward::run(cmd),
     }
 }
 
@@ -142,7 +154,11 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return 2;
         }
         if let Some(e) = cause.downcast_ref::<ModelError>() {
-            return if matches!(e, ModelError::Candle(_)) { 1 } else { 2 };
+            return if matches!(e, ModelError::Candle(_)) {
+                1
+            } else {
+                2
+            };
         }
     }
     1

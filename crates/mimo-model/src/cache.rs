@@ -11,7 +11,13 @@ pub trait KvCache {
     /// Stores `k`, `v` (`[batch, kv_heads, t, head_dim]`) of `layer` at positions `start_pos..start_pos+t`,
     /// dropping anything cached at or after `start_pos` (this is how rejected draft positions are rolled back),
     /// and returns the keys and values of positions `0..start_pos+t`.
-    fn update(&mut self, layer: usize, start_pos: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)>;
+    fn update(
+        &mut self,
+        layer: usize,
+        start_pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)>;
 }
 
 /// A plain contiguous cache: one growing `[batch, kv_heads, len, head_dim]` tensor pair per layer.
@@ -59,12 +65,17 @@ impl ContiguousKvCache {
 }
 
 impl KvCache for ContiguousKvCache {
-    fn update(&mut self, layer: usize, start_pos: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn update(
+        &mut self,
+        layer: usize,
+        start_pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let n = self.layers.len();
-        let slot = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| ModelError::Input(format!("KV cache has {n} layers, asked for layer {layer}")))?;
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            ModelError::Input(format!("KV cache has {n} layers, asked for layer {layer}"))
+        })?;
         let cached = match slot {
             Some((k, _)) => k.dim(2)?,
             None => 0,
@@ -78,7 +89,10 @@ impl KvCache for ContiguousKvCache {
             Some((ck, cv)) if start_pos > 0 => {
                 let ck = ck.narrow(2, 0, start_pos)?;
                 let cv = cv.narrow(2, 0, start_pos)?;
-                (Tensor::cat(&[&ck, k], D::Minus2)?, Tensor::cat(&[&cv, v], D::Minus2)?)
+                (
+                    Tensor::cat(&[&ck, k], D::Minus2)?,
+                    Tensor::cat(&[&cv, v], D::Minus2)?,
+                )
             }
             _ => (k.clone(), v.clone()),
         };

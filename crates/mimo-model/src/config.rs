@@ -86,10 +86,9 @@ impl Fields<'_> {
     fn usize_opt(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, got {v}"))
+            }),
         }
     }
 
@@ -195,7 +194,10 @@ impl ModelConfig {
             .usize_opt("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
         if num_attention_heads == 0 || hidden_size == 0 {
-            return Err(f.err("num_attention_heads", "hidden_size and num_attention_heads must be > 0"));
+            return Err(f.err(
+                "num_attention_heads",
+                "hidden_size and num_attention_heads must be > 0",
+            ));
         }
         let head_dim = match f.usize_opt("head_dim")? {
             Some(d) => d,
@@ -210,12 +212,17 @@ impl ModelConfig {
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(f.err("head_dim", format!("{head_dim} must be even and > 0 for RoPE")));
+            return Err(f.err(
+                "head_dim",
+                format!("{head_dim} must be even and > 0 for RoPE"),
+            ));
         }
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(f.err(
                 "num_key_value_heads",
-                format!("{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"),
+                format!(
+                    "{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"
+                ),
             ));
         }
         let rope_theta = Self::rope_theta(&f)?;
@@ -228,17 +235,26 @@ impl ModelConfig {
         }
         if let Some(act) = f.str_opt("hidden_act")? {
             if act != "silu" {
-                return Err(f.err("hidden_act", format!("only \"silu\" is supported, got {act:?}")));
+                return Err(f.err(
+                    "hidden_act",
+                    format!("only \"silu\" is supported, got {act:?}"),
+                ));
             }
         }
         if f.bool_opt("use_sliding_window")?.unwrap_or(false) {
-            return Err(f.err("use_sliding_window", "sliding-window attention is not supported"));
+            return Err(f.err(
+                "use_sliding_window",
+                "sliding-window attention is not supported",
+            ));
         }
         let mtp_hidden = match f.str_opt("mtp_hidden")? {
             None | Some("pre_norm") => MtpHidden::PreNorm,
             Some("post_norm") => MtpHidden::PostNorm,
             Some(other) => {
-                return Err(f.err("mtp_hidden", format!("expected \"pre_norm\" or \"post_norm\", got {other:?}")))
+                return Err(f.err(
+                    "mtp_hidden",
+                    format!("expected \"pre_norm\" or \"post_norm\", got {other:?}"),
+                ))
             }
         };
         let cfg = ModelConfig {
@@ -362,9 +378,13 @@ mod tests {
     fn bad_configs_name_the_field() {
         let e = parse(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#)).unwrap_err();
         assert!(e.to_string().contains("gpt2"), "{e}");
-        let e = parse(r#"{"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4}"#).unwrap_err();
+        let e = parse(r#"{"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("vocab_size"), "{e}");
-        let e = parse(&format!(r#"{{"model_type": "qwen2", {BASE}, "rope_theta": "x"}}"#)).unwrap_err();
+        let e = parse(&format!(
+            r#"{{"model_type": "qwen2", {BASE}, "rope_theta": "x"}}"#
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("rope_theta"), "{e}");
         let e = parse(&format!(
             r#"{{"model_type": "llama", {BASE}, "rope_scaling": {{"rope_type": "llama3", "factor": 8.0}}}}"#

@@ -27,7 +27,9 @@ pub enum ModelError {
         msg: String,
     },
     /// `model_type` is not one mimo knows.
-    #[error("{path}: unsupported model_type {model_type:?} (expected \"mimo\", \"qwen2\" or \"llama\")")]
+    #[error(
+        "{path}: unsupported model_type {model_type:?} (expected \"mimo\", \"qwen2\" or \"llama\")"
+    )]
     UnsupportedModelType { path: PathBuf, model_type: String },
     /// The directory holds no safetensors weights.
     #[error("{dir}: no model.safetensors or model.safetensors.index.json found")]

@@ -21,7 +21,11 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
     }
 }
 
@@ -88,7 +92,15 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
     let total = start + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (t, total), device)?)
 }
@@ -144,7 +156,9 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x)?.silu()?;
-        Ok(self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)?)
+        Ok(self
+            .down_proj
+            .forward(&(gate * self.up_proj.forward(x)?)?)?)
     }
 }
 
@@ -172,7 +186,9 @@ impl DecoderLayer {
             .self_attn
             .forward(&a, rope, tables, start_pos, self.cache_layer, cache)?;
         let x = (x + a)?;
-        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
         Ok((x + m)?)
     }
 }
@@ -295,7 +311,12 @@ impl Loader<'_> {
 impl MimoModel {
     /// Loads the model from an opened weight store. Every required tensor is checked (presence, shape, dtype)
     /// before any is read, so a bad checkpoint fails fast with the tensor's name.
-    pub fn load(store: &WeightStore, cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        store: &WeightStore,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::Input(format!(
                 "unsupported compute dtype {dtype:?} (use f32, bf16 or f16)"
@@ -362,7 +383,11 @@ impl MimoModel {
     }
 
     fn check_ids(&self, ids: &Tensor) -> Result<()> {
-        let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        let max = ids
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::U32)?
+            .to_scalar::<u32>()?;
         if max as usize >= self.cfg.vocab_size {
             return Err(ModelError::Input(format!(
                 "token id {max} is out of range for vocab_size {}",
@@ -385,7 +410,12 @@ impl MimoModel {
 
     /// The main model over `ids` (`[b, t]`, u32) at positions `start_pos..start_pos+t`, using and extending
     /// `cache`. Returns per-position logits and the pre-norm hidden states.
-    pub fn forward(&self, ids: &Tensor, start_pos: usize, cache: &mut dyn KvCache) -> Result<MainOutput> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        start_pos: usize,
+        cache: &mut dyn KvCache,
+    ) -> Result<MainOutput> {
         let (_, t) = ids.dims2()?;
         let (cos, sin) = self.rope.tables(start_pos, t, &self.device)?;
         let mut x = self.embed(ids)?;
@@ -433,7 +463,9 @@ impl MimoModel {
         }
         let e = layer.token_layernorm.forward(&e)?;
         let h = layer.hidden_layernorm.forward(hidden)?;
-        let u = layer.input_proj.forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
+        let u = layer
+            .input_proj
+            .forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
         let (cos, sin) = self.rope.tables(start_pos, t, &self.device)?;
         let u = layer
             .block
@@ -458,7 +490,11 @@ impl MimoModel {
         for k in 0..self.mtp_layers.len() {
             let rows = n.saturating_sub(1 + k);
             if rows == 0 {
-                mtp.push(Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device)?);
+                mtp.push(Tensor::zeros(
+                    (0, self.cfg.vocab_size),
+                    DType::F32,
+                    &self.device,
+                )?);
                 continue;
             }
             let h = hidden.narrow(1, 0, rows)?;
@@ -473,7 +509,15 @@ impl MimoModel {
 /// Parameter counts of a config: (main model, MTP layers).
 pub fn parameter_counts(cfg: &ModelConfig) -> (usize, usize) {
     let specs: Vec<TensorSpec> = expected_tensors(cfg);
-    let mtp = specs.iter().filter(|s| s.is_mtp()).map(TensorSpec::numel).sum();
-    let main = specs.iter().filter(|s| !s.is_mtp()).map(TensorSpec::numel).sum();
+    let mtp = specs
+        .iter()
+        .filter(|s| s.is_mtp())
+        .map(TensorSpec::numel)
+        .sum();
+    let main = specs
+        .iter()
+        .filter(|s| !s.is_mtp())
+        .map(TensorSpec::numel)
+        .sum();
     (main, mtp)
 }

@@ -42,18 +42,42 @@ fn decoder_layer_specs(cfg: &ModelConfig, prefix: &str, out: &mut Vec<TensorSpec
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let q = cfg.num_attention_heads * cfg.head_dim;
     let kv = cfg.num_key_value_heads * cfg.head_dim;
-    out.push(TensorSpec::new(format!("{prefix}.input_layernorm.weight"), &[h]));
+    out.push(TensorSpec::new(
+        format!("{prefix}.input_layernorm.weight"),
+        &[h],
+    ));
     for (proj, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
-        out.push(TensorSpec::new(format!("{prefix}.self_attn.{proj}.weight"), &[rows, h]));
+        out.push(TensorSpec::new(
+            format!("{prefix}.self_attn.{proj}.weight"),
+            &[rows, h],
+        ));
         if cfg.qkv_bias {
-            out.push(TensorSpec::new(format!("{prefix}.self_attn.{proj}.bias"), &[rows]));
+            out.push(TensorSpec::new(
+                format!("{prefix}.self_attn.{proj}.bias"),
+                &[rows],
+            ));
         }
     }
-    out.push(TensorSpec::new(format!("{prefix}.self_attn.o_proj.weight"), &[h, q]));
-    out.push(TensorSpec::new(format!("{prefix}.post_attention_layernorm.weight"), &[h]));
-    out.push(TensorSpec::new(format!("{prefix}.mlp.gate_proj.weight"), &[i, h]));
-    out.push(TensorSpec::new(format!("{prefix}.mlp.up_proj.weight"), &[i, h]));
-    out.push(TensorSpec::new(format!("{prefix}.mlp.down_proj.weight"), &[h, i]));
+    out.push(TensorSpec::new(
+        format!("{prefix}.self_attn.o_proj.weight"),
+        &[h, q],
+    ));
+    out.push(TensorSpec::new(
+        format!("{prefix}.post_attention_layernorm.weight"),
+        &[h],
+    ));
+    out.push(TensorSpec::new(
+        format!("{prefix}.mlp.gate_proj.weight"),
+        &[i, h],
+    ));
+    out.push(TensorSpec::new(
+        format!("{prefix}.mlp.up_proj.weight"),
+        &[i, h],
+    ));
+    out.push(TensorSpec::new(
+        format!("{prefix}.mlp.down_proj.weight"),
+        &[h, i],
+    ));
 }
 
 /// Every tensor a checkpoint with this config must hold, in checkpoint order (spec §1.4).
@@ -70,8 +94,14 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<TensorSpec> {
     for k in 0..cfg.num_nextn_predict_layers {
         let p = format!("model.mtp_layers.{k}");
         out.push(TensorSpec::new(format!("{p}.token_layernorm.weight"), &[h]));
-        out.push(TensorSpec::new(format!("{p}.hidden_layernorm.weight"), &[h]));
-        out.push(TensorSpec::new(format!("{p}.input_proj.weight"), &[h, 2 * h]));
+        out.push(TensorSpec::new(
+            format!("{p}.hidden_layernorm.weight"),
+            &[h],
+        ));
+        out.push(TensorSpec::new(
+            format!("{p}.input_proj.weight"),
+            &[h, 2 * h],
+        ));
         decoder_layer_specs(cfg, &p, &mut out);
         out.push(TensorSpec::new(format!("{p}.final_layernorm.weight"), &[h]));
     }
@@ -104,7 +134,10 @@ impl std::fmt::Debug for WeightStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightStore")
             .field("dir", &self.dir)
-            .field("files", &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .field("tensors", &self.routing.len())
             .finish()
     }
@@ -179,7 +212,10 @@ impl WeightStore {
                 if st.get(name).is_err() {
                     return Err(ModelError::Index {
                         path: index.clone(),
-                        msg: format!("tensor `{name}` is routed to {} which does not hold it", path.display()),
+                        msg: format!(
+                            "tensor `{name}` is routed to {} which does not hold it",
+                            path.display()
+                        ),
                     });
                 }
             }
@@ -231,10 +267,12 @@ impl WeightStore {
 
     /// Checks that `spec` is present with its shape and a float dtype.
     pub fn check(&self, spec: &TensorSpec) -> Result<StoredTensor> {
-        let info = self.info(&spec.name).ok_or_else(|| ModelError::MissingTensor {
-            dir: self.dir.clone(),
-            name: spec.name.clone(),
-        })?;
+        let info = self
+            .info(&spec.name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                dir: self.dir.clone(),
+                name: spec.name.clone(),
+            })?;
         if info.shape != spec.shape {
             return Err(ModelError::ShapeMismatch {
                 path: info.file,
@@ -243,7 +281,10 @@ impl WeightStore {
                 actual: info.shape,
             });
         }
-        if !matches!(info.dtype, StDtype::F32 | StDtype::BF16 | StDtype::F16 | StDtype::F64) {
+        if !matches!(
+            info.dtype,
+            StDtype::F32 | StDtype::BF16 | StDtype::F16 | StDtype::F64
+        ) {
             return Err(ModelError::BadDtype {
                 path: info.file,
                 name: spec.name.clone(),
@@ -270,7 +311,11 @@ impl WeightStore {
         };
         let view = st.get(&spec.name).map_err(wrap)?;
         let t = view.load(&Device::Cpu).map_err(wrap)?;
-        let t = t.to_dtype(dtype).map_err(wrap)?.to_device(device).map_err(wrap)?;
+        let t = t
+            .to_dtype(dtype)
+            .map_err(wrap)?
+            .to_device(device)
+            .map_err(wrap)?;
         if let Ok(mut used) = self.used.lock() {
             used.insert(spec.name.clone());
         }
@@ -278,7 +323,13 @@ impl WeightStore {
     }
 
     /// Loads a tensor by name and shape.
-    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         self.load(&TensorSpec::new(name, shape), dtype, device)
     }
 

@@ -12,7 +12,14 @@ const F32_TOL: f32 = 1e-4;
 const BF16_REL_TOL: f32 = 0.03;
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -45,12 +52,18 @@ fn bf16_logits_within_documented_bound() {
         let d = max_abs_diff(&logits, &r.logits);
         let rel = d / max_abs(&r.logits);
         eprintln!("{case}: bf16 main max|Δ| = {d:.3e} ({rel:.2e} of max |logit|)");
-        assert!(rel <= BF16_REL_TOL, "{case}: bf16 main logits differ by {d}");
+        assert!(
+            rel <= BF16_REL_TOL,
+            "{case}: bf16 main logits differ by {d}"
+        );
         for (k, (ours, theirs)) in mtp.iter().zip(&r.mtp).enumerate() {
             let d = max_abs_diff(ours, theirs);
             let rel = d / max_abs(theirs).max(1e-6);
             eprintln!("{case}: bf16 MTP {k} max|Δ| = {d:.3e} ({rel:.2e} of max |logit|)");
-            assert!(rel <= BF16_REL_TOL, "{case}: bf16 MTP layer {k} differs by {d}");
+            assert!(
+                rel <= BF16_REL_TOL,
+                "{case}: bf16 MTP layer {k} differs by {d}"
+            );
         }
     }
 }
@@ -67,7 +80,10 @@ fn incremental_decode_with_kv_cache_matches_reference() {
         let mut cache = ContiguousKvCache::new(cfg.num_cache_layers());
         let n = r.ids.len();
         let prefix = 4;
-        let ids = Tensor::new(r.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let ids = Tensor::new(r.ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let mut rows = vec![];
         let mut hidden = vec![];
         let mut pos = 0;
@@ -107,15 +123,25 @@ fn cache_rollback_by_rewriting_positions() {
     let r = reference(&dir);
     let model = MimoModel::from_dir(&dir, DType::F32, &Device::Cpu).unwrap();
     let mut cache = ContiguousKvCache::new(model.config().num_cache_layers());
-    let ids = Tensor::new(r.ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    model.forward(&ids.narrow(1, 0, 6).unwrap(), 0, &mut cache).unwrap();
+    let ids = Tensor::new(r.ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&ids.narrow(1, 0, 6).unwrap(), 0, &mut cache)
+        .unwrap();
     // Speculate 3 wrong tokens, then roll back to position 6 and continue with the true ones.
     let wrong = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
     model.forward(&wrong, 6, &mut cache).unwrap();
     assert_eq!(cache.len(0), 9);
-    let out = model.forward(&ids.narrow(1, 6, 3).unwrap(), 6, &mut cache).unwrap();
+    let out = model
+        .forward(&ids.narrow(1, 6, 3).unwrap(), 6, &mut cache)
+        .unwrap();
     assert_eq!(cache.len(0), 9);
-    let d = max_abs_diff(&out.logits.squeeze(0).unwrap(), &r.logits.narrow(0, 6, 3).unwrap());
+    let d = max_abs_diff(
+        &out.logits.squeeze(0).unwrap(),
+        &r.logits.narrow(0, 6, 3).unwrap(),
+    );
     assert!(d <= F32_TOL, "after rollback logits differ by {d}");
     cache.truncate(2).unwrap();
     assert_eq!(cache.len(0), 2);

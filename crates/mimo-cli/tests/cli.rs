@@ -1,0 +1,129 @@
+//! The `mimo` binary end to end: stable JSON interfaces and exit codes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn mimo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mimo"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn forward_prints_logits_and_mtp_rows() {
+    let out = mimo(&[
+        "forward",
+        "--model",
+        &fixture("mimo-untied"),
+        "--ids",
+        "3,14,15,92",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logits = v["logits"].as_array().unwrap();
+    assert_eq!(logits.len(), 4);
+    assert_eq!(logits[0].as_array().unwrap().len(), 397);
+    let mtp = v["mtp_logits"].as_array().unwrap();
+    assert_eq!(mtp.len(), 2);
+    assert_eq!(mtp[0].as_array().unwrap().len(), 3, "n-1-k rows for k=0");
+    assert_eq!(mtp[1].as_array().unwrap().len(), 2, "n-1-k rows for k=1");
+
+    let bf16 = mimo(&[
+        "forward",
+        "--model",
+        &fixture("mimo-untied"),
+        "--ids",
+        "3,14",
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(bf16.status.success());
+}
+
+#[test]
+fn inspect_reports_counts_and_unused() {
+    let out = mimo(&[
+        "inspect",
+        "--model",
+        &fixture("mimo-tied-sharded-bf16"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model_type"], "mimo");
+    assert_eq!(v["num_nextn_predict_layers"], 3);
+    assert_eq!(v["params_main"], 73104);
+    assert!(v["params_mtp"].as_u64().unwrap() > 0);
+    assert_eq!(v["stored_dtypes"]["bf16"], 86);
+    assert!(v["unused_tensors"].as_array().unwrap().is_empty());
+    assert!(v["problems"].as_array().unwrap().is_empty());
+    let text = mimo(&["inspect", "--model", &fixture("llama-tied")]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("llama") && text.contains("35,392"), "{text}");
+}
+
+#[test]
+fn bad_input_exits_with_2_and_names_the_problem() {
+    let out = mimo(&[
+        "forward",
+        "--model",
+        &fixture("mimo-untied"),
+        "--ids",
+        "1,x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"x\""));
+    let out = mimo(&[
+        "forward",
+        "--model",
+        &fixture("mimo-untied"),
+        "--ids",
+        "1,397",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("397"));
+    let out = mimo(&["forward", "--model", "/nonexistent", "--ids", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.json"));
+    let out = mimo(&["inspect"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn reward_math_jsonl_keeps_order_and_flags_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"gold\": \"\\\\frac{1}{2}\", \"pred\": \"thus \\\\boxed{0.5}\"}\nnot json\n{\"gold\": \"3\", \"pred\": \"x = 4\"}\n",
+    )
+    .unwrap();
+    let out = mimo(&["reward", "math", "--input", input.to_str().unwrap()]);
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["correct"], true);
+    assert!(lines[1]["error"].as_str().unwrap().contains("line 2"));
+    assert_eq!(lines[2]["correct"], false);
+}

@@ -1,0 +1,540 @@
+//! Math-Verify–style answer verification (spec §3.2: math rewards are checked with Math-Verify).
+//!
+//! [`verify`] extracts the answer from a model response, normalises LaTeX, parses both sides into an
+//! [`ast::Node`] and decides equivalence:
+//! * numbers: exact big rationals (`num-rational`); decimals compared after rounding to 6 places;
+//! * symbolic expressions: evaluation at several deterministic pseudo-random points, exact rational
+//!   arithmetic where the expression allows it (polynomials, rational functions) and f64 otherwise;
+//! * tuples (ordered), sets and bare lists (unordered), intervals (closedness must match), unions,
+//!   matrices, equations and inequalities (`x = 2` matches a bare gold `2`; `x > 2` matches `(2, \infty)`).
+//!
+//! Every comparison runs under a deadline checked inside the parser and evaluator loops, so a case always
+//! finishes in about the given time from any thread (no signals).
+
+pub mod ast;
+pub mod eval;
+pub mod normalize;
+pub mod parse;
+
+use ast::{Expr, Node, RelOp};
+use eval::{eval, val_eq, Tol, Val};
+use num_bigint::BigInt;
+use num_rational::BigRational;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Outcome of one verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MathVerdict {
+    /// Whether the prediction's answer is equivalent to the gold answer.
+    pub correct: bool,
+    /// Normalised form of the gold answer (None when it could not be parsed).
+    pub gold_parsed: Option<String>,
+    /// Normalised form of the extracted prediction answer (None when nothing could be extracted/parsed).
+    pub pred_parsed: Option<String>,
+    /// Why parsing or comparison failed, when it did.
+    pub error: Option<String>,
+}
+
+/// Internal errors of the math pipeline.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MathError {
+    #[error("timeout")]
+    Timeout,
+    #[error("parse error: {0}")]
+    Parse(String),
+}
+
+/// A deadline checked cooperatively in loops.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// Deadline `d` from now (saturating far in the future).
+    pub fn after(d: Duration) -> Self {
+        let now = Instant::now();
+        Deadline(
+            now.checked_add(d)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+        )
+    }
+    /// Errors with [`MathError::Timeout`] once the deadline has passed.
+    pub fn check(&self) -> Result<(), MathError> {
+        if Instant::now() > self.0 {
+            Err(MathError::Timeout)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+type R<T> = Result<T, MathError>;
+
+/// Inputs longer than this are cut to their tail before extraction (answers are at the end).
+const MAX_PRED_CHARS: usize = 20_000;
+
+/// Verifies a model response `pred` against the reference answer `gold` within `timeout`.
+///
+/// Gold is parsed leniently as a bare answer (a `\boxed{}` in it is honoured); the prediction is treated as a
+/// full solution from which the answer is extracted.
+pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
+    let dl = Deadline::after(timeout);
+    let mut errors = Vec::new();
+
+    let gold_src = normalize::last_boxed(gold).unwrap_or_else(|| gold.to_string());
+    let gold_norm = normalize::normalize(&gold_src);
+    let gold_node = match parse_norm(&gold_norm, &dl) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            errors.push(format!("gold: {e}"));
+            None
+        }
+    };
+
+    let pred_tail = tail_chars(pred, MAX_PRED_CHARS);
+    let cands = normalize::extract_candidates(pred_tail);
+    if cands.is_empty() {
+        errors.push("pred: no answer found".into());
+        return MathVerdict {
+            correct: false,
+            gold_parsed: gold_node.map(|n| n.to_string()),
+            pred_parsed: None,
+            error: Some(errors.join("; ")),
+        };
+    }
+    let mut pred_node = None;
+    let mut pred_norm_first = None;
+    for c in &cands {
+        let n = normalize::normalize(c);
+        if pred_norm_first.is_none() {
+            pred_norm_first = Some(n.clone());
+        }
+        match parse_norm(&n, &dl) {
+            Ok(node) => {
+                pred_node = Some(node);
+                break;
+            }
+            Err(MathError::Timeout) => break,
+            Err(_) => {}
+        }
+    }
+    let pred_norm_first = pred_norm_first.unwrap_or_default();
+    if pred_node.is_none() {
+        errors.push(format!("pred: could not parse {pred_norm_first:?}"));
+    }
+
+    let correct = match (&gold_node, &pred_node) {
+        (Some(g), Some(p)) => match equiv(g, p, &dl) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(format!("compare: {e}"));
+                false
+            }
+        },
+        // string fallback when either side is unparsable
+        _ => {
+            let gk = normalize::text_key(&gold_norm);
+            !gk.is_empty() && gk == normalize::text_key(&pred_norm_first)
+        }
+    };
+    MathVerdict {
+        correct,
+        gold_parsed: gold_node.map(|n| n.to_string()),
+        pred_parsed: pred_node.map(|n| n.to_string()),
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
+}
+
+fn tail_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut k = s.len() - n;
+    while !s.is_char_boundary(k) {
+        k += 1;
+    }
+    &s[k..]
+}
+
+const FUNC_WORDS: &[&str] = &[
+    "sqrt",
+    "sin",
+    "cos",
+    "tan",
+    "sec",
+    "csc",
+    "cot",
+    "arcsin",
+    "arccos",
+    "arctan",
+    "asin",
+    "acos",
+    "atan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "ln",
+    "log",
+    "exp",
+    "pi",
+    "oo",
+    "inf",
+    "infty",
+    "frac",
+    "dfrac",
+    "binom",
+    "begin",
+    "end",
+    "pmatrix",
+    "bmatrix",
+    "matrix",
+    "vmatrix",
+    "array",
+    "cup",
+    "cdot",
+    "times",
+    "left",
+    "right",
+    "le",
+    "leq",
+    "ge",
+    "geq",
+    "neq",
+    "infinity",
+    "and",
+    "or",
+    "in",
+    "floor",
+    "ceil",
+    "abs",
+    "lfloor",
+    "rfloor",
+    "lceil",
+    "rceil",
+    "emptyset",
+    "varnothing",
+    "div",
+    "cases",
+    "lg",
+];
+
+/// A normalised answer made of words (e.g. `Monday`, `(C)`, `no solution`) is a text answer.
+fn looks_like_text(s: &str) -> bool {
+    let mut word = String::new();
+    let mut prev_backslash = false;
+    let mut has_word = false;
+    for ch in s.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_alphabetic() {
+            word.push(ch);
+            continue;
+        }
+        if word.len() >= 3 && !prev_backslash && !FUNC_WORDS.contains(&word.as_str()) {
+            has_word = true;
+        }
+        prev_backslash = ch == '\\';
+        word.clear();
+    }
+    has_word
+}
+
+fn parse_norm(s: &str, dl: &Deadline) -> R<Node> {
+    if s.is_empty() {
+        return Err(MathError::Parse("empty answer".into()));
+    }
+    if looks_like_text(s) {
+        return Ok(Node::Text(
+            s.split_whitespace().collect::<Vec<_>>().join(" "),
+        ));
+    }
+    parse::parse_answer(s, dl)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Equivalence
+// ---------------------------------------------------------------------------------------------
+
+/// Deterministic point generator (splitmix64): reproducible verdicts, no `rand` dependency needed.
+struct Points(u64);
+
+impl Points {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A positive rational p/q (positive keeps sqrt/log in their real domain).
+    fn rational(&mut self, k: usize) -> BigRational {
+        let scale = if k % 3 == 2 { 1000 } else { 37 };
+        let p = 1 + (self.next() % scale) as i64;
+        let q = 1 + (self.next() % 11) as i64;
+        BigRational::new(BigInt::from(p), BigInt::from(q))
+    }
+}
+
+const SAMPLE_POINTS: usize = 8;
+
+/// Symbolic/numeric equivalence of two scalar expressions.
+pub fn expr_equiv(a: &Expr, b: &Expr, dl: &Deadline) -> R<bool> {
+    if a == b {
+        return Ok(true);
+    }
+    let tol = if a.has_decimal() || b.has_decimal() {
+        Tol::Decimal
+    } else {
+        Tol::Float
+    };
+    let mut syms = Vec::new();
+    a.symbols(&mut syms);
+    b.symbols(&mut syms);
+    syms.sort();
+    let mut pts = Points(0x5EED ^ syms.len() as u64);
+    let rounds = if syms.is_empty() {
+        1
+    } else {
+        SAMPLE_POINTS * 2
+    };
+    let mut ok = 0;
+    for k in 0..rounds {
+        dl.check()?;
+        let env: HashMap<String, Val> = syms
+            .iter()
+            .map(|s| (s.clone(), Val::Exact(pts.rational(k))))
+            .collect();
+        let (x, y) = match (eval(a, &env, dl), eval(b, &env, dl)) {
+            (Ok(x), Ok(y)) => (x, y),
+            (Err(eval::EvalErr::Timeout), _) | (_, Err(eval::EvalErr::Timeout)) => {
+                return Err(MathError::Timeout)
+            }
+            // a point where exactly one side is defined proves nothing either way (removable
+            // singularities); skip it
+            _ => continue,
+        };
+        if !val_eq(&x, &y, tol) {
+            return Ok(false);
+        }
+        ok += 1;
+        if ok >= SAMPLE_POINTS {
+            break;
+        }
+    }
+    if ok == 0 {
+        // undefined everywhere we looked: fall back to the printed forms
+        return Ok(a.to_string() == b.to_string());
+    }
+    Ok(true)
+}
+
+fn expr_equiv_pct(a: &Expr, b: &Expr, dl: &Deadline) -> R<bool> {
+    if expr_equiv(a, b, dl)? {
+        return Ok(true);
+    }
+    let (sa, sb) = (a.strip_percent(), b.strip_percent());
+    if (sa != *a || sb != *b) && expr_equiv(&sa, &sb, dl)? {
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn is_sym(n: &Node) -> bool {
+    matches!(n, Node::Expr(Expr::Sym(_)))
+}
+
+/// `x > 2`, `2 < x \le 5`, ... as an interval (None when it is not a one-variable bound).
+fn ineq_to_interval(sides: &[Node], ops: &[RelOp]) -> Option<Node> {
+    let inf = || Node::Expr(Expr::Inf);
+    let ninf = || Node::Expr(Expr::Neg(Box::new(Expr::Inf)));
+    let lower = |op: RelOp| matches!(op, RelOp::Lt | RelOp::Le);
+    match (sides, ops) {
+        ([x, c], [op]) | ([c, x], [op]) if is_sym(x) && !is_sym(c) => {
+            // normalise to `x op c`
+            let op = if is_sym(&sides[0]) { *op } else { op.flip() };
+            match op {
+                RelOp::Lt | RelOp::Le => Some(Node::Interval(
+                    Box::new(ninf()),
+                    Box::new(c.clone()),
+                    false,
+                    op == RelOp::Le,
+                )),
+                RelOp::Gt | RelOp::Ge => Some(Node::Interval(
+                    Box::new(c.clone()),
+                    Box::new(inf()),
+                    op == RelOp::Ge,
+                    false,
+                )),
+                _ => None,
+            }
+        }
+        ([a, x, b], [o1, o2]) if is_sym(x) => {
+            if lower(*o1) && lower(*o2) {
+                Some(Node::Interval(
+                    Box::new(a.clone()),
+                    Box::new(b.clone()),
+                    *o1 == RelOp::Le,
+                    *o2 == RelOp::Le,
+                ))
+            } else if !lower(*o1) && !lower(*o2) && !matches!(o1, RelOp::Eq | RelOp::Ne | RelOp::In)
+            {
+                Some(Node::Interval(
+                    Box::new(b.clone()),
+                    Box::new(a.clone()),
+                    *o2 == RelOp::Ge,
+                    *o1 == RelOp::Ge,
+                ))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+fn sub(a: &Node, b: &Node) -> Option<Expr> {
+    match (a, b) {
+        (Node::Expr(x), Node::Expr(y)) => {
+            Some(Expr::Add(vec![x.clone(), Expr::Neg(Box::new(y.clone()))]))
+        }
+        _ => None,
+    }
+}
+
+fn rel_equiv(gs: &[Node], gops: &[RelOp], ps: &[Node], pops: &[RelOp], dl: &Deadline) -> R<bool> {
+    if let (Some(a), Some(b)) = (ineq_to_interval(gs, gops), ineq_to_interval(ps, pops)) {
+        return equiv(&a, &b, dl);
+    }
+    if gs.len() != ps.len() {
+        return Ok(false);
+    }
+    if gops == pops {
+        let mut all = true;
+        for (g, p) in gs.iter().zip(ps) {
+            if !equiv(g, p, dl)? {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Ok(true);
+        }
+    }
+    if gs.len() == 2 {
+        // sides swapped
+        if pops[0] == gops[0].flip() && equiv(&gs[0], &ps[1], dl)? && equiv(&gs[1], &ps[0], dl)? {
+            return Ok(true);
+        }
+        // equations with the same zero set up to sign: a - b ≡ ±(c - d)
+        if gops[0] == RelOp::Eq && pops[0] == RelOp::Eq {
+            if let (Some(g), Some(p)) = (sub(&gs[0], &gs[1]), sub(&ps[0], &ps[1])) {
+                if expr_equiv(&g, &p, dl)? || expr_equiv(&g, &Expr::Neg(Box::new(p)), dl)? {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn unordered(a: &[Node], b: &[Node], dl: &Deadline) -> R<bool> {
+    if a.len() != b.len() {
+        return Ok(false);
+    }
+    let mut used = vec![false; b.len()];
+    'outer: for x in a {
+        for (j, y) in b.iter().enumerate() {
+            if !used[j] && equiv(x, y, dl)? {
+                used[j] = true;
+                continue 'outer;
+            }
+        }
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn ordered(a: &[Node], b: &[Node], dl: &Deadline) -> R<bool> {
+    if a.len() != b.len() {
+        return Ok(false);
+    }
+    for (x, y) in a.iter().zip(b) {
+        if !equiv(x, y, dl)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Equivalence of a gold answer and a predicted answer (asymmetric: `gold` is the reference).
+pub fn equiv(gold: &Node, pred: &Node, dl: &Deadline) -> R<bool> {
+    dl.check()?;
+    use Node::*;
+    Ok(match (gold, pred) {
+        (Expr(a), Expr(b)) => expr_equiv_pct(a, b, dl)?,
+        (Rel(gs, gops), Rel(ps, pops)) => rel_equiv(gs, gops, ps, pops, dl)?,
+        (Rel(gs, gops), p) => {
+            if gops.iter().all(|o| *o == RelOp::Eq) && gs.len() == 2 && is_sym(&gs[0]) {
+                // gold `x = 2`, prediction `2`
+                equiv(&gs[1], p, dl)?
+            } else if gops == &[RelOp::In] && gs.len() == 2 {
+                equiv(&gs[1], p, dl)?
+            } else if let Some(iv) = ineq_to_interval(gs, gops) {
+                equiv(&iv, p, dl)?
+            } else {
+                false
+            }
+        }
+        (g, Rel(ps, pops)) => {
+            if pops.iter().all(|o| *o == RelOp::Eq) {
+                // `x = 2` or `x = y = 2`: the value side is the last one (or the first, `2 = x`)
+                let last = &ps[ps.len() - 1];
+                if !is_sym(last) || is_sym(&ps[0]) {
+                    equiv(g, last, dl)? || (!is_sym(&ps[0]) && equiv(g, &ps[0], dl)?)
+                } else {
+                    equiv(g, &ps[0], dl)?
+                }
+            } else if pops == &[RelOp::In] && ps.len() == 2 {
+                equiv(g, &ps[1], dl)?
+            } else if let Some(iv) = ineq_to_interval(ps, pops) {
+                equiv(g, &iv, dl)?
+            } else {
+                false
+            }
+        }
+        (Set(a), Set(b) | List(b)) | (List(a), Set(b) | List(b)) => unordered(a, b, dl)?,
+        (Tuple(a), Tuple(b) | List(b)) | (List(a), Tuple(b)) => ordered(a, b, dl)?,
+        (Tuple(a), Interval(l, h, false, false)) if a.len() == 2 => {
+            equiv(&a[0], l, dl)? && equiv(&a[1], h, dl)?
+        }
+        (Interval(l, h, false, false), Tuple(b)) if b.len() == 2 => {
+            equiv(l, &b[0], dl)? && equiv(h, &b[1], dl)?
+        }
+        (Interval(l1, h1, a1, b1), Interval(l2, h2, a2, b2)) => {
+            a1 == a2 && b1 == b2 && equiv(l1, l2, dl)? && equiv(h1, h2, dl)?
+        }
+        (Union(a), Union(b)) => unordered(a, b, dl)?,
+        (Matrix(a), Matrix(b)) => {
+            if a.len() != b.len() {
+                false
+            } else {
+                let mut all = true;
+                for (ra, rb) in a.iter().zip(b) {
+                    if !ordered(ra, rb, dl)? {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            }
+        }
+        (Text(a), Text(b)) => normalize::text_key(a) == normalize::text_key(b),
+        (Text(a), p) => normalize::text_key(a) == normalize::text_key(&p.to_string()),
+        (g, Text(b)) => normalize::text_key(&g.to_string()) == normalize::text_key(b),
+        (Set(a) | List(a) | Tuple(a) | Union(a), p) if a.len() == 1 => equiv(&a[0], p, dl)?,
+        (g, Set(b) | List(b) | Tuple(b) | Union(b)) if b.len() == 1 => equiv(g, &b[0], dl)?,
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests;

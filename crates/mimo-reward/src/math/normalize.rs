@@ -1,0 +1,362 @@
+//! String-level LaTeX normalisation and answer extraction.
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+/// Finds the argument of the last `\boxed{…}` / `\fbox{…}` (balanced braces), if any.
+pub fn last_boxed(s: &str) -> Option<String> {
+    let mut best: Option<usize> = None;
+    for pat in ["\\boxed", "\\fbox"] {
+        if let Some(k) = s.rfind(pat) {
+            let end = k + pat.len();
+            if best.is_none_or(|b| end > b) {
+                best = Some(end);
+            }
+        }
+    }
+    let start = best?;
+    let rest = &s[start..];
+    let trimmed = rest.trim_start();
+    if let Some(inner) = trimmed.strip_prefix('{') {
+        return balanced(inner).map(|x| x.to_string());
+    }
+    // `\boxed 5` form: up to the next `$` or whitespace
+    let end = trimmed
+        .find(|c: char| c == '$' || c.is_whitespace())
+        .unwrap_or(trimmed.len());
+    let v = &trimmed[..end];
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Given the text right after an opening `{`, returns the content up to its matching `}`.
+pub fn balanced(s: &str) -> Option<&str> {
+    let mut depth = 1i32;
+    let mut prev_backslash = false;
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '{' if !prev_backslash => depth += 1,
+            '}' if !prev_backslash => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&s[..i]);
+                }
+            }
+            _ => {}
+        }
+        prev_backslash = ch == '\\' && !prev_backslash;
+    }
+    None
+}
+
+static FINAL_ANSWER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:|=|：)\s*[:：]?\s*(?:\$\$?|\\\(|\\\[)?\s*(?P<a>[^\n]+)",
+    )
+    .expect("static regex")
+});
+static MATH_SEG: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?s)\$\$(.+?)\$\$|\$([^$]+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)").expect("static regex")
+});
+static LAST_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+        .expect("static regex")
+});
+
+/// Candidate answer strings extracted from a full model response, best first.
+///
+/// Order follows Math-Verify: last `\boxed{}`/`\fbox{}`; then "final answer is …" style statements; then the
+/// last LaTeX math segment; then the last plain number.
+pub fn extract_candidates(resp: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    // Only look at the answer part of a reasoning trace when the model closed its thinking.
+    let tail = match resp.rfind("</think>") {
+        Some(k) => &resp[k + "</think>".len()..],
+        None => resp,
+    };
+    let scopes: &[&str] = if tail.len() < resp.len() {
+        &[tail, resp]
+    } else {
+        &[resp]
+    };
+    for scope in scopes {
+        if let Some(b) = last_boxed(scope) {
+            out.push(b);
+            return out;
+        }
+    }
+    let text = tail;
+    if let Some(m) = FINAL_ANSWER.captures_iter(text).last() {
+        let mut a = m
+            .name("a")
+            .map(|x| x.as_str())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        // cut at a closing math delimiter or a sentence end
+        for stop in ["$", "\\)", "\\]"] {
+            if let Some(k) = a.find(stop) {
+                a.truncate(k);
+            }
+        }
+        let a = a
+            .trim()
+            .trim_end_matches(['.', ','].as_ref())
+            .trim()
+            .to_string();
+        if !a.is_empty() {
+            out.push(a);
+        }
+    }
+    if let Some(c) = MATH_SEG.captures_iter(text).last() {
+        if let Some(m) = (1..=4).find_map(|i| c.get(i)) {
+            out.push(m.as_str().trim().to_string());
+        }
+    }
+    if let Some(m) = LAST_NUMBER.find_iter(text).last() {
+        out.push(m.as_str().to_string());
+    }
+    out
+}
+
+static THOUSANDS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$").expect("static regex"));
+static FRAC_FIX: LazyLock<[(Regex, &'static str); 4]> = LazyLock::new(|| {
+    [
+        (
+            Regex::new(r"\\frac\s*([0-9a-zA-Z])\s*([0-9a-zA-Z])").expect("static regex"),
+            r"\frac{$1}{$2}",
+        ),
+        (
+            Regex::new(r"\\frac\s*(\{[^{}]*\})\s*([0-9a-zA-Z])").expect("static regex"),
+            r"\frac$1{$2}",
+        ),
+        (
+            Regex::new(r"\\frac\s*([0-9a-zA-Z])\s*\{").expect("static regex"),
+            r"\frac{$1}{",
+        ),
+        (
+            Regex::new(r"\\sqrt\s*([0-9a-zA-Z])").expect("static regex"),
+            r"\sqrt{$1}",
+        ),
+    ]
+});
+static UNIT_TAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?s)(.*[0-9}\)])\s+([A-Za-z]{2,}\.?(?:\^\{?\d\}?)?)$").expect("static regex")
+});
+static UNIT_MARK: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\x01\s*(?:\^\{?\d\}?)?").expect("static regex"));
+static THIN_THOUSANDS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\d(?:\\[, ]\d{3})+").expect("static regex"));
+static SPACING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle|!|,|;|:|\s)")
+        .expect("static regex")
+});
+
+const KNOWN_WORDS: &[&str] = &[
+    "pi", "sin", "cos", "tan", "sec", "csc", "cot", "ln", "log", "exp", "sqrt", "arcsin", "arccos",
+    "arctan", "sinh", "cosh", "tanh", "oo", "inf", "infty", "and", "or",
+];
+
+/// Removes `\cmd{…}` groups (balanced), calling `f(content)` to get the replacement.
+fn replace_cmd_groups(s: &str, cmd: &str, f: &dyn Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(k) = rest.find(cmd) {
+        let after = &rest[k + cmd.len()..];
+        // make sure it is the whole command name (\text vs \textbf)
+        if after.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            out.push_str(&rest[..k + cmd.len()]);
+            rest = after;
+            continue;
+        }
+        let a = after.trim_start();
+        if let Some(inner) = a.strip_prefix('{') {
+            if let Some(content) = balanced(inner) {
+                out.push_str(&rest[..k]);
+                out.push_str(&f(content));
+                rest = &inner[content.len() + 1..];
+                continue;
+            }
+        }
+        out.push_str(&rest[..k + cmd.len()]);
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Normalises one answer string (already extracted) to the form the parser expects.
+pub fn normalize(ans: &str) -> String {
+    let mut s = ans.trim().to_string();
+    // strip surrounding math delimiters
+    loop {
+        let before = s.clone();
+        for (a, b) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")] {
+            if s.len() >= a.len() + b.len() && s.starts_with(a) && s.ends_with(b) {
+                s = s[a.len()..s.len() - b.len()].trim().to_string();
+            }
+        }
+        if let Some(b) = last_boxed(&s) {
+            if s.trim_start().starts_with("\\boxed") || s.trim_start().starts_with("\\fbox") {
+                s = b;
+            }
+        }
+        if s == before {
+            break;
+        }
+    }
+    s = s.replace("\\left.", "").replace("\\right.", "");
+    // thousands separated by thin spaces: 1\,000
+    while let Some(m) = THIN_THOUSANDS.find(&s) {
+        let r = m.as_str().replace("\\,", "").replace("\\ ", "");
+        s.replace_range(m.range(), &r);
+    }
+    // protect matrix row separators from the spacing-command rule
+    s = s.replace("\\\\", "\u{2}");
+    s = SPACING.replace_all(&s, " ").into_owned();
+    s = s.replace('\u{2}', "\\\\");
+    for (from, to) in [
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("\\cfrac", "\\frac"),
+        ("\\dbinom", "\\binom"),
+        ("\\tbinom", "\\binom"),
+        ("{,}", ""),
+        ("^{\\circ}", ""),
+        ("^\\circ", ""),
+        ("\\circ", ""),
+        ("°", ""),
+        ("\\degree", ""),
+        ("\\$", ""),
+        ("\\%", "%"),
+        ("\\dots", ""),
+        ("\\ldots", ""),
+        ("\\cdots", ""),
+        ("\\infinity", "\\infty"),
+    ] {
+        s = s.replace(from, to);
+    }
+    // Unwrap font and operator-name wrappers.
+    for cmd in [
+        "\\mathrm",
+        "\\mathbf",
+        "\\mathit",
+        "\\boldsymbol",
+        "\\mathsf",
+        "\\textbf",
+        "\\textit",
+        "\\operatorname",
+        "\\mathnormal",
+    ] {
+        s = replace_cmd_groups(&s, cmd, &|c| format!(" {c} "));
+    }
+    // \text{…}: connective words become commas; otherwise removed as units when something else remains,
+    // or kept as the text answer when the answer is only text.
+    let texty = ["\\text", "\\textrm", "\\textnormal", "\\mbox", "\\hbox"];
+    let mut removed = s.clone();
+    for cmd in texty {
+        removed = replace_cmd_groups(&removed, cmd, &|c| {
+            let t = c.trim().to_ascii_lowercase();
+            if t == "and" || t == "or" || t == "," {
+                ",".into()
+            } else {
+                "\u{1}".into()
+            }
+        });
+    }
+    // a unit may carry an exponent: `\text{cm}^2`
+    let removed = UNIT_MARK.replace_all(&removed, " ").into_owned();
+    if removed.chars().any(|c| c.is_alphanumeric() || c == '\\') {
+        s = removed;
+    } else {
+        for cmd in texty {
+            s = replace_cmd_groups(&s, cmd, &|c| c.to_string());
+        }
+    }
+    for (re, rep) in FRAC_FIX.iter() {
+        s = re.replace_all(&s, *rep).into_owned();
+    }
+    let mut s = s
+        .trim()
+        .trim_end_matches(['.', ',', ';'])
+        .trim()
+        .to_string();
+    if THOUSANDS.is_match(&s) {
+        s = s.replace(',', "");
+    }
+    // trailing plain-text units ("5 cm", "12 dollars")
+    while let Some(c) = UNIT_TAIL.captures(&s) {
+        let word = c[2].trim_end_matches(|ch: char| !ch.is_ascii_alphabetic());
+        if KNOWN_WORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            break;
+        }
+        s = c[1].trim().to_string();
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Text-answer normalisation used for the string fallback (case-insensitive, no spaces or braces).
+pub fn text_key(s: &str) -> String {
+    let mut t = s.to_string();
+    for cmd in ["\\text", "\\textbf", "\\mathrm", "\\mbox"] {
+        t = replace_cmd_groups(&t, cmd, &|c| c.to_string());
+    }
+    t.chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '{' | '}' | '$' | '.' | '(' | ')'))
+        .flat_map(|c| c.to_lowercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxed_balanced() {
+        assert_eq!(
+            last_boxed(r"so \boxed{\frac{1}{2}} and").as_deref(),
+            Some(r"\frac{1}{2}")
+        );
+        assert_eq!(last_boxed(r"\boxed{1} then \fbox{2}").as_deref(), Some("2"));
+        assert_eq!(
+            last_boxed(r"\boxed{a} \boxed{\{1,2\}}").as_deref(),
+            Some(r"\{1,2\}")
+        );
+        assert_eq!(last_boxed(r"\boxed 7$").as_deref(), Some("7"));
+        assert_eq!(last_boxed(r"\boxed{unclosed"), None);
+    }
+
+    #[test]
+    fn extraction_order() {
+        assert_eq!(
+            extract_candidates(r"x=3, so \boxed{3}. The answer is 4")[0],
+            "3"
+        );
+        assert_eq!(
+            extract_candidates("Thus the final answer is $12$.")[0],
+            "12"
+        );
+        assert_eq!(extract_candidates("Answer: 7/8")[0], "7/8");
+        assert_eq!(extract_candidates(r"we get $x = 5$ at the end")[0], "x = 5");
+        assert_eq!(extract_candidates("there are 3 cats and 17 dogs")[0], "17");
+        assert_eq!(
+            extract_candidates(r"<think>maybe \boxed{1}</think> so \boxed{2}")[0],
+            "2"
+        );
+    }
+
+    #[test]
+    fn normalise_forms() {
+        assert_eq!(normalize(r"$\dfrac{1}{2}$"), r"\frac{1}{2}");
+        assert_eq!(normalize(r"\frac12"), r"\frac{1}{2}");
+        assert_eq!(normalize(r"\sqrt2"), r"\sqrt{2}");
+        assert_eq!(normalize("1,000,000"), "1000000");
+        assert_eq!(normalize(r"1{,}000"), "1000");
+        assert_eq!(normalize(r"30^\circ"), "30");
+        assert_eq!(normalize(r"5\text{ cm}"), "5");
+        assert_eq!(normalize(r"\text{Monday}"), "Monday");
+        assert_eq!(normalize("12 dollars"), "12");
+        assert_eq!(normalize(r"\$5"), "5");
+        assert_eq!(normalize(r"\left( 1, 2 \right)"), "( 1, 2 )");
+    }
+}
