@@ -8,35 +8,42 @@ use crate::error::{ModelError, Result};
 /// Storage for the keys and values of every attention layer: the main layers `0..num_hidden_layers`, then one
 /// per MTP layer (`ModelConfig::mtp_cache_layer`).
 pub trait KvCache {
-    /// Stores `k`, `v` (`[batch, kv_heads, t, head_dim]`) of `layer` at positions `start_pos..start_pos+t`,
-    /// dropping anything cached at or after `start_pos` (this is how rejected draft positions are rolled back),
-    /// and returns the keys and values of positions `0..start_pos+t`.
+    /// Stores `k`, `v` (`[1, kv_heads, t, head_dim]`) of batch row `row` in `layer` at positions
+    /// `start_pos..start_pos+t`, dropping anything that row cached at or after `start_pos` (this is how rejected
+    /// draft positions are rolled back), and returns the row's keys and values of positions `0..start_pos+t`.
     fn update(
         &mut self,
         layer: usize,
+        row: usize,
         start_pos: usize,
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)>;
 }
 
-/// A plain contiguous cache: one growing `[batch, kv_heads, len, head_dim]` tensor pair per layer.
+/// A plain contiguous cache: one growing `[1, kv_heads, len, head_dim]` tensor pair per layer and batch row.
 #[derive(Debug, Clone, Default)]
 pub struct ContiguousKvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `layers[layer][row]`.
+    layers: Vec<Vec<Option<(Tensor, Tensor)>>>,
 }
 
 impl ContiguousKvCache {
     /// An empty cache for `num_layers` attention layers.
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            layers: vec![vec![]; num_layers],
         }
     }
 
-    /// Number of cached positions of `layer`.
+    /// Number of cached positions of batch row 0 in `layer`.
     pub fn len(&self, layer: usize) -> usize {
-        match self.layers.get(layer) {
+        self.row_len(layer, 0)
+    }
+
+    /// Number of cached positions of `row` in `layer`.
+    pub fn row_len(&self, layer: usize, row: usize) -> usize {
+        match self.layers.get(layer).and_then(|l| l.get(row)) {
             Some(Some((k, _))) => k.dim(2).unwrap_or(0),
             _ => 0,
         }
@@ -44,19 +51,19 @@ impl ContiguousKvCache {
 
     /// True when no layer holds anything.
     pub fn is_empty(&self) -> bool {
-        self.layers.iter().all(Option::is_none)
+        self.layers.iter().flatten().all(Option::is_none)
     }
 
-    /// Keeps only the first `len` positions of every layer.
+    /// Keeps only the first `len` positions of every layer and row.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        for slot in self.layers.iter_mut() {
+        for slot in self.layers.iter_mut().flatten() {
             if let Some((k, v)) = slot {
                 if k.dim(2)? > len {
-                    if len == 0 {
-                        *slot = None;
+                    *slot = if len == 0 {
+                        None
                     } else {
-                        *slot = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
-                    }
+                        Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?))
+                    };
                 }
             }
         }
@@ -68,21 +75,26 @@ impl KvCache for ContiguousKvCache {
     fn update(
         &mut self,
         layer: usize,
+        row: usize,
         start_pos: usize,
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let n = self.layers.len();
-        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+        let rows = self.layers.get_mut(layer).ok_or_else(|| {
             ModelError::Input(format!("KV cache has {n} layers, asked for layer {layer}"))
         })?;
+        if rows.len() <= row {
+            rows.resize(row + 1, None);
+        }
+        let slot = &mut rows[row];
         let cached = match slot {
             Some((k, _)) => k.dim(2)?,
             None => 0,
         };
         if start_pos > cached {
             return Err(ModelError::Input(format!(
-                "KV cache layer {layer} holds {cached} positions, cannot write at position {start_pos}"
+                "KV cache layer {layer} row {row} holds {cached} positions, cannot write at position {start_pos}"
             )));
         }
         let (k_all, v_all) = match slot.take() {

@@ -106,12 +106,13 @@ fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
 }
 
 impl Attention {
+    /// Projections are batched over all rows; RoPE, the cache update and attention run per row because rows may
+    /// sit at different positions (continuous batching).
     fn forward(
         &self,
         x: &Tensor,
         rope: &Rope,
-        (cos, sin): (&Tensor, &Tensor),
-        start_pos: usize,
+        starts: &[usize],
         cache_layer: usize,
         cache: &mut dyn KvCache,
     ) -> Result<Tensor> {
@@ -123,21 +124,33 @@ impl Attention {
         let q = split(self.q_proj.forward(x)?, self.n_heads)?;
         let k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        let q = rope.apply(&q, cos, sin)?;
-        let k = rope.apply(&k, cos, sin)?.to_dtype(dtype)?;
-        let v = v.contiguous()?;
-        let (k, v) = cache.update(cache_layer, start_pos, &k, &v)?;
-        // Scores, softmax and the weighted sum in f32 whatever the weight dtype.
         let n_rep = self.n_heads / self.n_kv_heads;
-        let k = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
-        let v = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if t > 1 {
-            scores = scores.broadcast_add(&causal_mask(start_pos, t, x.device())?)?;
+        let mut outs = Vec::with_capacity(b);
+        for (row, &start) in starts.iter().enumerate() {
+            let (cos, sin) = rope.tables(start, t, x.device())?;
+            let q = rope.apply(&q.narrow(0, row, 1)?, &cos, &sin)?;
+            let k = rope
+                .apply(&k.narrow(0, row, 1)?, &cos, &sin)?
+                .to_dtype(dtype)?;
+            let v = v.narrow(0, row, 1)?.contiguous()?;
+            let (k, v) = cache.update(cache_layer, row, start, &k, &v)?;
+            // Scores, softmax and the weighted sum in f32 whatever the weight dtype.
+            let k = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
+            let v = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            if t > 1 {
+                scores = scores.broadcast_add(&causal_mask(start, t, x.device())?)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            outs.push(probs.matmul(&v)?.to_dtype(dtype)?);
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.to_dtype(dtype)?;
+        let out = if b == 1 {
+            outs.pop()
+                .ok_or_else(|| ModelError::Input("empty batch".into()))?
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
@@ -177,14 +190,13 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         rope: &Rope,
-        tables: (&Tensor, &Tensor),
-        start_pos: usize,
+        starts: &[usize],
         cache: &mut dyn KvCache,
     ) -> Result<Tensor> {
         let a = self.input_layernorm.forward(x)?;
         let a = self
             .self_attn
-            .forward(&a, rope, tables, start_pos, self.cache_layer, cache)?;
+            .forward(&a, rope, starts, self.cache_layer, cache)?;
         let x = (x + a)?;
         let m = self
             .mlp
@@ -408,19 +420,30 @@ impl MimoModel {
         Ok(self.lm_head.forward(x)?.to_dtype(DType::F32)?)
     }
 
-    /// The main model over `ids` (`[b, t]`, u32) at positions `start_pos..start_pos+t`, using and extending
-    /// `cache`. Returns per-position logits and the pre-norm hidden states.
+    /// The main model over `ids` (`[b, t]`, u32) at positions `start_pos..start_pos+t` for every row, using
+    /// and extending `cache`. Returns per-position logits and the pre-norm hidden states.
     pub fn forward(
         &self,
         ids: &Tensor,
         start_pos: usize,
         cache: &mut dyn KvCache,
     ) -> Result<MainOutput> {
-        let (_, t) = ids.dims2()?;
-        let (cos, sin) = self.rope.tables(start_pos, t, &self.device)?;
+        let (b, _) = ids.dims2()?;
+        self.forward_rows(ids, &vec![start_pos; b], cache)
+    }
+
+    /// Like [`MimoModel::forward`], with row `r` at positions `starts[r]..starts[r]+t` (continuous batching:
+    /// sequences of different lengths decode together).
+    pub fn forward_rows(
+        &self,
+        ids: &Tensor,
+        starts: &[usize],
+        cache: &mut dyn KvCache,
+    ) -> Result<MainOutput> {
+        check_rows(ids, starts)?;
         let mut x = self.embed(ids)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &self.rope, (&cos, &sin), start_pos, cache)?;
+            x = layer.forward(&x, &self.rope, starts, cache)?;
         }
         let logits = self.lm_head(&self.norm.forward(&x)?)?;
         Ok(MainOutput { logits, hidden: x })
@@ -447,18 +470,35 @@ impl MimoModel {
         start_pos: usize,
         cache: &mut dyn KvCache,
     ) -> Result<MtpOutput> {
+        let (b, _) = next_ids.dims2()?;
+        self.mtp_layer_rows(k, hidden, next_ids, &vec![start_pos; b], cache)
+    }
+
+    /// Like [`MimoModel::mtp_layer`], with row `r` at positions `starts[r]..`.
+    pub fn mtp_layer_rows(
+        &self,
+        k: usize,
+        hidden: &Tensor,
+        next_ids: &Tensor,
+        starts: &[usize],
+        cache: &mut dyn KvCache,
+    ) -> Result<MtpOutput> {
+        check_rows(next_ids, starts)?;
         let layer = self.mtp_layers.get(k).ok_or_else(|| {
             ModelError::Input(format!(
                 "MTP layer {k} requested, the model has {}",
                 self.mtp_layers.len()
             ))
         })?;
-        let (_, t) = next_ids.dims2()?;
+        let (b, t) = next_ids.dims2()?;
         let mut e = self.embed(next_ids)?;
-        if self.cfg.mtp_zero_pos0_embedding && start_pos == 0 {
+        if self.cfg.mtp_zero_pos0_embedding && starts.contains(&0) {
             // vLLM's convention: the row at position 0 sees a zero token embedding.
-            let mask: Vec<f32> = (0..t).map(|i| if i == 0 { 0.0 } else { 1.0 }).collect();
-            let mask = Tensor::from_vec(mask, (1, t, 1), &self.device)?.to_dtype(e.dtype())?;
+            let mask: Vec<f32> = starts
+                .iter()
+                .flat_map(|&s| (0..t).map(move |i| if s + i == 0 { 0.0 } else { 1.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, t, 1), &self.device)?.to_dtype(e.dtype())?;
             e = e.broadcast_mul(&mask)?;
         }
         let e = layer.token_layernorm.forward(&e)?;
@@ -466,10 +506,7 @@ impl MimoModel {
         let u = layer
             .input_proj
             .forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
-        let (cos, sin) = self.rope.tables(start_pos, t, &self.device)?;
-        let u = layer
-            .block
-            .forward(&u, &self.rope, (&cos, &sin), start_pos, cache)?;
+        let u = layer.block.forward(&u, &self.rope, starts, cache)?;
         let logits = self.lm_head(&layer.final_layernorm.forward(&u)?)?;
         Ok(MtpOutput { logits, hidden: u })
     }
@@ -504,6 +541,18 @@ impl MimoModel {
         }
         Ok((main.logits.squeeze(0)?, mtp))
     }
+}
+
+/// Checks that `starts` has one entry per row of `ids`.
+fn check_rows(ids: &Tensor, starts: &[usize]) -> Result<()> {
+    let (b, t) = ids.dims2()?;
+    if b != starts.len() || b == 0 || t == 0 {
+        return Err(ModelError::Input(format!(
+            "batch of {b} rows × {t} positions with {} start positions",
+            starts.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Parameter counts of a config: (main model, MTP layers).
