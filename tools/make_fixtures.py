@@ -11,7 +11,8 @@ at RoPE position p and predicts x_{p+2+k}.
     python tools/make_fixtures.py --random SEED.. --out D # unseen checkpoints with random shapes, for tests
 
 Each case directory holds an HF model directory (config.json + safetensors) and `reference.safetensors` with
-`ids` (int64 [n]), `logits` (f32 [n, V]) and `mtp_logits.{k}` (f32 [n-1-k, V]).
+`ids` (int64 [n]), `logits` (f32 [n, V]), `mtp_logits.{k}` (f32 [n-1-k, V]) and `greedy_ids` (int64 [24]),
+transformers' greedy `generate` continuation of `ids[:5]`.
 """
 
 import argparse
@@ -28,6 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm
 
 ROOT = Path(__file__).resolve().parent.parent
+GREEDY_NEW = 24
 
 
 class MtpLayer(Qwen2DecoderLayer):
@@ -145,6 +147,11 @@ def reference(model, mtp, case, ids):
         pe = model.model.rotary_emb(h, pos)
         g = layer.mtp_forward(h, emb, pe, causal_mask(rows, h.dtype))
         out[f"mtp_logits.{k}"] = model.lm_head(g)[0].float().contiguous()
+    # Greedy continuation of the first 5 ids by transformers' generate (main model, f32, no EOS).
+    prompt = x[:, :5]
+    gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=GREEDY_NEW,
+                         min_new_tokens=GREEDY_NEW, eos_token_id=None, pad_token_id=0)
+    out["greedy_ids"] = gen[0, prompt.shape[1]:].to(torch.int64).contiguous()
     return out
 
 

@@ -1,0 +1,627 @@
+//! The engine: continuous batching over a paged KV cache, and MTP speculative decoding (spec §7.3).
+//!
+//! Token-level: requests are prompt ids plus [`SamplingParams`]; every [`Engine::step`] admits waiting
+//! requests (prefill), then advances every running sequence by one decode step — one batched main-model forward
+//! over all of them, or, with MTP drafts enabled, one draft chain + one verification forward per sequence.
+//! Sequences join and leave between steps.
+//!
+//! Invariant of a running sequence: the main model's cache holds positions `0..tokens.len()-1`; the last token
+//! is sampled but not yet fed (it is the next step's input).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+use mimo_model::{MimoModel, ModelError};
+
+use crate::kv::{KvError, PagedKvCache};
+use crate::sampling::{argmax, Sampler, SamplingError, SamplingParams};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most sequences decoded at once.
+    pub max_num_seqs: usize,
+    /// Longest sequence (prompt + completion) in tokens; defaults to the model's `max_position_embeddings`.
+    pub max_model_len: Option<usize>,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// KV blocks in the pool; default: enough for `max_num_seqs` sequences of `max_model_len`.
+    pub num_blocks: Option<usize>,
+    /// MTP drafts per step (0 = plain decoding; 1..=3 typical). Layers are re-used when fewer exist.
+    pub mtp_drafts: usize,
+    /// Token ids that end a sequence (EOS) in addition to each request's `stop_token_ids`.
+    pub eos_ids: Vec<u32>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 16,
+            max_model_len: None,
+            block_size: 16,
+            num_blocks: None,
+            mtp_drafts: 0,
+            eos_ids: vec![],
+        }
+    }
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A request that can never run (empty prompt, unknown ids, too long, bad sampling parameters).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Bad sampling parameters.
+    #[error("invalid sampling parameters: {0}")]
+    Sampling(#[from] SamplingError),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The KV cache failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A tensor operation failed.
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Why a sequence finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop/EOS token was produced.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// The caller aborted it.
+    Abort,
+}
+
+impl FinishReason {
+    /// OpenAI's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// Log-probability of one produced token and the top alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What one step produced for one sequence.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    pub id: u64,
+    /// New tokens (more than one when MTP drafts were accepted).
+    pub tokens: Vec<u32>,
+    /// Per new token, when the request asked for logprobs.
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish: Option<FinishReason>,
+}
+
+/// Draft and acceptance counts, per MTP layer used.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MtpStats {
+    pub drafted: Vec<u64>,
+    pub accepted: Vec<u64>,
+}
+
+impl MtpStats {
+    /// Total drafted tokens.
+    pub fn total_drafted(&self) -> u64 {
+        self.drafted.iter().sum()
+    }
+
+    /// Total accepted tokens.
+    pub fn total_accepted(&self) -> u64 {
+        self.accepted.iter().sum()
+    }
+
+    fn count(&mut self, layer: usize, accepted: bool) {
+        if self.drafted.len() <= layer {
+            self.drafted.resize(layer + 1, 0);
+            self.accepted.resize(layer + 1, 0);
+        }
+        self.drafted[layer] += 1;
+        if accepted {
+            self.accepted[layer] += 1;
+        }
+    }
+}
+
+struct Sequence {
+    id: u64,
+    slot: usize,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    sampler: Sampler,
+    max_tokens: usize,
+    stop_ids: Vec<u32>,
+    logprobs: Option<usize>,
+    /// MTP input hidden states (`[1, 1, H]` each) of positions `hidden_base..`.
+    hidden: Vec<Tensor>,
+    hidden_base: usize,
+    /// Rows of real (non-draft) input each MTP layer has cached.
+    mtp_len: Vec<usize>,
+    finish: Option<FinishReason>,
+}
+
+impl Sequence {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+/// The inference engine over one model.
+pub struct Engine {
+    model: Arc<MimoModel>,
+    cfg: EngineConfig,
+    max_model_len: usize,
+    kv: PagedKvCache,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    next_id: u64,
+    mtp_stats: MtpStats,
+}
+
+impl Engine {
+    /// An engine over `model`.
+    pub fn new(model: Arc<MimoModel>, cfg: EngineConfig) -> Result<Self, EngineError> {
+        let mcfg = model.config().clone();
+        let max_model_len = cfg
+            .max_model_len
+            .unwrap_or(mcfg.max_position_embeddings)
+            .max(1);
+        if cfg.block_size == 0 || cfg.max_num_seqs == 0 {
+            return Err(EngineError::InvalidRequest(
+                "block_size and max_num_seqs must be > 0".into(),
+            ));
+        }
+        let per_seq = (max_model_len + cfg.mtp_drafts + 1).div_ceil(cfg.block_size);
+        let num_blocks = cfg.num_blocks.unwrap_or(per_seq * cfg.max_num_seqs);
+        let kv = PagedKvCache::new(
+            &mcfg,
+            num_blocks,
+            cfg.block_size,
+            model.dtype(),
+            model.device(),
+        )?;
+        Ok(Self {
+            model,
+            max_model_len,
+            kv,
+            waiting: VecDeque::new(),
+            running: vec![],
+            next_id: 0,
+            mtp_stats: MtpStats::default(),
+            cfg,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<MimoModel> {
+        &self.model
+    }
+
+    /// The context length requests are checked against.
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+
+    /// Draft/acceptance counts so far.
+    pub fn mtp_stats(&self) -> &MtpStats {
+        &self.mtp_stats
+    }
+
+    /// Sequences waiting for admission.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences being decoded.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// True while any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Free and total KV blocks.
+    pub fn kv_blocks(&self) -> (usize, usize) {
+        (self.kv.free_blocks(), self.kv.total_blocks())
+    }
+
+    /// Queues a request; returns its id. Checks the prompt and parameters up front.
+    pub fn add_request(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<u64, EngineError> {
+        params.validate()?;
+        let vocab = self.model.config().vocab_size;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("empty prompt".into()));
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} is out of range for vocab_size {vocab}"
+            )));
+        }
+        if params.max_tokens == 0 {
+            return Err(EngineError::InvalidRequest("max_tokens must be > 0".into()));
+        }
+        if prompt.len() + params.max_tokens > self.max_model_len {
+            return Err(EngineError::InvalidRequest(format!(
+                "prompt ({} tokens) + max_tokens ({}) exceeds the context length {}",
+                prompt.len(),
+                params.max_tokens,
+                self.max_model_len
+            )));
+        }
+        let need = self
+            .kv
+            .blocks_for(prompt.len() + params.max_tokens + self.cfg.mtp_drafts + 1);
+        if need > self.kv.total_blocks() {
+            return Err(EngineError::InvalidRequest(format!(
+                "request needs {need} KV blocks, the pool has {}",
+                self.kv.total_blocks()
+            )));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut stop_ids = params.stop_token_ids.clone();
+        stop_ids.extend(&self.cfg.eos_ids);
+        let seq = Sequence {
+            id,
+            slot: usize::MAX,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            max_tokens: params.max_tokens,
+            logprobs: params.logprobs,
+            sampler: Sampler::new(params)?,
+            stop_ids,
+            hidden: vec![],
+            hidden_base: 0,
+            mtp_len: vec![],
+            finish: None,
+        };
+        self.waiting.push_back(seq);
+        Ok(id)
+    }
+
+    /// Aborts a request (waiting or running); its KV blocks are freed now. Returns false if unknown.
+    pub fn abort(&mut self, id: u64) -> bool {
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            self.waiting.remove(i);
+            return true;
+        }
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let seq = self.running.remove(i);
+            self.kv.free_sequence(seq.slot);
+            return true;
+        }
+        false
+    }
+
+    fn drafts(&self) -> usize {
+        if self.model.num_mtp_layers() == 0 {
+            0
+        } else {
+            self.cfg.mtp_drafts
+        }
+    }
+
+    /// One scheduler iteration: admit and prefill waiting requests while there is room, then one decode step
+    /// for every other running sequence. Finished sequences leave and free their blocks.
+    pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let mut outputs = vec![];
+        let mut fresh = vec![];
+        while self.running.len() + fresh.len() < self.cfg.max_num_seqs {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            let total = front.prompt_len + front.max_tokens + self.cfg.mtp_drafts + 1;
+            if self.kv.blocks_for(total) > self.kv.free_blocks() {
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            seq.slot = self.kv.add_sequence();
+            self.kv.reserve(seq.slot, total)?;
+            outputs.push(self.prefill(&mut seq)?);
+            fresh.push(seq);
+        }
+        if !self.running.is_empty() {
+            if self.drafts() > 0 {
+                let mut running = std::mem::take(&mut self.running);
+                for seq in running.iter_mut() {
+                    outputs.push(self.spec_step(seq)?);
+                }
+                self.running = running;
+            } else {
+                outputs.extend(self.decode_batch()?);
+            }
+        }
+        self.running.append(&mut fresh);
+        let mut kept = Vec::with_capacity(self.running.len());
+        for seq in self.running.drain(..) {
+            if seq.finish.is_some() {
+                self.kv.free_sequence(seq.slot);
+            } else {
+                kept.push(seq);
+            }
+        }
+        self.running = kept;
+        Ok(outputs)
+    }
+
+    fn row(logits: &Tensor, r: usize, t: usize) -> Result<Vec<f32>, EngineError> {
+        Ok(logits
+            .get(r)?
+            .get(t)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
+    }
+
+    /// Appends sampled tokens, stopping at a stop token or the length limit; returns the tokens kept.
+    fn push_tokens(&self, seq: &mut Sequence, new: &[(u32, Option<TokenLogprob>)]) -> StepOutput {
+        let mut out = StepOutput {
+            id: seq.id,
+            tokens: vec![],
+            logprobs: vec![],
+            finish: None,
+        };
+        for (tok, lp) in new {
+            seq.tokens.push(*tok);
+            out.tokens.push(*tok);
+            if let Some(lp) = lp {
+                out.logprobs.push(lp.clone());
+            }
+            if seq.stop_ids.contains(tok) {
+                seq.finish = Some(FinishReason::Stop);
+            } else if seq.generated() >= seq.max_tokens || seq.tokens.len() >= self.max_model_len {
+                seq.finish = Some(FinishReason::Length);
+            }
+            if seq.finish.is_some() {
+                break;
+            }
+        }
+        out.finish = seq.finish;
+        out
+    }
+
+    fn sample(seq: &mut Sequence, logits: &[f32]) -> (u32, Option<TokenLogprob>) {
+        let r = seq.sampler.sample(logits, &seq.tokens);
+        let lp = seq.logprobs.map(|_| TokenLogprob {
+            token: r.token,
+            logprob: r.logprob,
+            top: r.top_logprobs.clone(),
+        });
+        (r.token, lp)
+    }
+
+    fn prefill(&mut self, seq: &mut Sequence) -> Result<StepOutput, EngineError> {
+        let ids = Tensor::new(seq.tokens.as_slice(), self.model.device())?.unsqueeze(0)?;
+        let rows = [seq.slot];
+        let out = self
+            .model
+            .forward_rows(&ids, &[0], &mut self.kv.view(&rows))?;
+        if self.drafts() > 0 {
+            let h = self.model.mtp_input_hidden(&out.hidden)?;
+            seq.hidden = (0..seq.tokens.len())
+                .map(|i| h.narrow(1, i, 1))
+                .collect::<Result<_, _>>()?;
+            seq.hidden_base = 0;
+            seq.mtp_len = vec![0; self.model.num_mtp_layers()];
+        }
+        let logits = Self::row(&out.logits, 0, seq.tokens.len() - 1)?;
+        let s = Self::sample(seq, &logits);
+        Ok(self.push_tokens(seq, &[s]))
+    }
+
+    /// One batched decode step over every running sequence (rows at different positions).
+    fn decode_batch(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let dev = self.model.device().clone();
+        let last: Vec<u32> = self
+            .running
+            .iter()
+            .map(|s| s.tokens[s.tokens.len() - 1])
+            .collect();
+        let starts: Vec<usize> = self.running.iter().map(|s| s.tokens.len() - 1).collect();
+        let rows: Vec<usize> = self.running.iter().map(|s| s.slot).collect();
+        let ids = Tensor::from_vec(last, (rows.len(), 1), &dev)?;
+        let out = self
+            .model
+            .forward_rows(&ids, &starts, &mut self.kv.view(&rows))?;
+        let logits = out.logits.to_dtype(DType::F32)?;
+        let mut running = std::mem::take(&mut self.running);
+        let mut outputs = Vec::with_capacity(running.len());
+        for (r, seq) in running.iter_mut().enumerate() {
+            let row = Self::row(&logits, r, 0)?;
+            let s = Self::sample(seq, &row);
+            outputs.push(self.push_tokens(seq, &[s]));
+        }
+        self.running = running;
+        Ok(outputs)
+    }
+
+    /// The draft chain of spec §7.3 and one verification forward for one sequence.
+    fn spec_step(&mut self, seq: &mut Sequence) -> Result<StepOutput, EngineError> {
+        let k_drafts = self.drafts();
+        let n_layers = self.model.num_mtp_layers();
+        let dev = self.model.device().clone();
+        let rows = [seq.slot];
+        let n = seq.tokens.len();
+        // Positions 0..=p are in the main cache and have hidden states; token n-1 (position p+1) is pending.
+        let p = n - 2;
+        let greedy = seq.sampler.params().is_greedy();
+        let mut drafts: Vec<u32> = Vec::with_capacity(k_drafts);
+        let mut draft_probs: Vec<Vec<f32>> = Vec::with_capacity(k_drafts);
+        let mut draft_layer: Vec<usize> = Vec::with_capacity(k_drafts);
+        let tok = |i: usize, drafts: &[u32]| -> u32 {
+            if i < n {
+                seq.tokens[i]
+            } else {
+                drafts[i - n]
+            }
+        };
+        for j in 1..=k_drafts {
+            let first_use = j - 1 < n_layers;
+            let layer = (j - 1).min(n_layers - 1);
+            let (h, ids, start) = if first_use {
+                // Catch up this layer's cache with every row since its last real row; the last row (at p)
+                // carries the newest token (or draft) and yields the draft.
+                let c = seq.mtp_len[layer].max(seq.hidden_base);
+                let rows_n = p + 1 - c;
+                let ids: Vec<u32> = (c..=p).map(|r| tok(r + 1 + layer, &drafts)).collect();
+                let h = Tensor::cat(&seq.hidden[c - seq.hidden_base..=p - seq.hidden_base], 1)?;
+                (h, Tensor::from_vec(ids, (1, rows_n), &dev)?, c)
+            } else {
+                let h = seq.hidden[p - seq.hidden_base].clone();
+                let ids = Tensor::from_vec(vec![drafts[j - 2]], (1, 1), &dev)?;
+                (h, ids, p)
+            };
+            let out =
+                self.model
+                    .mtp_layer_rows(layer, &h, &ids, &[start], &mut self.kv.view(&rows))?;
+            if first_use {
+                seq.mtp_len[layer] = (p + 1).saturating_sub(layer).max(start);
+            }
+            let t = out.logits.dim(1)? - 1;
+            let logits = Self::row(&out.logits, 0, t)?;
+            let mut history = seq.tokens.clone();
+            history.extend(&drafts);
+            let (d, q) = if greedy {
+                let d = argmax(&logits).unwrap_or(0) as u32;
+                (d, vec![])
+            } else {
+                let q = seq.sampler.probs(&logits, &history);
+                (seq.sampler.sample_from_probs(&q), q)
+            };
+            drafts.push(d);
+            draft_probs.push(q);
+            draft_layer.push(layer);
+        }
+        // Verification: the pending token and the drafts at positions p+1.. in one main-model forward.
+        let mut input = vec![seq.tokens[n - 1]];
+        input.extend(&drafts);
+        let len = input.len();
+        let ids = Tensor::from_vec(input, (1, len), &dev)?;
+        let out = self
+            .model
+            .forward_rows(&ids, &[p + 1], &mut self.kv.view(&rows))?;
+        let logits = out.logits.to_dtype(DType::F32)?;
+        let mut new: Vec<(u32, Option<TokenLogprob>)> = vec![];
+        let mut history = seq.tokens.clone();
+        let mut accepted = 0;
+        for i in 0..=k_drafts {
+            let row = Self::row(&logits, 0, i)?;
+            if i == k_drafts {
+                new.push(Self::sample_with(seq, &row, &history));
+                break;
+            }
+            let d = drafts[i];
+            let ok = if greedy {
+                let (t, lp) = Self::sample_with(seq, &row, &history);
+                if t == d {
+                    Ok(lp)
+                } else {
+                    Err((t, lp))
+                }
+            } else {
+                let p_t = seq.sampler.probs(&row, &history);
+                let lp = |tok: u32| seq.logprobs.map(|k| logprob_entry(&p_t, tok, k));
+                match seq.sampler.speculative_accept(&p_t, &draft_probs[i], d) {
+                    Ok(()) => Ok(lp(d)),
+                    Err(t) => Err((t, lp(t))),
+                }
+            };
+            self.mtp_stats.count(draft_layer[i], ok.is_ok());
+            match ok {
+                Ok(lp) => {
+                    new.push((d, lp));
+                    history.push(d);
+                    accepted += 1;
+                }
+                Err((t, lp)) => {
+                    new.push((t, lp));
+                    break;
+                }
+            }
+        }
+        for i in accepted + 1..k_drafts {
+            self.mtp_stats.count(draft_layer[i], false);
+        }
+        // Keep hidden states of the positions now fed for real: p+1 ..= p+1+accepted.
+        let h = self.model.mtp_input_hidden(&out.hidden)?;
+        for i in 0..=accepted {
+            seq.hidden.push(h.narrow(1, i, 1)?);
+        }
+        let out = self.push_tokens(seq, &new);
+        // Drop hidden states no MTP layer will read again.
+        let used = k_drafts.min(n_layers);
+        let keep_from = seq.mtp_len[..used].iter().copied().min().unwrap_or(0);
+        if keep_from > seq.hidden_base {
+            seq.hidden.drain(..keep_from - seq.hidden_base);
+            seq.hidden_base = keep_from;
+        }
+        Ok(out)
+    }
+
+    fn sample_with(
+        seq: &mut Sequence,
+        logits: &[f32],
+        history: &[u32],
+    ) -> (u32, Option<TokenLogprob>) {
+        let r = seq.sampler.sample(logits, history);
+        let lp = seq.logprobs.map(|_| TokenLogprob {
+            token: r.token,
+            logprob: r.logprob,
+            top: r.top_logprobs.clone(),
+        });
+        (r.token, lp)
+    }
+
+    /// Runs until every queued request finishes; returns each request's generated tokens in id order.
+    pub fn run_to_completion(&mut self) -> Result<Vec<(u64, Vec<u32>, FinishReason)>, EngineError> {
+        let mut done: Vec<(u64, Vec<u32>, FinishReason)> = vec![];
+        let mut acc: std::collections::HashMap<u64, Vec<u32>> = Default::default();
+        while self.has_work() {
+            for o in self.step()? {
+                acc.entry(o.id).or_default().extend(&o.tokens);
+                if let Some(f) = o.finish {
+                    done.push((o.id, acc.remove(&o.id).unwrap_or_default(), f));
+                }
+            }
+        }
+        done.sort_by_key(|d| d.0);
+        Ok(done)
+    }
+}
+
+/// Log-probability entry of `token` and the top `k` alternatives from a probability vector.
+fn logprob_entry(probs: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    TokenLogprob {
+        token,
+        logprob: probs.get(token as usize).copied().unwrap_or(0.0).ln(),
+        top: idx
+            .into_iter()
+            .take(k)
+            .map(|i| (i as u32, probs[i].ln()))
+            .collect(),
+    }
+}

@@ -1,0 +1,288 @@
+//! The engine on the committed fixtures: greedy equals transformers' generate, MTP speculative decoding is
+//! exact for greedy and distribution-preserving for sampling, continuous batching equals single runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use mimo_engine::engine::{Engine, EngineConfig, EngineError, FinishReason};
+use mimo_engine::SamplingParams;
+use mimo_model::MimoModel;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+fn load(name: &str) -> Arc<MimoModel> {
+    Arc::new(MimoModel::from_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap())
+}
+
+struct Ref {
+    ids: Vec<u32>,
+    greedy: Vec<u32>,
+}
+
+fn reference(name: &str) -> Ref {
+    let t =
+        candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let v = |k: &str| -> Vec<u32> {
+        t[k].to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect()
+    };
+    Ref {
+        ids: v("ids"),
+        greedy: v("greedy_ids"),
+    }
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ..SamplingParams::greedy()
+    }
+}
+
+fn run(
+    model: &Arc<MimoModel>,
+    cfg: EngineConfig,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+) -> Vec<Vec<u32>> {
+    let mut engine = Engine::new(model.clone(), cfg).unwrap();
+    for p in prompts {
+        engine.add_request(p.clone(), params.clone()).unwrap();
+    }
+    let done = engine.run_to_completion().unwrap();
+    let (free, total) = engine.kv_blocks();
+    assert_eq!(free, total, "all KV blocks are returned");
+    done.into_iter().map(|d| d.1).collect()
+}
+
+const CASES: [&str; 3] = ["mimo-untied", "mimo-tied-sharded-bf16", "llama-tied"];
+
+#[test]
+fn greedy_matches_transformers_generate() {
+    for case in CASES {
+        let r = reference(case);
+        let model = load(case);
+        let out = run(
+            &model,
+            EngineConfig::default(),
+            &[r.ids[..5].to_vec()],
+            &greedy(r.greedy.len()),
+        );
+        assert_eq!(out[0], r.greedy, "{case}");
+    }
+}
+
+#[test]
+fn greedy_with_mtp_drafts_equals_plain_greedy() {
+    for case in ["mimo-untied", "mimo-tied-sharded-bf16"] {
+        let r = reference(case);
+        let model = load(case);
+        let prompts = vec![r.ids[..5].to_vec(), r.ids[2..9].to_vec(), vec![r.ids[0]]];
+        let plain = run(&model, EngineConfig::default(), &prompts, &greedy(24));
+        assert_eq!(plain[0], r.greedy, "{case}");
+        for k in 1..=3 {
+            let mut cfg = EngineConfig {
+                mtp_drafts: k,
+                ..Default::default()
+            };
+            let mut engine = Engine::new(model.clone(), cfg.clone()).unwrap();
+            for p in &prompts {
+                engine.add_request(p.clone(), greedy(24)).unwrap();
+            }
+            let spec: Vec<Vec<u32>> = engine
+                .run_to_completion()
+                .unwrap()
+                .into_iter()
+                .map(|d| d.1)
+                .collect();
+            assert_eq!(spec, plain, "{case}: --mtp {k}");
+            let stats = engine.mtp_stats();
+            assert!(stats.total_drafted() > 0);
+            assert!(stats.drafted.len() <= model.num_mtp_layers().min(k));
+            // Small blocks exercise block-boundary writes and rollback across blocks.
+            cfg.block_size = 2;
+            assert_eq!(
+                run(&model, cfg, &prompts, &greedy(24)),
+                plain,
+                "{case}: --mtp {k}, block 2"
+            );
+        }
+    }
+}
+
+/// With max_num_seqs 2 and 5 requests, sequences join and leave between steps; each output equals the output
+/// of the same request run alone.
+#[test]
+fn continuous_batching_equals_single_runs() {
+    let r = reference("mimo-untied");
+    let model = load("mimo-untied");
+    let prompts: Vec<Vec<u32>> = (0..5).map(|i| r.ids[i..i + 2 + i].to_vec()).collect();
+    let cfg = EngineConfig {
+        max_num_seqs: 2,
+        block_size: 4,
+        ..Default::default()
+    };
+    let params: Vec<SamplingParams> = (0..5).map(|i| greedy(6 + 3 * i)).collect();
+    let mut engine = Engine::new(model.clone(), cfg.clone()).unwrap();
+    for (p, s) in prompts.iter().zip(&params) {
+        engine.add_request(p.clone(), s.clone()).unwrap();
+    }
+    let mut max_running = 0;
+    let mut outs = vec![vec![]; 5];
+    while engine.has_work() {
+        for o in engine.step().unwrap() {
+            outs[o.id as usize].extend(o.tokens);
+        }
+        max_running = max_running.max(engine.num_running());
+    }
+    assert_eq!(max_running, 2);
+    for i in 0..5 {
+        let single = run(&model, cfg.clone(), &[prompts[i].clone()], &params[i]);
+        assert_eq!(outs[i], single[0], "request {i}");
+        assert_eq!(outs[i].len(), params[i].max_tokens);
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let r = reference("mimo-untied");
+    let model = load("mimo-untied");
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: Some(42),
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let a = run(
+        &model,
+        EngineConfig::default(),
+        &[r.ids[..4].to_vec()],
+        &params,
+    );
+    let b = run(
+        &model,
+        EngineConfig::default(),
+        &[r.ids[..4].to_vec()],
+        &params,
+    );
+    assert_eq!(a, b);
+}
+
+/// Chi-square two-sample test: the 2nd and 3rd sampled tokens (which speculation draws through
+/// accept/reject) have the same distribution with and without MTP drafts.
+#[test]
+fn speculative_sampling_preserves_the_distribution() {
+    let model = load("mimo-untied");
+    let r = reference("mimo-untied");
+    let prompt = r.ids[..3].to_vec();
+    let n = 1500;
+    let vocab = model.config().vocab_size;
+    let collect = |drafts: usize, seed0: u64| -> Vec<Vec<f64>> {
+        let mut engine = Engine::new(
+            model.clone(),
+            EngineConfig {
+                mtp_drafts: drafts,
+                max_num_seqs: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for i in 0..n {
+            let params = SamplingParams {
+                temperature: 1.0,
+                // A peaked distribution so the test has power: top-k 8.
+                top_k: 8,
+                seed: Some(seed0 + i as u64),
+                max_tokens: 3,
+                ..Default::default()
+            };
+            engine.add_request(prompt.clone(), params).unwrap();
+        }
+        let mut hist = vec![vec![0.0; vocab]; 3];
+        for (_, toks, _) in engine.run_to_completion().unwrap() {
+            for (pos, &t) in toks.iter().enumerate() {
+                hist[pos][t as usize] += 1.0;
+            }
+        }
+        hist
+    };
+    let plain = collect(0, 1);
+    let spec = collect(2, 1_000_000);
+    for pos in 1..3 {
+        let (a, b) = (&plain[pos], &spec[pos]);
+        let mut chi2 = 0.0;
+        let mut bins = 0;
+        for t in 0..vocab {
+            let s = a[t] + b[t];
+            if s >= 10.0 {
+                chi2 += (a[t] - b[t]).powi(2) / s;
+                bins += 1;
+            }
+        }
+        let df = (bins - 1) as f64;
+        // 99.9th percentile of chi-square ≈ df + 3.1·sqrt(2·df) + 5 (Wilson–Hilferty, conservative).
+        let bound = df + 3.1 * (2.0 * df).sqrt() + 5.0;
+        eprintln!("token {pos}: chi2 = {chi2:.1}, df = {df}, bound = {bound:.1}");
+        assert!(chi2 < bound, "token {pos}: chi2 {chi2} ≥ {bound}");
+    }
+}
+
+#[test]
+fn bad_requests_are_rejected_with_clear_errors() {
+    let model = load("llama-tied");
+    let mut engine = Engine::new(
+        model,
+        EngineConfig {
+            max_model_len: Some(64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let msg = |e: EngineError| e.to_string();
+    assert!(msg(engine.add_request(vec![], greedy(4)).unwrap_err()).contains("empty prompt"));
+    assert!(msg(engine.add_request(vec![1, 301], greedy(4)).unwrap_err()).contains("301"));
+    assert!(
+        msg(engine.add_request(vec![1; 60], greedy(8)).unwrap_err()).contains("context length 64")
+    );
+    let bad = SamplingParams {
+        top_p: 1.5,
+        ..greedy(4)
+    };
+    assert!(msg(engine.add_request(vec![1], bad).unwrap_err()).contains("top_p"));
+    assert!(!engine.has_work());
+}
+
+#[test]
+fn abort_frees_blocks_and_stop_tokens_finish() {
+    let r = reference("mimo-untied");
+    let model = load("mimo-untied");
+    let mut engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+    let a = engine.add_request(r.ids[..5].to_vec(), greedy(20)).unwrap();
+    engine.step().unwrap();
+    assert_eq!(engine.num_running(), 1);
+    assert!(engine.abort(a));
+    let (free, total) = engine.kv_blocks();
+    assert_eq!(free, total);
+    assert!(!engine.abort(a));
+    // The 4th greedy token as a stop id ends the sequence right there.
+    let stop = r.greedy[3];
+    let first = r.greedy.iter().position(|&t| t == stop).unwrap();
+    let params = SamplingParams {
+        stop_token_ids: vec![stop],
+        ..greedy(20)
+    };
+    engine.add_request(r.ids[..5].to_vec(), params).unwrap();
+    let done = engine.run_to_completion().unwrap();
+    assert_eq!(done[0].1, r.greedy[..=first].to_vec());
+    assert_eq!(done[0].2, FinishReason::Stop);
+}
