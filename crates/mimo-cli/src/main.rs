@@ -1,6 +1,8 @@
 //! `mimo`: the one binary of the MiMo system. Results go to stdout, logs to stderr; exit code 0 on success,
 //! 1 when the job failed, 2 on bad usage or bad input.
 
+mod data;
+mod generate;
 mod inspect;
 mod reward;
 
@@ -49,6 +51,19 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
+    /// Generate a completion through the engine (optionally with MTP speculative decoding).
+    Generate(generate::GenerateArgs),
+    /// Interactive terminal chat with streaming output.
+    Chat {
+        #[command(flatten)]
+        opts: generate::GenOpts,
+        /// System prompt.
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// The pretraining data pipeline: extract, dedup, filter, classifier, decontaminate, pack.
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Rule-based rewards: math answer verification and sandboxed code tests (JSONL in, JSONL out).
     #[command(subcommand)]
     Reward(reward::RewardCmd),
@@ -63,7 +78,7 @@ pub enum DtypeArg {
 }
 
 impl DtypeArg {
-    fn dtype(self) -> DType {
+    pub(crate) fn dtype(self) -> DType {
         match self {
             DtypeArg::F32 => DType::F32,
             DtypeArg::Bf16 => DType::BF16,
@@ -79,7 +94,7 @@ pub enum DeviceArg {
     Cuda,
 }
 
-fn device(arg: DeviceArg) -> Result<Device> {
+pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Cuda => Device::new_cuda(0)
@@ -92,7 +107,7 @@ fn device(arg: DeviceArg) -> Result<Device> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn parse_ids(s: &str) -> Result<Vec<u32>, UsageError> {
+pub(crate) fn parse_ids(s: &str) -> Result<Vec<u32>, UsageError> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -144,6 +159,9 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => forward(&model, &ids, dtype, device),
         Cmd::Reward(cmd) => reward::run(cmd),
+        Cmd::Data(cmd) => data::run(cmd),
+        Cmd::Generate(args) => generate::generate(args),
+        Cmd::Chat { opts, system } => generate::chat(opts, system),
     }
 }
 
@@ -151,6 +169,9 @@ fn run(cli: Cli) -> Result<()> {
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<UsageError>() {
+            return 2;
+        }
+        if cause.is::<mimo_engine::TextError>() || cause.is::<mimo_engine::engine::EngineError>() {
             return 2;
         }
         if let Some(e) = cause.downcast_ref::<ModelError>() {

@@ -127,3 +127,99 @@ fn reward_math_jsonl_keeps_order_and_flags_bad_lines() {
     assert!(lines[1]["error"].as_str().unwrap().contains("line 2"));
     assert_eq!(lines[2]["correct"], false);
 }
+
+#[test]
+fn generate_json_matches_transformers_greedy_with_and_without_mtp() {
+    let dir = fixture("mimo-untied");
+    let refs = candle_core::safetensors::load(
+        PathBuf::from(&dir).join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<i64> = refs["ids"].to_vec1().unwrap();
+    let greedy: Vec<i64> = refs["greedy_ids"].to_vec1().unwrap();
+    let prompt = ids[..5]
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    for mtp in ["0", "1", "3"] {
+        let out = mimo(&[
+            "generate",
+            "--model",
+            &dir,
+            "--prompt-ids",
+            &prompt,
+            "--max-tokens",
+            "24",
+            "--mtp",
+            mtp,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got: Vec<i64> = v["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(got, greedy, "--mtp {mtp}");
+        assert_eq!(v["prompt_tokens"], 5);
+        assert_eq!(v["completion_tokens"], 24);
+        assert_eq!(v["finish_reason"], "length");
+        if mtp != "0" {
+            assert!(v["mtp"]["drafted"].as_u64().unwrap() > 0);
+        }
+    }
+    let bad = mimo(&[
+        "generate",
+        "--model",
+        &dir,
+        "--prompt-ids",
+        "1,2",
+        "--max-tokens",
+        "100000",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("context length"));
+    let bad = mimo(&["generate", "--model", &dir, "--prompt", "hi"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tokenizer.json"));
+}
+
+#[test]
+fn data_extract_keeps_math_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("pages.jsonl");
+    let html = r#"<html><body><nav>Home | About</nav><article><p>Euler: <script type=\"math/tex\">e^{i\\pi}+1=0</script> holds.</p><pre><code>def f(x):\n    return x + 1</code></pre></article></body></html>"#;
+    std::fs::write(
+        &input,
+        format!("{{\"url\": \"http://a/1\", \"html\": \"{html}\"}}\nnot json\n"),
+    )
+    .unwrap();
+    let output = dir.path().join("out.jsonl");
+    let out = mimo(&[
+        "data",
+        "extract",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let t = first["text"].as_str().unwrap();
+    assert!(t.contains("$e^{i\\pi}+1=0$"), "{t}");
+    assert!(t.contains("    return x + 1"), "{t}");
+}

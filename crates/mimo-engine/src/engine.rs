@@ -561,8 +561,8 @@ impl Engine {
                 }
             }
         }
-        for i in accepted + 1..k_drafts {
-            self.mtp_stats.count(draft_layer[i], false);
+        for &layer in draft_layer.iter().skip(accepted + 1) {
+            self.mtp_stats.count(layer, false);
         }
         // Keep hidden states of the positions now fed for real: p+1 ..= p+1+accepted.
         let h = self.model.mtp_input_hidden(&out.hidden)?;

@@ -901,12 +901,10 @@ mod tests {
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
         // Pin the stream: ChaCha8 from seed 7 must give these tokens on every platform and release.
-        let mut s = sampler(SamplingParams {
-            seed: Some(7),
-            ..Default::default()
-        });
-        let first = s.uniform();
-        assert!((0.0..1.0).contains(&first));
+        assert_eq!(
+            run(7)[..12],
+            [16, 17, 71, 73, 60, 36, 8, 85, 37, 98, 19, 38]
+        );
     }
 
     #[test]
