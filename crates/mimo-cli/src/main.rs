@@ -1,6 +1,7 @@
 //! `mimo`: the one binary of the MiMo system. Results go to stdout, logs to stderr; exit code 0 on success,
 //! 1 when the job failed, 2 on bad usage or bad input.
 
+mod bench;
 mod data;
 mod generate;
 mod inspect;
@@ -61,6 +62,8 @@ enum Cmd {
         #[arg(long)]
         system: Option<String>,
     },
+    /// Engine throughput against HF transformers on the same checkpoint (JSON with ratios).
+    Bench(bench::BenchArgs),
     /// The pretraining data pipeline: extract, dedup, filter, classifier, decontaminate, pack.
     #[command(subcommand)]
     Data(data::DataCmd),
@@ -160,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
         } => forward(&model, &ids, dtype, device),
         Cmd::Reward(cmd) => reward::run(cmd),
         Cmd::Data(cmd) => data::run(cmd),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::Generate(args) => generate::generate(args),
         Cmd::Chat { opts, system } => generate::chat(opts, system),
     }

@@ -1,0 +1,195 @@
+//! `mimo bench`: engine throughput on a checkpoint, with HF transformers on the same checkpoint and shapes run
+//! in the same command as the reference, printed as one JSON object with ratios.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mimo_engine::engine::{Engine, EngineConfig};
+use mimo_engine::SamplingParams;
+use mimo_model::{ContiguousKvCache, MimoModel};
+use serde_json::{json, Value};
+
+use crate::{device, DeviceArg, DtypeArg};
+
+/// `mimo bench` arguments.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt length in tokens (random ids).
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Batch size of the throughput run.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// MTP drafts for an extra batch-1 run (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    mtp: usize,
+    /// Python with torch + transformers for the reference run (default: .venv/bin/python; "none" skips it).
+    #[arg(long)]
+    python: Option<String>,
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+/// Deterministic pseudo-random prompt ids (SplitMix64).
+fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Decode throughput of `batch` sequences: tokens after each sequence's first, over the time after the first step.
+fn decode_run(model: &Arc<MimoModel>, args: &BenchArgs, batch: usize, mtp: usize) -> Result<Value> {
+    let vocab = model.config().vocab_size;
+    let cfg = EngineConfig {
+        max_num_seqs: batch,
+        max_model_len: Some(args.prompt_len + args.new_tokens + 8),
+        mtp_drafts: mtp,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(model.clone(), cfg)?;
+    for i in 0..batch {
+        let params = SamplingParams {
+            max_tokens: args.new_tokens,
+            ..SamplingParams::greedy()
+        };
+        engine.add_request(prompt(i as u64 + 1, args.prompt_len, vocab), params)?;
+    }
+    let t0 = Instant::now();
+    let first = engine.step()?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut tokens = 0usize;
+    while engine.has_work() {
+        tokens += engine.step()?.iter().map(|o| o.tokens.len()).sum::<usize>();
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    if first.len() != batch {
+        bail!("expected all {batch} sequences admitted in the first step");
+    }
+    let stats = engine.mtp_stats();
+    Ok(json!({
+        "batch": batch,
+        "mtp_drafts": mtp,
+        "prefill_s": prefill_s,
+        "decode_tokens": tokens,
+        "decode_tok_s": tokens as f64 / decode_s,
+        "mtp_drafted": stats.total_drafted(),
+        "mtp_accepted": stats.total_accepted(),
+    }))
+}
+
+/// Runs the benchmark and prints JSON.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let model = Arc::new(MimoModel::from_dir(
+        &args.model,
+        args.dtype.dtype(),
+        &device(args.device)?,
+    )?);
+    let (main_params, mtp_params) = mimo_model::parameter_counts(model.config());
+    // Prefill: one forward over the prompt.
+    let ids = prompt(99, args.prompt_len, model.config().vocab_size);
+    let input = candle_core::Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
+    let mut cache = ContiguousKvCache::new(model.config().num_cache_layers());
+    model.forward(&input, 0, &mut cache)?; // warm-up
+    let mut cache = ContiguousKvCache::new(model.config().num_cache_layers());
+    let t0 = Instant::now();
+    model.forward(&input, 0, &mut cache)?;
+    let prefill_tok_s = args.prompt_len as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("mimo: prefill {prefill_tok_s:.1} tok/s; decoding batch 1 ...");
+    let b1 = decode_run(&model, &args, 1, 0)?;
+    eprintln!(
+        "mimo: batch 1 {:.1} tok/s; decoding batch {} ...",
+        b1["decode_tok_s"].as_f64().unwrap_or(0.0),
+        args.batch
+    );
+    let bn = decode_run(&model, &args, args.batch, 0)?;
+    let spec = if args.mtp > 0 {
+        Some(decode_run(&model, &args, 1, args.mtp)?)
+    } else {
+        None
+    };
+    let ours = json!({
+        "prefill_tok_s": prefill_tok_s,
+        "batch1": b1,
+        "batchN": bn,
+        "mtp_batch1": spec,
+    });
+    let python = args.python.clone().unwrap_or_else(|| {
+        let venv = PathBuf::from(".venv/bin/python");
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "none".into()
+        }
+    });
+    let reference = if python == "none" {
+        Value::Null
+    } else {
+        eprintln!("reference: transformers eager via {python} ...");
+        let script = std::env::current_exe()
+            .ok()
+            .and_then(|exe| {
+                exe.ancestors()
+                    .map(|a| a.join("tools/bench/bench_hf.py"))
+                    .find(|p| p.exists())
+            })
+            .unwrap_or_else(|| PathBuf::from("tools/bench/bench_hf.py"));
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg("--model")
+            .arg(&args.model)
+            .args(["--prompt-len", &args.prompt_len.to_string()])
+            .args(["--new-tokens", &args.new_tokens.to_string()])
+            .args(["--batch", &args.batch.to_string()])
+            .output()
+            .with_context(|| format!("running {python} {}", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "reference run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("reference output is not JSON")?
+    };
+    let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+        _ => Value::Null,
+    };
+    let bkey = format!("batch{}", args.batch);
+    let report = json!({
+        "model": args.model.display().to_string(),
+        "params_main": main_params,
+        "params_mtp": mtp_params,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "mimo": ours,
+        "reference": reference,
+        "ratios": {
+            "batch1_decode_vs_reference": ratio(&ours["batch1"]["decode_tok_s"], &reference["batch1"]["decode_tok_s"]),
+            "batchN_decode_vs_reference": ratio(&ours["batchN"]["decode_tok_s"], &reference[&bkey]["decode_tok_s"]),
+            "prefill_vs_reference": ratio(&ours["prefill_tok_s"], &reference["batch1"]["prefill_tok_s"]),
+            "batchN_vs_batch1": ratio(&ours["batchN"]["decode_tok_s"], &ours["batch1"]["decode_tok_s"]),
+        },
+    });
+    crate::write_stdout(&report.to_string())
+}
