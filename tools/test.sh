@@ -19,4 +19,4 @@ export MIMO_PYTHON="${MIMO_VENV:-$root/.venv}/bin/python"
 # Under CI a sandbox or reference test that cannot run must fail, not skip.
 if [[ -n "${CI:-}" ]]; then export MIMO_REQUIRE_SANDBOX=1; fi
 
-cargo test --workspace --locked "$@"
+cargo test --workspace "$@"
