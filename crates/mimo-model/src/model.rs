@@ -47,14 +47,21 @@ impl Rope {
         Self { inv_freq }
     }
 
-    /// cos/sin tables `[t, d/2]` for positions `start..start+t`.
-    fn tables(&self, start: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// cos/sin tables for row `r` at positions `starts[r]..starts[r]+t`: `[t, d/2]` for one row,
+    /// `[b, t, d/2]` for several.
+    fn tables(&self, starts: &[usize], t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut freqs = Vec::with_capacity(t * half);
-        for p in start..start + t {
-            freqs.extend(self.inv_freq.iter().map(|f| p as f32 * f));
+        let mut freqs = Vec::with_capacity(starts.len() * t * half);
+        for &start in starts {
+            for p in start..start + t {
+                freqs.extend(self.inv_freq.iter().map(|f| p as f32 * f));
+            }
         }
-        let freqs = Tensor::from_vec(freqs, (t, half), device)?;
+        let freqs = if starts.len() == 1 {
+            Tensor::from_vec(freqs, (t, half), device)?
+        } else {
+            Tensor::from_vec(freqs, (starts.len(), t, half), device)?
+        };
         Ok((freqs.cos()?, freqs.sin()?))
     }
 
@@ -106,8 +113,8 @@ fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
 }
 
 impl Attention {
-    /// Projections are batched over all rows; RoPE, the cache update and attention run per row because rows may
-    /// sit at different positions (continuous batching).
+    /// Projections and RoPE are batched over all rows; the cache update and attention run per row because rows
+    /// may sit at different positions (continuous batching).
     fn forward(
         &self,
         x: &Tensor,
@@ -121,18 +128,22 @@ impl Attention {
         let split = |y: Tensor, heads: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?)
         };
-        let q = split(self.q_proj.forward(x)?, self.n_heads)?;
-        let k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let (cos, sin) = rope.tables(starts, t, x.device())?;
+        let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?, &cos, &sin)?;
+        let k = rope
+            .apply(
+                &split(self.k_proj.forward(x)?, self.n_kv_heads)?,
+                &cos,
+                &sin,
+            )?
+            .to_dtype(dtype)?;
         let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
         let n_rep = self.n_heads / self.n_kv_heads;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut outs = Vec::with_capacity(b);
         for (row, &start) in starts.iter().enumerate() {
-            let (cos, sin) = rope.tables(start, t, x.device())?;
-            let q = rope.apply(&q.narrow(0, row, 1)?, &cos, &sin)?;
-            let k = rope
-                .apply(&k.narrow(0, row, 1)?, &cos, &sin)?
-                .to_dtype(dtype)?;
+            let q = q.narrow(0, row, 1)?;
+            let k = k.narrow(0, row, 1)?;
             let v = v.narrow(0, row, 1)?.contiguous()?;
             let (k, v) = cache.update(cache_layer, row, start, &k, &v)?;
             // Scores, softmax and the weighted sum in f32 whatever the weight dtype.
