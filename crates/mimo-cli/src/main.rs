@@ -3,6 +3,7 @@
 
 mod bench;
 mod data;
+mod eval;
 mod generate;
 mod inspect;
 mod reward;
@@ -64,6 +65,8 @@ enum Cmd {
     },
     /// Engine throughput against HF transformers on the same checkpoint (JSON with ratios).
     Bench(bench::BenchArgs),
+    /// Held-out evaluation: avg@k and unbiased pass@k on a math JSONL set (T 0.6, top-p 0.95 by default).
+    Eval(eval::EvalArgs),
     /// The pretraining data pipeline: extract, dedup, filter, classifier, decontaminate, pack.
     #[command(subcommand)]
     Data(data::DataCmd),
@@ -164,6 +167,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Reward(cmd) => reward::run(cmd),
         Cmd::Data(cmd) => data::run(cmd),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Eval(args) => eval::run(args),
         Cmd::Generate(args) => generate::generate(args),
         Cmd::Chat { opts, system } => generate::chat(opts, system),
     }
