@@ -15,7 +15,11 @@ if ((${#need[@]})); then
 fi
 
 bash tools/setup-python.sh
-export MIMO_PYTHON="${MIMO_VENV:-$root/.venv}/bin/python"
+venv="${MIMO_VENV:-$root/.venv}"
+export MIMO_PYTHON="$venv/bin/python"
+# The trainer (tch) links libtorch from the venv's torch==2.11.0 wheel.
+export LIBTORCH_USE_PYTORCH=1
+export PATH="$venv/bin:$PATH"
 # Under CI a sandbox or reference test that cannot run must fail, not skip.
 if [[ -n "${CI:-}" ]]; then export MIMO_REQUIRE_SANDBOX=1; fi
 

@@ -112,6 +112,8 @@ pub enum DataCmd {
     /// fastText-style domain/quality classifier.
     #[command(subcommand)]
     Classifier(ClassifierCmd),
+    /// Synthetic verifiable reasoning data (<think>…</think> then \boxed{}), train/held-out split by hash.
+    Synth(crate::train::SynthCli),
 }
 
 /// `mimo data classifier` verbs.
@@ -253,6 +255,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
                 ..Default::default()
             }))
         }
+        DataCmd::Synth(a) => crate::train::synth(a),
         DataCmd::Classifier(ClassifierCmd::Train {
             inputs,
             model,

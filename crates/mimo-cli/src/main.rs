@@ -7,6 +7,8 @@ mod eval;
 mod generate;
 mod inspect;
 mod reward;
+mod serve;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +67,14 @@ enum Cmd {
     },
     /// Engine throughput against HF transformers on the same checkpoint (JSON with ratios).
     Bench(bench::BenchArgs),
+    /// Pretraining (MTP loss) and SFT on libtorch, with exact resume (needs the `train` feature).
+    #[command(subcommand)]
+    Train(train::TrainCmd),
+    /// Tokenizer training.
+    #[command(subcommand)]
+    Tokenizer(train::TokenizerCmd),
+    /// OpenAI-compatible server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics.
+    Serve(serve::ServeCli),
     /// Held-out evaluation: avg@k and unbiased pass@k on a math JSONL set (T 0.6, top-p 0.95 by default).
     Eval(eval::EvalArgs),
     /// The pretraining data pipeline: extract, dedup, filter, classifier, decontaminate, pack.
@@ -168,6 +178,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Data(cmd) => data::run(cmd),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Eval(args) => eval::run(args),
+        Cmd::Serve(args) => serve::run(args),
+        Cmd::Train(cmd) => train::run(cmd),
+        Cmd::Tokenizer(cmd) => train::tokenizer(cmd),
         Cmd::Generate(args) => generate::generate(args),
         Cmd::Chat { opts, system } => generate::chat(opts, system),
     }

@@ -282,6 +282,7 @@ impl Engine {
         self.next_id += 1;
         let mut stop_ids = params.stop_token_ids.clone();
         stop_ids.extend(&self.cfg.eos_ids);
+        let prompt_len = prompt.len();
         let seq = Sequence {
             id,
             slot: usize::MAX,
@@ -289,7 +290,7 @@ impl Engine {
             tokens: prompt,
             max_tokens: params.max_tokens,
             logprobs: params.logprobs,
-            sampler: Sampler::new(params)?,
+            sampler: Sampler::new(params)?.with_prompt_len(prompt_len),
             stop_ids,
             hidden: vec![],
             hidden_base: 0,

@@ -1,0 +1,61 @@
+//! `mimo serve`: the OpenAI-compatible server (mimo-serve) on a tokio runtime.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+/// `mimo serve` arguments.
+#[derive(Args)]
+pub struct ServeCli {
+    /// HF model directory (with tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Model name clients use (default: the directory name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Sequences decoded at once.
+    #[arg(long, default_value_t = 16)]
+    max_num_seqs: usize,
+    /// Context length (default: the model's max_position_embeddings).
+    #[arg(long)]
+    max_model_len: Option<usize>,
+    /// MTP draft tokens per step.
+    #[arg(long, default_value_t = 0)]
+    mtp: usize,
+    /// Require `Authorization: Bearer KEY`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Waiting requests beyond this get HTTP 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// auto, f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+}
+
+/// Runs the server until SIGTERM or ctrl-c.
+pub fn run(a: ServeCli) -> Result<()> {
+    let args = mimo_serve::ServeArgs {
+        model: a.model,
+        host: a.host,
+        port: a.port,
+        served_model_name: a.served_model_name,
+        max_num_seqs: a.max_num_seqs,
+        max_model_len: a.max_model_len,
+        mtp: a.mtp,
+        api_key: a.api_key,
+        dtype: a.dtype,
+        max_queue: a.max_queue,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(mimo_serve::serve(args))
+}

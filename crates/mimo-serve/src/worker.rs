@@ -1,0 +1,447 @@
+//! The engine thread: owns the [`Engine`], takes new sequences and aborts over a channel between steps, and
+//! sends each sequence's tokens back over its request's channel (continuous batching).
+//!
+//! It also enforces the thinking budget: when a sequence has produced `max_thinking_tokens` tokens inside
+//! `<think>…`, the engine sequence is aborted and re-queued with `</think>` appended to its history (the
+//! forced token is reported to the client as generated). The continuation is re-prefilled; sampling state
+//! restarts from the same seed.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mimo_engine::engine::{Engine, FinishReason, TokenLogprob};
+use mimo_engine::SamplingParams;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+/// Thinking-budget settings of one sequence.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ThinkBudget {
+    /// Most tokens inside the think block.
+    pub budget: usize,
+    /// The prompt already opened the think block.
+    pub in_think: bool,
+}
+
+/// One sequence to generate.
+#[derive(Debug, Clone)]
+pub(crate) struct SeqSpec {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub think: Option<ThinkBudget>,
+}
+
+/// What the engine thread reports for a request.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// New tokens of choice `choice`.
+    Tokens {
+        choice: usize,
+        tokens: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+        finish: Option<FinishReason>,
+    },
+    /// The engine failed; the request cannot go on.
+    Error(String),
+}
+
+/// Why a submission was refused.
+#[derive(Debug)]
+pub(crate) enum SubmitError {
+    QueueFull,
+    Invalid(String),
+}
+
+/// Commands to the engine thread.
+pub(crate) enum Command {
+    Submit {
+        seqs: Vec<SeqSpec>,
+        events: mpsc::UnboundedSender<Event>,
+        reply: oneshot::Sender<Result<Vec<u64>, SubmitError>>,
+    },
+    /// Abort the sequence with this key (no further events are sent for it).
+    Abort(u64),
+    /// Abort everything (reporting `abort` to clients) and stop.
+    Shutdown,
+}
+
+/// Settings of the engine thread beyond the engine's own.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerConfig {
+    /// Most sequences waiting for admission before submissions get `QueueFull`.
+    pub max_queue: usize,
+    pub think_start: Option<u32>,
+    pub think_end: Option<u32>,
+}
+
+struct ThinkState {
+    budget: usize,
+    in_think: bool,
+    closed: bool,
+    count: usize,
+}
+
+struct Track {
+    engine_id: u64,
+    choice: usize,
+    events: mpsc::UnboundedSender<Event>,
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    params: SamplingParams,
+    max_tokens: usize,
+    think: Option<ThinkState>,
+    submitted: Instant,
+    first: bool,
+    last: Instant,
+}
+
+/// The engine loop. Returns when the command channel closes or on `Shutdown`.
+pub(crate) fn run(
+    mut engine: Engine,
+    cfg: WorkerConfig,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut w = Worker {
+        tracks: HashMap::new(),
+        by_engine: HashMap::new(),
+        next_key: 0,
+        cfg,
+        metrics,
+    };
+    w.update_gauges(&engine);
+    loop {
+        if !engine.has_work() {
+            match rx.blocking_recv() {
+                Some(cmd) => {
+                    if w.handle(&mut engine, cmd) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        let mut stop = false;
+        while let Ok(cmd) = rx.try_recv() {
+            if w.handle(&mut engine, cmd) {
+                stop = true;
+                break;
+            }
+        }
+        if stop {
+            break;
+        }
+        w.abort_closed(&mut engine);
+        // Gauges reflect admissions and aborts before the (possibly long) step.
+        w.update_gauges(&engine);
+        if engine.has_work() {
+            match engine.step() {
+                Ok(outputs) => {
+                    for o in outputs {
+                        w.dispatch(&mut engine, o.id, o.tokens, o.logprobs, o.finish);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("engine step failed: {e}");
+                    w.fail_all(&mut engine, &format!("engine step failed: {e}"));
+                }
+            }
+        }
+        w.update_gauges(&engine);
+    }
+    w.abort_all(&mut engine);
+    w.update_gauges(&engine);
+}
+
+struct Worker {
+    tracks: HashMap<u64, Track>,
+    by_engine: HashMap<u64, u64>,
+    next_key: u64,
+    cfg: WorkerConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    /// Handles one command; true means stop.
+    fn handle(&mut self, engine: &mut Engine, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit {
+                seqs,
+                events,
+                reply,
+            } => {
+                let r = self.submit(engine, seqs, events);
+                let _ = reply.send(r);
+                false
+            }
+            Command::Abort(key) => {
+                if let Some(t) = self.tracks.remove(&key) {
+                    self.by_engine.remove(&t.engine_id);
+                    engine.abort(t.engine_id);
+                    self.metrics.aborted.fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+            Command::Shutdown => true,
+        }
+    }
+
+    fn submit(
+        &mut self,
+        engine: &mut Engine,
+        seqs: Vec<SeqSpec>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Vec<u64>, SubmitError> {
+        if engine.num_waiting() + seqs.len() > self.cfg.max_queue.max(seqs.len()) {
+            return Err(SubmitError::QueueFull);
+        }
+        let mut keys = Vec::with_capacity(seqs.len());
+        let mut pending_forced = vec![];
+        for (choice, spec) in seqs.into_iter().enumerate() {
+            let mut think = spec.think.map(|t| ThinkState {
+                budget: t.budget,
+                in_think: t.in_think,
+                closed: false,
+                count: 0,
+            });
+            let mut prompt = spec.prompt;
+            let mut generated = vec![];
+            let mut params = spec.params;
+            let max_tokens = params.max_tokens;
+            // A zero budget with the think block opened by the prompt: close it before generating.
+            if let (Some(th), Some(end)) = (think.as_mut(), self.cfg.think_end) {
+                if th.in_think && th.budget == 0 && max_tokens > 1 {
+                    th.in_think = false;
+                    th.closed = true;
+                    prompt.push(end);
+                    generated.push(end);
+                    params.max_tokens -= 1;
+                    pending_forced.push((choice, end, params.logprobs.is_some()));
+                }
+            }
+            let prompt_len = prompt.len();
+            match engine.add_request(prompt.clone(), params.clone()) {
+                Ok(id) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    let now = Instant::now();
+                    self.tracks.insert(
+                        key,
+                        Track {
+                            engine_id: id,
+                            choice,
+                            events: events.clone(),
+                            prompt,
+                            generated,
+                            params,
+                            max_tokens,
+                            think,
+                            submitted: now,
+                            first: true,
+                            last: now,
+                        },
+                    );
+                    self.by_engine.insert(id, key);
+                    self.metrics
+                        .prompt_tokens
+                        .fetch_add(prompt_len as u64, Ordering::Relaxed);
+                    keys.push(key);
+                }
+                Err(e) => {
+                    for k in keys {
+                        if let Some(t) = self.tracks.remove(&k) {
+                            self.by_engine.remove(&t.engine_id);
+                            engine.abort(t.engine_id);
+                        }
+                    }
+                    return Err(SubmitError::Invalid(e.to_string()));
+                }
+            }
+        }
+        for (choice, end, lp) in pending_forced {
+            let logprobs = if lp {
+                vec![forced_logprob(end)]
+            } else {
+                vec![]
+            };
+            let _ = events.send(Event::Tokens {
+                choice,
+                tokens: vec![end],
+                logprobs,
+                finish: None,
+            });
+        }
+        Ok(keys)
+    }
+
+    /// Aborts sequences whose client went away.
+    fn abort_closed(&mut self, engine: &mut Engine) {
+        let gone: Vec<u64> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.events.is_closed())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some(t) = self.tracks.remove(&k) {
+                tracing::debug!(key = k, "client went away; aborting its sequence");
+                self.by_engine.remove(&t.engine_id);
+                engine.abort(t.engine_id);
+                self.metrics.aborted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        engine: &mut Engine,
+        engine_id: u64,
+        tokens: Vec<u32>,
+        mut logprobs: Vec<TokenLogprob>,
+        mut finish: Option<FinishReason>,
+    ) {
+        let Some(&key) = self.by_engine.get(&engine_id) else {
+            return;
+        };
+        let Some(t) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        let now = Instant::now();
+        let m = &self.metrics;
+        m.generation_tokens
+            .fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        if t.first {
+            t.first = false;
+            m.ttft
+                .observe(now.duration_since(t.submitted).as_secs_f64());
+        } else if !tokens.is_empty() {
+            let dt = now.duration_since(t.last).as_secs_f64() / tokens.len() as f64;
+            m.tpot.observe(dt);
+        }
+        t.last = now;
+        t.generated.extend(&tokens);
+        let mut out_tokens = tokens;
+        // Thinking budget.
+        let mut force = false;
+        if let Some(th) = t.think.as_mut() {
+            for &tok in &out_tokens {
+                if th.closed {
+                    break;
+                }
+                if Some(tok) == self.cfg.think_start {
+                    th.in_think = true;
+                } else if Some(tok) == self.cfg.think_end {
+                    th.in_think = false;
+                    th.closed = true;
+                } else if th.in_think {
+                    th.count += 1;
+                }
+            }
+            force = th.in_think && !th.closed && th.count >= th.budget && finish.is_none();
+        }
+        let mut resubmit = None;
+        if force {
+            if let (Some(end), Some(th)) = (self.cfg.think_end, t.think.as_mut()) {
+                th.in_think = false;
+                th.closed = true;
+                engine.abort(engine_id);
+                self.by_engine.remove(&engine_id);
+                out_tokens.push(end);
+                if t.params.logprobs.is_some() {
+                    logprobs.push(forced_logprob(end));
+                }
+                t.generated.push(end);
+                m.generation_tokens.fetch_add(1, Ordering::Relaxed);
+                let remaining = t.max_tokens.saturating_sub(t.generated.len());
+                if remaining == 0 {
+                    finish = Some(FinishReason::Length);
+                } else {
+                    let mut prompt = t.prompt.clone();
+                    prompt.extend(&t.generated);
+                    let mut params = t.params.clone();
+                    params.max_tokens = remaining;
+                    resubmit = Some((prompt, params));
+                }
+            }
+        }
+        let sent = t.events.send(Event::Tokens {
+            choice: t.choice,
+            tokens: out_tokens,
+            logprobs,
+            finish,
+        });
+        if finish.is_some() || sent.is_err() {
+            if sent.is_err() {
+                engine.abort(t.engine_id);
+                m.aborted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                m.e2e.observe(now.duration_since(t.submitted).as_secs_f64());
+            }
+            self.by_engine.remove(&t.engine_id);
+            self.tracks.remove(&key);
+            return;
+        }
+        if let Some((prompt, params)) = resubmit {
+            match engine.add_request(prompt, params) {
+                Ok(id) => {
+                    t.engine_id = id;
+                    self.by_engine.insert(id, key);
+                }
+                Err(e) => {
+                    let _ = t
+                        .events
+                        .send(Event::Error(format!("closing the think block failed: {e}")));
+                    self.tracks.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self, engine: &mut Engine, msg: &str) {
+        for (_, t) in self.tracks.drain() {
+            engine.abort(t.engine_id);
+            let _ = t.events.send(Event::Error(msg.to_string()));
+        }
+        self.by_engine.clear();
+    }
+
+    /// Aborts every sequence, telling clients `abort`.
+    fn abort_all(&mut self, engine: &mut Engine) {
+        for (_, t) in self.tracks.drain() {
+            engine.abort(t.engine_id);
+            self.metrics.aborted.fetch_add(1, Ordering::Relaxed);
+            let _ = t.events.send(Event::Tokens {
+                choice: t.choice,
+                tokens: vec![],
+                logprobs: vec![],
+                finish: Some(FinishReason::Abort),
+            });
+        }
+        self.by_engine.clear();
+    }
+
+    fn update_gauges(&self, engine: &Engine) {
+        let m = &self.metrics;
+        m.waiting
+            .store(engine.num_waiting() as u64, Ordering::Relaxed);
+        m.running
+            .store(engine.num_running() as u64, Ordering::Relaxed);
+        let (free, total) = engine.kv_blocks();
+        m.kv_free.store(free as u64, Ordering::Relaxed);
+        m.kv_total.store(total as u64, Ordering::Relaxed);
+        let s = engine.mtp_stats();
+        m.mtp_drafted.store(s.total_drafted(), Ordering::Relaxed);
+        m.mtp_accepted.store(s.total_accepted(), Ordering::Relaxed);
+    }
+}
+
+fn forced_logprob(token: u32) -> TokenLogprob {
+    TokenLogprob {
+        token,
+        logprob: 0.0,
+        top: vec![],
+    }
+}

@@ -1,0 +1,418 @@
+//! The server over loopback with a raw HTTP client: OpenAI semantics, errors, auth, queueing,
+//! disconnects, metrics and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mimo_serve::testing::{SCRIPTED_CONTENT, SCRIPTED_REASONING};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is 2+2?"}],
+        "temperature": 0,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_models_and_scripted_chat() {
+    let s = start(|_| {}).await;
+    let r = http(s.addr(), "GET", "/health", &[], None).await;
+    assert_eq!(r.status, 200);
+    let r = http(s.addr(), "GET", "/v1/models", &[], None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"][0]["id"], MODEL);
+
+    let r = post(s.addr(), "/v1/chat/completions", &chat(json!({}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    let c = &v["choices"][0];
+    assert_eq!(c["message"]["role"], "assistant");
+    assert_eq!(c["message"]["content"], SCRIPTED_CONTENT);
+    assert_eq!(c["message"]["reasoning_content"], SCRIPTED_REASONING);
+    assert_eq!(c["finish_reason"], "stop");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let ct = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(ct >= 10, "{ct}");
+    assert_eq!(
+        v["usage"]["total_tokens"].as_u64().unwrap(),
+        v["usage"]["prompt_tokens"].as_u64().unwrap() + ct
+    );
+
+    // max_tokens → length.
+    let r = post(
+        s.addr(),
+        "/v1/chat/completions",
+        &chat(json!({"max_tokens": 3})),
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    // max_completion_tokens wins over max_tokens.
+    let body = chat(json!({"max_tokens": 50, "max_completion_tokens": 2}));
+    let v = post(s.addr(), "/v1/chat/completions", &body).await.json();
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+
+    // Stop strings cut the output; the stop string is not included.
+    let body = chat(json!({"stop": ["result"]}));
+    let v = post(s.addr(), "/v1/chat/completions", &body).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "The ");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_logprobs_and_seed() {
+    let s = start(|_| {}).await;
+    let body =
+        chat(json!({"n": 2, "logprobs": true, "top_logprobs": 2, "temperature": 0.7, "seed": 5}));
+    let r = post(s.addr(), "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let lp = c["logprobs"]["content"].as_array().unwrap();
+        assert!(!lp.is_empty());
+        for e in lp {
+            assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+            assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 2);
+            assert!(e["token"].is_string());
+        }
+    }
+    // Same seed, same output.
+    let again = post(s.addr(), "/v1/chat/completions", &body).await.json();
+    assert_eq!(
+        again["choices"][1]["message"]["content"],
+        v["choices"][1]["message"]["content"]
+    );
+
+    // Text completions: a prompt that does not trigger the script gives sampled text.
+    let body = json!({"model": MODEL, "prompt": "Hello", "max_tokens": 5, "seed": 1, "logprobs": 1,
+                      "temperature": 1.0, "presence_penalty": 0.5, "frequency_penalty": 0.5, "top_p": 0.9});
+    let r = post(s.addr(), "/v1/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion");
+    let c = &v["choices"][0];
+    assert!(c["text"].is_string());
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=5).contains(&n));
+    assert!(c["logprobs"]["tokens"].as_array().unwrap().len() <= 5);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_chat_with_reasoning_and_usage() {
+    let s = start(|_| {}).await;
+    let body = chat(json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let r = post(s.addr(), "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("content-type: text/event-stream"));
+    let events = r.sse();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let (mut reasoning, mut content, mut finish) = (String::new(), String::new(), None);
+    let mut usage = None;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        if let Some(c) = v["choices"].as_array().and_then(|c| c.first()) {
+            reasoning += c["delta"]["reasoning_content"].as_str().unwrap_or("");
+            content += c["delta"]["content"].as_str().unwrap_or("");
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        } else {
+            usage = Some(v["usage"].clone());
+        }
+    }
+    assert_eq!(reasoning, SCRIPTED_REASONING);
+    assert_eq!(content, SCRIPTED_CONTENT);
+    assert_eq!(finish.as_deref(), Some("stop"));
+    let usage = usage.expect("usage chunk");
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
+
+    // Streaming text completion, n=2: both choices finish.
+    let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 4, "n": 2, "stream": true});
+    let r = post(s.addr(), "/v1/completions", &body).await;
+    let events = r.sse();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let finished: Vec<u64> = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| {
+            let v: Value = serde_json::from_str(e).ok()?;
+            let c = v["choices"].get(0)?;
+            c["finish_reason"]
+                .as_str()
+                .map(|_| c["index"].as_u64().unwrap())
+        })
+        .collect();
+    let mut f = finished.clone();
+    f.sort();
+    assert_eq!(f, vec![0, 1]);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_budget_closes_the_block() {
+    let s = start(|_| {}).await;
+    let body = chat(json!({"max_thinking_tokens": 1}));
+    let r = post(s.addr(), "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let m = &v["choices"][0]["message"];
+    // `<think>`, one reasoning token, then the forced `</think>`; the script goes on from there.
+    assert_eq!(m["reasoning_content"], "C");
+    assert_eq!(m["content"], SCRIPTED_CONTENT);
+    // Streaming too.
+    let body = chat(json!({"max_thinking_tokens": 2, "stream": true}));
+    let r = post(s.addr(), "/v1/chat/completions", &body).await;
+    let mut reasoning = String::new();
+    for e in r.sse() {
+        if let Ok(v) = serde_json::from_str::<Value>(&e) {
+            reasoning += v["choices"][0]["delta"]["reasoning_content"]
+                .as_str()
+                .unwrap_or("");
+        }
+    }
+    assert_eq!(reasoning, "Check");
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_400_with_openai_errors() {
+    let s = start(|a| a.max_model_len = Some(64)).await;
+    let addr = s.addr();
+    let check = |r: Resp, needle: &str| {
+        assert_eq!(r.status, 400, "{}", r.body);
+        let v = r.json();
+        let msg = v["error"]["message"].as_str().unwrap().to_string();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    };
+    check(
+        http(addr, "POST", "/v1/chat/completions", &[], Some("{not json")).await,
+        "not valid JSON",
+    );
+    check(
+        http(addr, "POST", "/v1/chat/completions", &[], Some("[1]")).await,
+        "JSON object",
+    );
+    check(
+        post(
+            addr,
+            "/v1/chat/completions",
+            &chat(json!({"temperature": "hot"})),
+        )
+        .await,
+        "invalid type",
+    );
+    check(
+        post(addr, "/v1/chat/completions", &chat(json!({"messages": []}))).await,
+        "at least one message",
+    );
+    check(
+        post(addr, "/v1/chat/completions", &json!({"model": MODEL})).await,
+        "messages",
+    );
+    let long = "word ".repeat(200);
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &chat(json!({"messages": [{"role": "user", "content": long}]})),
+    )
+    .await;
+    check(r, "context length");
+    check(
+        post(
+            addr,
+            "/v1/chat/completions",
+            &chat(json!({"max_tokens": 1000})),
+        )
+        .await,
+        "context length",
+    );
+    check(
+        post(addr, "/v1/chat/completions", &chat(json!({"top_p": 0}))).await,
+        "top_p",
+    );
+    check(
+        post(addr, "/v1/chat/completions", &chat(json!({"n": 0}))).await,
+        "`n`",
+    );
+    check(
+        post(
+            addr,
+            "/v1/chat/completions",
+            &chat(json!({"messages": [{"role": "tool?", "content": "x"}]})),
+        )
+        .await,
+        "chat template",
+    );
+    check(
+        post(addr, "/v1/completions", &json!({"prompt": [5000]})).await,
+        "out of range",
+    );
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &chat(json!({"model": "other"})),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = http(addr, "GET", "/v1/nope", &[], None).await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"]["message"].is_string());
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_auth() {
+    let s = start(|a| a.api_key = Some("sekrit".into())).await;
+    let body = chat(json!({})).to_string();
+    let r = http(s.addr(), "POST", "/v1/chat/completions", &[], Some(&body)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    let r = http(
+        s.addr(),
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer wrong")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = http(
+        s.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer sekrit")],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Health and metrics stay open.
+    assert_eq!(
+        http(s.addr(), "GET", "/health", &[], None).await.status,
+        200
+    );
+    assert_eq!(
+        http(s.addr(), "GET", "/metrics", &[], None).await.status,
+        200
+    );
+    s.server.shutdown().await.unwrap();
+}
+
+/// Waits until the engine is idle with every KV block free; returns the metrics text.
+async fn wait_idle(addr: std::net::SocketAddr) -> String {
+    for _ in 0..200 {
+        let m = http(addr, "GET", "/metrics", &[], None).await.body;
+        if metric(&m, "mimo_num_requests_running") == 0.0
+            && metric(&m, "mimo_num_requests_waiting") == 0.0
+            && metric(&m, "mimo_kv_blocks_free") == metric(&m, "mimo_kv_blocks_total")
+        {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the engine did not go idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_is_429_and_disconnect_frees_blocks() {
+    let s = start(|a| {
+        a.max_num_seqs = 1;
+        a.max_queue = 1;
+    })
+    .await;
+    let addr = s.addr();
+    // Three long sequences: one runs, two wait (more than the queue allows for a new request).
+    let body = json!({"model": MODEL, "prompt": "Hello", "max_tokens": 400, "n": 3, "stream": true,
+                      "temperature": 1.0, "seed": 3});
+    let mut stream = send(
+        addr,
+        "POST",
+        "/v1/completions",
+        &[],
+        Some(&body.to_string()),
+    )
+    .await;
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let r = post(addr, "/v1/chat/completions", &chat(json!({}))).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "queue_full");
+    // The client goes away mid-stream: its sequences are aborted and their blocks freed.
+    drop(stream);
+    let m = wait_idle(addr).await;
+    assert!(metric(&m, "mimo_aborted_sequences_total") >= 1.0, "{m}");
+    assert!(m.contains("mimo_requests_total{route=\"/v1/chat/completions\",code=\"429\"} 1"));
+    // The server still works.
+    let r = post(addr, "/v1/chat/completions", &chat(json!({}))).await;
+    assert_eq!(r.status, 200);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_mtp() {
+    let s = start(|a| a.mtp = 1).await;
+    let r = post(s.addr(), "/v1/chat/completions", &chat(json!({}))).await;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        SCRIPTED_CONTENT
+    );
+    let m = wait_idle(s.addr()).await;
+    assert!(metric(&m, "mimo_prompt_tokens_total") > 0.0);
+    assert!(metric(&m, "mimo_generation_tokens_total") > 0.0);
+    assert!(metric(&m, "mimo_time_to_first_token_seconds_count") >= 1.0);
+    assert!(metric(&m, "mimo_time_per_output_token_seconds_count") >= 1.0);
+    let drafted = metric(&m, "mimo_mtp_draft_tokens_total");
+    let accepted = metric(&m, "mimo_mtp_accepted_tokens_total");
+    assert!(drafted > 0.0);
+    assert!(accepted > 0.0 && accepted <= drafted);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_aborts_in_flight_after_grace() {
+    let s = start(|a| a.shutdown_grace = Duration::from_millis(200)).await;
+    let addr = s.addr();
+    let body = json!({"model": MODEL, "prompt": "Hello", "max_tokens": 450, "stream": true,
+                      "temperature": 1.0, "seed": 7});
+    let reader = tokio::spawn(async move {
+        let mut s = send(
+            addr,
+            "POST",
+            "/v1/completions",
+            &[],
+            Some(&body.to_string()),
+        )
+        .await;
+        let mut buf = vec![];
+        let _ = s.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).to_string()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(20), s.server.shutdown())
+        .await
+        .expect("shutdown hangs")
+        .unwrap();
+    let text = reader.await.unwrap();
+    assert!(text.contains("data: [DONE]"), "{text}");
+    assert!(text.contains("\"finish_reason\""));
+}

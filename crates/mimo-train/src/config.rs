@@ -1,0 +1,396 @@
+//! `mimo train` configuration: a TOML file with every default embedded ([`DEFAULT_CONFIG`]), layered files and
+//! `--set a.b=c` overrides; unknown keys are errors. Also the LR and MTP-weight schedules.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// The embedded defaults (what `mimo train --print-config` starts from).
+pub const DEFAULT_CONFIG: &str = r#"# mimo train: every key with its default.
+mode = "pretrain"          # "pretrain" (packed token windows) or "sft" (prompt/response JSONL, prompt masked)
+seed = 0                   # init RNG and data order
+out = "runs/train"         # run directory (metrics.jsonl, checkpoint/, model/, loss.png)
+force = false              # overwrite a finished run in `out`
+resume = true              # continue from `out/checkpoint` when present
+
+[model]
+init = ""                  # HF model directory to start from (weights + config.json)
+config = ""                # or: a config.json for a fresh random init (used when `init` is empty)
+init_std = 0.02            # std of the random init (matrices and embeddings)
+
+[data]
+path = ""                  # pretrain: packed dataset dir (index.json); sft: JSONL file
+tokenizer = ""             # tokenizer.json for SFT text fields and for the checkpoint (default: model's, data's)
+chat_template = true       # sft text fields: wrap as ChatML user/assistant turns
+
+[train]
+steps = 100
+batch_size = 8             # sequences per micro-batch
+seq_len = 256              # tokens per sequence (windows hold seq_len + 1)
+grad_accum = 1             # micro-batches per optimizer step
+log_every = 1              # metrics.jsonl line every N steps
+save_every = 0             # checkpoint every N steps (0: only at the end)
+threads = 0                # libtorch intra-op threads (0: libtorch default)
+progress = true            # progress bar on stderr
+plot = true                # loss.png at the end
+stop_after = 0             # stop after this many steps as if killed (tests of resume; 0: off)
+
+[optim]
+lr = 3e-4                  # peak LR
+min_lr = 3e-5              # LR at the end of the cosine decay
+warmup_steps = 10          # linear warmup 0 -> lr
+decay_fraction = 0.2       # last fraction of steps: cosine lr -> min_lr (before it: constant lr)
+beta1 = 0.9
+beta2 = 0.95
+eps = 1e-8
+weight_decay = 0.1         # decoupled; not applied to norms and biases
+grad_clip = 1.0            # max global grad norm (0: off)
+
+[mtp]
+lambda = 0.3               # weight of mean_k L_mtp,k ...
+lambda_late = 0.1          # ... switched to this after `switch_fraction` of the steps (spec §2.3)
+switch_fraction = 0.4
+"#;
+
+/// Pretraining or SFT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Packed token windows, loss on every position.
+    Pretrain,
+    /// Prompt/response samples, loss on response tokens only.
+    Sft,
+}
+
+/// `[model]`: where the weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelArgs {
+    /// HF model directory to start from.
+    pub init: PathBuf,
+    /// `config.json` for a fresh random init (when `init` is empty).
+    pub config: PathBuf,
+    /// Std of the random init.
+    pub init_std: f64,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataArgs {
+    /// Packed dataset directory (pretrain) or JSONL file (sft).
+    pub path: PathBuf,
+    /// tokenizer.json (SFT text, and copied into checkpoints); empty: the model's or the dataset's.
+    pub tokenizer: PathBuf,
+    /// Wrap SFT text fields as ChatML turns.
+    pub chat_template: bool,
+}
+
+/// `[train]`: loop sizes and reporting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopArgs {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub grad_accum: usize,
+    pub log_every: usize,
+    pub save_every: usize,
+    pub threads: usize,
+    pub progress: bool,
+    pub plot: bool,
+    pub stop_after: usize,
+}
+
+/// `[optim]`: AdamW and the LR schedule (spec §2.3 shape: warmup, constant, cosine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimArgs {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub decay_fraction: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+}
+
+/// `[mtp]`: the MTP loss weight λ schedule (spec §1.5, §7.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtpArgs {
+    pub lambda: f64,
+    pub lambda_late: f64,
+    pub switch_fraction: f64,
+}
+
+/// The whole `mimo train` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainArgs {
+    pub mode: Mode,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub force: bool,
+    pub resume: bool,
+    pub model: ModelArgs,
+    pub data: DataArgs,
+    pub train: LoopArgs,
+    pub optim: OptimArgs,
+    pub mtp: MtpArgs,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        // The embedded TOML is the single source of the defaults; a unit test checks that it parses.
+        toml::from_str(DEFAULT_CONFIG).unwrap_or_else(|e| panic!("embedded default config: {e}"))
+    }
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    // A TOML scalar/array if it parses as one, else a plain string (`--set data.path=/x/y`).
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl TrainArgs {
+    /// Defaults, then each TOML file in order, then `key.path=value` overrides. Unknown keys are errors that
+    /// name the file or the override.
+    pub fn load(files: &[PathBuf], sets: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(DEFAULT_CONFIG)
+            .map_err(|e| TrainError::Config(format!("embedded defaults: {e}")))?;
+        for f in files {
+            let s = std::fs::read_to_string(f).map_err(|e| TrainError::io(f, e))?;
+            let t: toml::Table = toml::from_str(&s)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", f.display())))?;
+            // Check each file on its own so that the error names it.
+            let mut probe = table.clone();
+            merge(&mut probe, t.clone());
+            probe
+                .try_into::<TrainArgs>()
+                .map_err(|e| TrainError::Config(format!("{}: {e}", f.display())))?;
+            merge(&mut table, t);
+        }
+        for s in sets {
+            let (key, raw) = s
+                .split_once('=')
+                .ok_or_else(|| TrainError::Config(format!("--set {s:?}: expected key=value")))?;
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            let mut over = toml::Table::new();
+            let mut cur = &mut over;
+            for (i, p) in parts.iter().enumerate() {
+                if i + 1 == parts.len() {
+                    cur.insert(p.to_string(), parse_value(raw.trim()));
+                } else {
+                    cur = match cur
+                        .entry(p.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    {
+                        toml::Value::Table(t) => t,
+                        _ => return Err(TrainError::Config(format!("--set {s:?}: bad key"))),
+                    };
+                }
+            }
+            merge(&mut table, over);
+            table
+                .clone()
+                .try_into::<TrainArgs>()
+                .map_err(|e| TrainError::Config(format!("--set {s:?}: {e}")))?;
+        }
+        let args: TrainArgs = table
+            .try_into()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        args.validate()?;
+        Ok(args)
+    }
+
+    /// Parses one TOML document layered over the defaults.
+    pub fn from_toml_str(s: &str) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(DEFAULT_CONFIG)
+            .map_err(|e| TrainError::Config(format!("embedded defaults: {e}")))?;
+        let t: toml::Table = toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))?;
+        merge(&mut table, t);
+        let args: TrainArgs = table
+            .try_into()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        args.validate()?;
+        Ok(args)
+    }
+
+    /// The effective config as TOML (recorded in the run directory; `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise: {e}\n"))
+    }
+
+    /// Range checks that serde cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        let t = &self.train;
+        if t.steps == 0 || t.batch_size == 0 || t.seq_len < 2 || t.grad_accum == 0 {
+            return bad(format!(
+                "train.steps, train.batch_size, train.grad_accum must be > 0 and train.seq_len >= 2 \
+                 (got {}, {}, {}, {})",
+                t.steps, t.batch_size, t.grad_accum, t.seq_len
+            ));
+        }
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) || o.min_lr < 0.0 || o.min_lr > o.lr {
+            return bad(format!(
+                "optim.lr must be > 0 and 0 <= optim.min_lr <= optim.lr (got {}, {})",
+                o.lr, o.min_lr
+            ));
+        }
+        if !(0.0..=1.0).contains(&o.decay_fraction) {
+            return bad(format!(
+                "optim.decay_fraction must be in [0, 1], got {}",
+                o.decay_fraction
+            ));
+        }
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
+            return bad("optim.beta1/beta2 must be in [0, 1) and optim.eps > 0".into());
+        }
+        if o.weight_decay < 0.0 || o.grad_clip < 0.0 {
+            return bad("optim.weight_decay and optim.grad_clip must be >= 0".into());
+        }
+        let m = &self.mtp;
+        if m.lambda < 0.0 || m.lambda_late < 0.0 || !(0.0..=1.0).contains(&m.switch_fraction) {
+            return bad(
+                "mtp.lambda, mtp.lambda_late >= 0 and mtp.switch_fraction in [0, 1]".into(),
+            );
+        }
+        if self.data.path.as_os_str().is_empty() {
+            return bad("data.path is required".into());
+        }
+        if self.model.init.as_os_str().is_empty() && self.model.config.as_os_str().is_empty() {
+            return bad("model.init (HF dir) or model.config (config.json) is required".into());
+        }
+        if self.out.as_os_str().is_empty() {
+            return bad("out is required".into());
+        }
+        Ok(())
+    }
+
+    /// The tokenizer file to use, if any: `data.tokenizer`, else the init model's, else `fallback`.
+    pub fn tokenizer_path(&self, fallback: Option<&Path>) -> Option<PathBuf> {
+        if !self.data.tokenizer.as_os_str().is_empty() {
+            return Some(self.data.tokenizer.clone());
+        }
+        let from_model = self.model.init.join("tokenizer.json");
+        if !self.model.init.as_os_str().is_empty() && from_model.is_file() {
+            return Some(from_model);
+        }
+        fallback.filter(|p| p.is_file()).map(Path::to_path_buf)
+    }
+}
+
+impl OptimArgs {
+    /// LR at optimizer step `step` (0-based) of `total`: linear warmup from 0 (step 0 gets lr/warmup), constant,
+    /// then cosine down to `min_lr` over the last `decay_fraction` of the steps.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let decay = ((total as f64) * self.decay_fraction).round() as usize;
+        let start = total.saturating_sub(decay).max(self.warmup_steps);
+        if step < start || decay == 0 {
+            return self.lr;
+        }
+        let span = (total - start).max(1) as f64;
+        let progress = ((step - start) as f64 / span).min(1.0);
+        self.min_lr
+            + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+impl MtpArgs {
+    /// λ at step `step` of `total`.
+    pub fn lambda_at(&self, step: usize, total: usize) -> f64 {
+        if (step as f64) < self.switch_fraction * total as f64 {
+            self.lambda
+        } else {
+            self.lambda_late
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_round_trip() {
+        let d = TrainArgs::default();
+        assert_eq!(d.mode, Mode::Pretrain);
+        assert_eq!(d.optim.beta2, 0.95);
+        let back: TrainArgs = toml::from_str(&d.to_toml()).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn layers_and_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.toml");
+        std::fs::write(
+            &f,
+            "mode = \"sft\"\n[data]\npath = \"d.jsonl\"\n[model]\ninit = \"m\"\n",
+        )
+        .unwrap();
+        let a = TrainArgs::load(
+            std::slice::from_ref(&f),
+            &["optim.lr=1e-3".into(), "out=/tmp/r x".into()],
+        )
+        .unwrap();
+        assert_eq!(a.mode, Mode::Sft);
+        assert_eq!(a.optim.lr, 1e-3);
+        assert_eq!(a.out, PathBuf::from("/tmp/r x"));
+        let e = TrainArgs::load(std::slice::from_ref(&f), &["optim.lrr=1".into()]).unwrap_err();
+        assert!(e.to_string().contains("lrr"), "{e}");
+        std::fs::write(&f, "[train]\nstepz = 3\n").unwrap();
+        let e = TrainArgs::load(&[f], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("x.toml") && e.to_string().contains("stepz"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn lr_schedule_shape() {
+        let o = OptimArgs {
+            lr: 1.0,
+            min_lr: 0.1,
+            warmup_steps: 10,
+            decay_fraction: 0.5,
+            ..TrainArgs::default().optim
+        };
+        assert!((o.lr_at(0, 100) - 0.1).abs() < 1e-12);
+        assert_eq!(o.lr_at(9, 100), 1.0);
+        assert_eq!(o.lr_at(30, 100), 1.0);
+        assert_eq!(o.lr_at(50, 100), 1.0);
+        assert!((o.lr_at(75, 100) - 0.55).abs() < 1e-9);
+        assert!(o.lr_at(99, 100) > 0.1 && o.lr_at(99, 100) < 0.11);
+        let m = MtpArgs {
+            lambda: 0.3,
+            lambda_late: 0.1,
+            switch_fraction: 0.4,
+        };
+        assert_eq!(m.lambda_at(39, 100), 0.3);
+        assert_eq!(m.lambda_at(40, 100), 0.1);
+    }
+}

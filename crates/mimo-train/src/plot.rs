@@ -1,0 +1,84 @@
+//! `loss.png`: total, main and MTP loss against the step (plotters bitmap backend). Axis labels need a font;
+//! the DejaVu Sans of the system is used when present, else the curves are drawn without text.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+
+use crate::metrics::StepMetrics;
+
+/// A curve: name, colour, value of a metrics line.
+type Series = (&'static str, RGBColor, fn(&StepMetrics) -> f64);
+
+/// Registers the system's DejaVu Sans (or Liberation Sans) for plotters' `sans-serif`, once.
+fn font_available() -> bool {
+    static FONT: OnceLock<bool> = OnceLock::new();
+    *FONT.get_or_init(|| {
+        [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        ]
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .any(|bytes| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        })
+    })
+}
+
+/// Draws the loss curves of `metrics` to `path` (PNG, 900×500).
+pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), String> {
+    if metrics.is_empty() {
+        return Err("no metrics".into());
+    }
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let max_step = metrics.iter().map(|m| m.step).max().unwrap_or(1).max(2) as f64;
+    let ymax = metrics
+        .iter()
+        .flat_map(|m| [m.loss, m.loss_main, m.loss_mtp])
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, f64::max)
+        * 1.05;
+    let series: [Series; 3] = [
+        ("loss", BLACK, |m| m.loss),
+        ("main", BLUE, |m| m.loss_main),
+        ("mtp", RED, |m| m.loss_mtp),
+    ];
+    let mut chart = ChartBuilder::on(&root)
+        .margin(20)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0f64..max_step, 0f64..ymax.max(1e-3))
+        .map_err(|e| e.to_string())?;
+    // Without a usable font plotters panics on text: then draw bare axes.
+    if font_available() {
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss (black: total, blue: main, red: MTP)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+    } else {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    for (_, color, f) in series {
+        chart
+            .draw_series(LineSeries::new(
+                metrics.iter().map(|m| (m.step as f64, f(m))),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}

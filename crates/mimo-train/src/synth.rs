@@ -1,0 +1,454 @@
+//! `mimo data synth`: verifiable synthetic reasoning problems a tiny model can learn, with chain-of-thought
+//! responses in the project's format (`<think>…</think>` then `\boxed{answer}`; code tasks end in a Python
+//! block instead and carry test cases).
+//!
+//! Kinds: multi-digit arithmetic, linear equations, countdown (reach a target with + − ×), word problems built
+//! from an operation graph of controllable depth, and small code tasks. Deterministic given the seed. The split
+//! is a function of the prompt's hash (1 in `heldout_every` prompts is held out), so train and held-out never
+//! share a prompt; duplicates are dropped.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use mimo_data::SplitMix64;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Problem families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynthKind {
+    Arithmetic,
+    Linear,
+    Countdown,
+    Word,
+    Code,
+}
+
+impl SynthKind {
+    /// Every kind.
+    pub const ALL: [SynthKind; 5] = [
+        SynthKind::Arithmetic,
+        SynthKind::Linear,
+        SynthKind::Countdown,
+        SynthKind::Word,
+        SynthKind::Code,
+    ];
+}
+
+/// `mimo data synth` arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthArgs {
+    /// Output directory (`train.jsonl`, `heldout.jsonl`).
+    pub out: PathBuf,
+    pub train: usize,
+    pub heldout: usize,
+    pub seed: u64,
+    pub kinds: Vec<SynthKind>,
+    /// Largest number of digits in arithmetic operands.
+    pub max_digits: u32,
+    /// Largest number of operations in a word problem.
+    pub max_depth: usize,
+    /// One prompt hash in `heldout_every` goes to the held-out split.
+    pub heldout_every: u64,
+    pub force: bool,
+}
+
+impl Default for SynthArgs {
+    fn default() -> Self {
+        Self {
+            out: PathBuf::from("data/synth"),
+            train: 10_000,
+            heldout: 500,
+            seed: 0,
+            kinds: SynthKind::ALL.to_vec(),
+            max_digits: 3,
+            max_depth: 3,
+            heldout_every: 10,
+            force: false,
+        }
+    }
+}
+
+/// One problem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    pub kind: SynthKind,
+    pub prompt: String,
+    /// `<think>…</think>` then the final answer.
+    pub response: String,
+    /// The reference answer (for code tasks, the function name).
+    pub answer: String,
+    /// Python assert statements (code tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<String>,
+    /// `train` or `heldout`.
+    pub split: String,
+    /// Hex FNV-1a-64 of the prompt (the split key).
+    pub hash: String,
+}
+
+/// What was written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SynthReport {
+    pub train: usize,
+    pub heldout: usize,
+    pub duplicates_dropped: usize,
+    pub files: Vec<PathBuf>,
+}
+
+/// FNV-1a 64 of a string (stable across platforms and versions).
+pub fn prompt_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+struct Rng(SplitMix64);
+
+impl Rng {
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.0.below((hi - lo + 1) as u64) as i64
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.0.below(xs.len() as u64) as usize]
+    }
+}
+
+fn boxed(think: &str, answer: &str) -> String {
+    format!("<think>\n{think}\n</think>\n\nThe answer is \\boxed{{{answer}}}.")
+}
+
+fn arithmetic(r: &mut Rng, max_digits: u32) -> (String, String, String) {
+    let digits = r.range(1, max_digits.max(1) as i64) as u32;
+    let hi = 10i64.pow(digits) - 1;
+    let a = r.range(2, hi.max(2));
+    let b = r.range(2, hi.max(2));
+    match r.range(0, 2) {
+        0 => {
+            let think = format!("Add {a} and {b}. {a} + {b} = {}.", a + b);
+            (format!("What is {a} + {b}?"), think, (a + b).to_string())
+        }
+        1 => {
+            let (x, y) = (a.max(b), a.min(b));
+            let think = format!("Subtract {y} from {x}. {x} - {y} = {}.", x - y);
+            (format!("What is {x} - {y}?"), think, (x - y).to_string())
+        }
+        _ => {
+            // Split the second factor into its decimal parts: a·b = Σ a·(d·10^i).
+            let mut parts = vec![];
+            let mut rest = b;
+            let mut place = 1;
+            while rest > 0 {
+                let d = rest % 10;
+                if d > 0 {
+                    parts.push((d * place, a * d * place));
+                }
+                rest /= 10;
+                place *= 10;
+            }
+            let steps: Vec<String> = parts
+                .iter()
+                .map(|(p, v)| format!("{a} × {p} = {v}"))
+                .collect();
+            let sum: Vec<String> = parts.iter().map(|(_, v)| v.to_string()).collect();
+            let think = format!(
+                "Break {b} into parts. {}. Sum: {} = {}.",
+                steps.join("; "),
+                sum.join(" + "),
+                a * b
+            );
+            (format!("What is {a} × {b}?"), think, (a * b).to_string())
+        }
+    }
+}
+
+fn linear(r: &mut Rng) -> (String, String, String) {
+    let x = r.range(-20, 20);
+    let a = *r.pick(&[2i64, 3, 4, 5, 6, 7, 8, 9, -2, -3, -4, -5]);
+    let b = r.range(-30, 30);
+    let c = a * x + b;
+    let bs = if b >= 0 {
+        format!("+ {b}")
+    } else {
+        format!("- {}", -b)
+    };
+    let think = format!(
+        "Move the constant: {a}x = {c} - ({b}) = {}. Divide by {a}: x = {}/{a} = {x}. Check: {a}·{x} {bs} = {c}.",
+        c - b,
+        c - b
+    );
+    (
+        format!("Solve for x: {a}x {bs} = {c}."),
+        think,
+        x.to_string(),
+    )
+}
+
+/// Countdown: combine the numbers (each at most once) with +, −, × to reach the target. The target is built
+/// from a random expression, so a solution exists; the chain of thought states it step by step.
+fn countdown(r: &mut Rng) -> (String, String, String) {
+    let nums: Vec<i64> = (0..4).map(|_| r.range(1, 12)).collect();
+    let mut acc = nums[0];
+    let mut steps = vec![];
+    let mut expr = nums[0].to_string();
+    for &n in &nums[1..] {
+        let op = r.range(0, 2);
+        let (next, sym) = match op {
+            0 => (acc + n, '+'),
+            1 if acc > n => (acc - n, '-'),
+            _ => (acc * n, '*'),
+        };
+        steps.push(format!("{acc} {sym} {n} = {next}"));
+        expr = format!("({expr} {sym} {n})");
+        acc = next;
+    }
+    let list = nums
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let think = format!(
+        "Combine left to right: {}. That reaches {acc} using every number once.",
+        steps.join("; ")
+    );
+    (
+        format!("Using the numbers {list} each exactly once with +, - and *, reach {acc}. Give the expression."),
+        think,
+        expr,
+    )
+}
+
+const NAMES: [&str; 8] = ["Ana", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana"];
+const ITEMS: [&str; 6] = ["apples", "marbles", "stamps", "coins", "books", "shells"];
+
+/// A word problem from a chain of operations over people's counts (depth = number of operations).
+fn word(r: &mut Rng, max_depth: usize) -> (String, String, String) {
+    let depth = r.range(1, max_depth.max(1) as i64) as usize;
+    let item = *r.pick(&ITEMS);
+    let start = r.range(2, 30);
+    let mut names: Vec<&str> = NAMES.to_vec();
+    let first = names.remove(r.0.below(names.len() as u64) as usize);
+    let mut sentences = vec![format!("{first} has {start} {item}.")];
+    let mut think = vec![format!("{first} has {start}.")];
+    let (mut prev, mut value) = (first, start);
+    for _ in 0..depth {
+        let who = names.remove(r.0.below(names.len() as u64) as usize);
+        let k = r.range(2, 9);
+        let (v, s) = match r.range(0, 2) {
+            0 => (value + k, format!("{who} has {k} more {item} than {prev}.")),
+            1 if value > k => (
+                value - k,
+                format!("{who} has {k} fewer {item} than {prev}."),
+            ),
+            _ => (
+                value * k,
+                format!("{who} has {k} times as many {item} as {prev}."),
+            ),
+        };
+        think.push(format!("{s} So {who} has {v}."));
+        sentences.push(s);
+        prev = who;
+        value = v;
+    }
+    sentences.push(format!("How many {item} does {prev} have?"));
+    (sentences.join(" "), think.join(" "), value.to_string())
+}
+
+/// A small Python function task with asserts.
+fn code(r: &mut Rng) -> (String, String, String, Vec<String>) {
+    let k = r.range(2, 9);
+    let c = r.range(0, 20);
+    type Task = (&'static str, String, String, Box<dyn Fn(i64) -> i64>);
+    let (name, desc, body, f): Task = match r.range(0, 2) {
+        0 => (
+            "affine",
+            format!("returns {k} * x + {c}"),
+            format!("    return {k} * x + {c}"),
+            Box::new(move |x| k * x + c),
+        ),
+        1 => (
+            "sum_multiples",
+            format!("returns the sum of all multiples of {k} in range(x)"),
+            format!("    return sum(i for i in range(x) if i % {k} == 0)"),
+            Box::new(move |x| (0..x.max(0)).filter(|i| i % k == 0).sum()),
+        ),
+        _ => (
+            "count_digits",
+            format!(
+                "returns how many times the digit {} appears in the decimal form of x (x >= 0)",
+                k
+            ),
+            format!("    return str(x).count('{k}')"),
+            Box::new(move |x| x.to_string().matches(&k.to_string()).count() as i64),
+        ),
+    };
+    let tests: Vec<String> = (0..3)
+        .map(|_| {
+            let x = r.range(0, 60);
+            format!("assert {name}({x}) == {}", f(x))
+        })
+        .collect();
+    let prompt = format!("Write a Python function `{name}(x)` that {desc}.");
+    let think = format!("The function needs one expression: it {desc}.");
+    let response = format!("<think>\n{think}\n</think>\n\n```python\ndef {name}(x):\n{body}\n```");
+    (prompt, response, name.to_string(), tests)
+}
+
+/// One problem of `kind` from the RNG (split fields left empty).
+fn problem(r: &mut Rng, kind: SynthKind, a: &SynthArgs) -> Problem {
+    let (prompt, response, answer, tests) = match kind {
+        SynthKind::Arithmetic => {
+            let (p, t, ans) = arithmetic(r, a.max_digits);
+            (p, boxed(&t, &ans), ans, vec![])
+        }
+        SynthKind::Linear => {
+            let (p, t, ans) = linear(r);
+            (p, boxed(&t, &ans), ans, vec![])
+        }
+        SynthKind::Countdown => {
+            let (p, t, ans) = countdown(r);
+            (p, boxed(&t, &ans), ans, vec![])
+        }
+        SynthKind::Word => {
+            let (p, t, ans) = word(r, a.max_depth);
+            (p, boxed(&t, &ans), ans, vec![])
+        }
+        SynthKind::Code => code(r),
+    };
+    Problem {
+        kind,
+        hash: format!("{:016x}", prompt_hash(&prompt)),
+        prompt,
+        response,
+        answer,
+        tests,
+        split: String::new(),
+    }
+}
+
+/// Generates the problems (deterministic in `args.seed`): `(train, heldout, duplicates dropped)`.
+pub fn generate(args: &SynthArgs) -> Result<(Vec<Problem>, Vec<Problem>, usize)> {
+    if args.kinds.is_empty() || args.heldout_every < 2 {
+        return Err(TrainError::Config(
+            "synth: kinds must be non-empty and heldout_every >= 2".into(),
+        ));
+    }
+    let mut r = Rng(SplitMix64(args.seed));
+    let (mut train, mut held) = (vec![], vec![]);
+    let mut seen = HashSet::new();
+    let mut dups = 0;
+    let mut tries = 0usize;
+    let budget = 50 * (args.train + args.heldout) + 1000;
+    while (train.len() < args.train || held.len() < args.heldout) && tries < budget {
+        tries += 1;
+        let kind = *r.pick(&args.kinds);
+        let mut p = problem(&mut r, kind, args);
+        if !seen.insert(p.prompt.clone()) {
+            dups += 1;
+            continue;
+        }
+        if prompt_hash(&p.prompt).is_multiple_of(args.heldout_every) {
+            if held.len() < args.heldout {
+                p.split = "heldout".into();
+                held.push(p);
+            }
+        } else if train.len() < args.train {
+            p.split = "train".into();
+            train.push(p);
+        }
+    }
+    if train.len() < args.train || held.len() < args.heldout {
+        return Err(TrainError::Data(format!(
+            "synth: only {} train / {} held-out distinct problems after {tries} draws (raise max_digits/max_depth)",
+            train.len(),
+            held.len()
+        )));
+    }
+    Ok((train, held, dups))
+}
+
+fn write_jsonl(path: &Path, items: &[Problem]) -> Result<()> {
+    let mut s = String::new();
+    for p in items {
+        s.push_str(&serde_json::to_string(p).map_err(|e| TrainError::Json {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?);
+        s.push('\n');
+    }
+    crate::io::write_atomic(path, s.as_bytes())
+}
+
+/// Writes `out/train.jsonl` and `out/heldout.jsonl` (refuses to overwrite without `force`).
+pub fn synth(args: &SynthArgs) -> Result<SynthReport> {
+    let (train, held, dups) = generate(args)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
+    let files = vec![args.out.join("train.jsonl"), args.out.join("heldout.jsonl")];
+    if !args.force {
+        if let Some(f) = files.iter().find(|f| f.exists()) {
+            return Err(TrainError::Exists(f.clone()));
+        }
+    }
+    write_jsonl(&files[0], &train)?;
+    write_jsonl(&files[1], &held)?;
+    Ok(SynthReport {
+        train: train.len(),
+        heldout: held.len(),
+        duplicates_dropped: dups,
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_disjoint_and_well_formed() {
+        let a = SynthArgs {
+            train: 400,
+            heldout: 60,
+            ..SynthArgs::default()
+        };
+        let (t1, h1, _) = generate(&a).unwrap();
+        let (t2, h2, _) = generate(&a).unwrap();
+        assert_eq!(t1, t2);
+        assert_eq!(h1, h2);
+        let train_hashes: HashSet<&str> = t1.iter().map(|p| p.hash.as_str()).collect();
+        assert!(h1.iter().all(|p| !train_hashes.contains(p.hash.as_str())));
+        for p in t1.iter().chain(&h1) {
+            assert!(p.response.starts_with("<think>\n"), "{p:?}");
+            assert!(p.response.contains("</think>"));
+            if p.kind == SynthKind::Code {
+                assert_eq!(p.tests.len(), 3);
+            } else {
+                assert!(p.response.contains(&format!("\\boxed{{{}}}", p.answer)));
+            }
+        }
+        let kinds: HashSet<SynthKind> = t1.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds.len(), 5);
+        let other = generate(&SynthArgs { seed: 1, ..a }).unwrap().0;
+        assert_ne!(other, t1);
+    }
+
+    #[test]
+    fn answers_are_right() {
+        let mut r = Rng(SplitMix64(3));
+        for _ in 0..200 {
+            let (p, _, ans) = linear(&mut r);
+            // "Solve for x: {a}x {+|-} {b} = {c}."
+            let body = p.trim_start_matches("Solve for x: ").trim_end_matches('.');
+            let (lhs, c) = body.split_once(" = ").unwrap();
+            let (a, rest) = lhs.split_once("x ").unwrap();
+            let (sign, b) = rest.split_once(' ').unwrap();
+            let (a, b, c): (i64, i64, i64) =
+                (a.parse().unwrap(), b.parse().unwrap(), c.parse().unwrap());
+            let b = if sign == "-" { -b } else { b };
+            let x: i64 = ans.parse().unwrap();
+            assert_eq!(a * x + b, c, "{p}");
+        }
+    }
+}
