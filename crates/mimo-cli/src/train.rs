@@ -36,12 +36,13 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
         TrainCmd::Pretrain(o) => (Mode::Pretrain, o),
         TrainCmd::Sft(o) => (Mode::Sft, o),
     };
-    let mut args =
-        TrainArgs::load(&opts.config, &opts.set).map_err(|e| crate::UsageError(e.to_string()))?;
+    let usage = |e: mimo_train::TrainError| crate::UsageError(e.to_string());
+    let mut args = TrainArgs::layered(&opts.config, &opts.set).map_err(usage)?;
     args.mode = mode;
     if opts.print_config {
         return crate::write_stdout(&args.to_toml());
     }
+    args.validate().map_err(usage)?;
     let report = mimo_train::train(&args)?;
     crate::write_stdout(&serde_json::to_string(&report)?)
 }

@@ -174,6 +174,13 @@ impl TrainArgs {
     /// Defaults, then each TOML file in order, then `key.path=value` overrides. Unknown keys are errors that
     /// name the file or the override.
     pub fn load(files: &[PathBuf], sets: &[String]) -> Result<Self> {
+        let args = Self::layered(files, sets)?;
+        args.validate()?;
+        Ok(args)
+    }
+
+    /// Like [`TrainArgs::load`] without the final consistency checks (for `--print-config`).
+    pub fn layered(files: &[PathBuf], sets: &[String]) -> Result<Self> {
         let mut table: toml::Table = toml::from_str(DEFAULT_CONFIG)
             .map_err(|e| TrainError::Config(format!("embedded defaults: {e}")))?;
         for f in files {
@@ -214,11 +221,9 @@ impl TrainArgs {
                 .try_into::<TrainArgs>()
                 .map_err(|e| TrainError::Config(format!("--set {s:?}: {e}")))?;
         }
-        let args: TrainArgs = table
+        table
             .try_into()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        args.validate()?;
-        Ok(args)
+            .map_err(|e| TrainError::Config(e.to_string()))
     }
 
     /// Parses one TOML document layered over the defaults.
