@@ -212,6 +212,39 @@ impl Engine {
         &self.model
     }
 
+    /// Swaps in new weights of the same architecture (the RL trainer's policy after an update), in process.
+    /// Only between batches: the KV cache holds keys of the old weights, so no request may be queued or running.
+    pub fn replace_model(&mut self, model: Arc<MimoModel>) -> Result<(), EngineError> {
+        if self.has_work() {
+            return Err(EngineError::InvalidRequest(format!(
+                "cannot replace the model while {} requests are queued or running",
+                self.waiting.len() + self.running.len()
+            )));
+        }
+        let (old, new) = (self.model.config(), model.config());
+        if (
+            old.vocab_size,
+            old.hidden_size,
+            old.num_hidden_layers,
+            old.num_key_value_heads,
+            old.head_dim,
+        ) != (
+            new.vocab_size,
+            new.hidden_size,
+            new.num_hidden_layers,
+            new.num_key_value_heads,
+            new.head_dim,
+        ) || old.num_cache_layers() != new.num_cache_layers()
+            || model.dtype() != self.model.dtype()
+        {
+            return Err(EngineError::InvalidRequest(
+                "the replacement model has a different architecture or dtype".into(),
+            ));
+        }
+        self.model = model;
+        Ok(())
+    }
+
     /// The context length requests are checked against.
     pub fn max_model_len(&self) -> usize {
         self.max_model_len

@@ -10,5 +10,5 @@ pub mod weights;
 pub use cache::{ContiguousKvCache, KvCache};
 pub use config::{Arch, ModelConfig, MtpHidden};
 pub use error::{ModelError, Result};
-pub use model::{parameter_counts, MainOutput, MimoModel, MtpOutput};
+pub use model::{parameter_counts, HostWeights, MainOutput, MimoModel, MtpOutput};
 pub use weights::{expected_tensors, TensorSpec, WeightStore};

@@ -260,9 +260,40 @@ pub struct MimoModel {
     device: Device,
 }
 
-/// Builds the modules of the model from a weight store, one tensor at a time.
+/// Where the loader reads named tensors from: a checkpoint on disk or weights handed over in memory.
+trait TensorSource {
+    fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
+}
+
+impl TensorSource for WeightStore {
+    fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        WeightStore::get(self, name, shape, dtype, device)
+    }
+}
+
+/// Weights handed over in process (e.g. by the RL trainer after an update): name → (shape, f32 values).
+pub type HostWeights = std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+impl TensorSource for HostWeights {
+    fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let (stored, data) = self
+            .get(name)
+            .ok_or_else(|| ModelError::Input(format!("in-memory weights lack tensor `{name}`")))?;
+        if stored.as_slice() != shape || data.len() != shape.iter().product::<usize>() {
+            return Err(ModelError::Input(format!(
+                "in-memory tensor `{name}` has shape {stored:?} ({} values), expected {shape:?}",
+                data.len()
+            )));
+        }
+        Ok(Tensor::from_slice(data, shape, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?)
+    }
+}
+
+/// Builds the modules of the model from a tensor source, one tensor at a time.
 struct Loader<'a> {
-    store: &'a WeightStore,
+    store: &'a dyn TensorSource,
     cfg: &'a ModelConfig,
     dtype: DType,
     device: &'a Device,
@@ -340,12 +371,32 @@ impl MimoModel {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        store.check_all(&expected_tensors(cfg))?;
+        Self::build(store, cfg, dtype, device)
+    }
+
+    /// Builds the model from weights held in memory (names and shapes as in the HF checkpoint), e.g. the RL
+    /// trainer's policy after an update: no disk round-trip.
+    pub fn from_host_weights(
+        weights: &HostWeights,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(weights, cfg, dtype, device)
+    }
+
+    fn build(
+        store: &dyn TensorSource,
+        cfg: &ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::Input(format!(
                 "unsupported compute dtype {dtype:?} (use f32, bf16 or f16)"
             )));
         }
-        store.check_all(&expected_tensors(cfg))?;
         let ld = Loader {
             store,
             cfg,

@@ -1,0 +1,45 @@
+//! Errors of the RL stage.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of `mimo rl` and `mimo pipeline`.
+#[derive(Debug, thiserror::Error)]
+pub enum RlError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Bad RL data.
+    #[error("{0}")]
+    Data(String),
+    /// Bad configuration.
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Engine(#[from] mimo_engine::engine::EngineError),
+    #[error(transparent)]
+    Text(#[from] mimo_engine::TextError),
+    #[error(transparent)]
+    Model(#[from] mimo_model::ModelError),
+    #[error(transparent)]
+    Train(#[from] mimo_train::TrainError),
+    #[error(transparent)]
+    Eval(#[from] mimo_eval::EvalError),
+    /// A pipeline stage failed.
+    #[error("pipeline stage `{stage}`: {msg}")]
+    Stage { stage: String, msg: String },
+}
+
+impl RlError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        RlError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = RlError> = std::result::Result<T, E>;
