@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod reward;
+mod rl;
 mod serve;
 mod train;
 
@@ -83,6 +84,12 @@ enum Cmd {
     /// Rule-based rewards: math answer verification and sandboxed code tests (JSONL in, JSONL out).
     #[command(subcommand)]
     Reward(reward::RewardCmd),
+    /// GRPO (no KL, clip-higher, token-level loss, dynamic sampling, easy pool) with the Seamless Rollout Engine.
+    Rl(rl::RlCli),
+    /// Seamless vs naive rollout on a skewed-length workload, same weights and seeds (JSON).
+    RolloutBench(rl::RolloutBenchCli),
+    /// The whole recipe at tiny scale: synth → tokenizer → pretrain (3 stages, MTP) → SFT → RL → eval → report.
+    Pipeline(rl::PipelineCli),
 }
 
 /// Compute dtypes offered on the command line.
@@ -175,6 +182,9 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => forward(&model, &ids, dtype, device),
         Cmd::Reward(cmd) => reward::run(cmd),
+        Cmd::Rl(opts) => rl::rl(opts),
+        Cmd::RolloutBench(a) => rl::rollout_bench(a),
+        Cmd::Pipeline(opts) => rl::pipeline(opts),
         Cmd::Data(cmd) => data::run(cmd),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Eval(args) => eval::run(args),

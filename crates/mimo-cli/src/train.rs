@@ -10,7 +10,7 @@ use mimo_train::{Mode, TrainArgs};
 /// `mimo train` verbs.
 #[derive(Subcommand)]
 pub enum TrainCmd {
-    /// Pretraining with the MTP loss on packed token shards.
+    /// Pretraining with the MTP loss on packed token shards (one dataset, or a `[[stages]]` mixture schedule).
     Pretrain(TrainOpts),
     /// SFT: prompt tokens masked out of the loss, MTP layers tuned.
     Sft(TrainOpts),

@@ -8,9 +8,14 @@
 //! * `rl` (feature `tch`): the GRPO loop — rollouts from the engine, the update in the libtorch trainer, the new
 //!   weights handed back to the engine in process.
 
+pub mod bench;
 pub mod error;
+#[cfg(feature = "tch")]
+pub mod pipeline;
 pub mod problem;
 pub mod reward;
+#[cfg(feature = "tch")]
+pub mod rl;
 pub mod rollout;
 pub mod sampler;
 

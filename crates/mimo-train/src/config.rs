@@ -14,6 +14,15 @@ seed = 0                   # init RNG and data order
 out = "runs/train"         # run directory (metrics.jsonl, checkpoint/, model/, loss.png)
 force = false              # overwrite a finished run in `out`
 resume = true              # continue from `out/checkpoint` when present
+stages = []                # pretrain mixture schedule (spec §2.2): [[stages]] tables, see below
+
+# [[stages]]               # one table per stage, in training order; with none, `data.path` at `train.seq_len`
+# name = "stage1"          #   unique name (metrics.jsonl and trainer_state.json record the stage index)
+# data = "data/stage1"     #   packed dataset of the stage (`mimo data pack --stage stage1`)
+# steps = 100              #   optimizer steps of the stage; the stages' steps sum to train.steps
+# seq_len = 256            #   tokens per sequence in the stage
+# rope_theta = 10000.0     #   RoPE θ from the stage's first step (written to checkpoints' config.json)
+# batch_size = 8           #   optional: sequences per micro-batch in the stage (default train.batch_size)
 
 [model]
 init = ""                  # HF model directory to start from (weights + config.json)
@@ -21,7 +30,7 @@ config = ""                # or: a config.json for a fresh random init (used whe
 init_std = 0.02            # std of the random init (matrices and embeddings)
 
 [data]
-path = ""                  # pretrain: packed dataset dir (index.json); sft: JSONL file
+path = ""                  # pretrain: packed dataset dir (index.json); sft: JSONL file; empty with [[stages]]
 tokenizer = ""             # tokenizer.json for SFT text fields and for the checkpoint (default: model's, data's)
 chat_template = true       # sft text fields: wrap as ChatML user/assistant turns
 
@@ -128,6 +137,25 @@ pub struct MtpArgs {
     pub switch_fraction: f64,
 }
 
+/// One `[[stages]]` table: a stage of the pretraining mixture schedule (spec §2.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageArgs {
+    /// Unique stage name.
+    pub name: String,
+    /// Packed dataset directory of the stage (`mimo data pack --stage NAME`).
+    pub data: PathBuf,
+    /// Optimizer steps in the stage.
+    pub steps: usize,
+    /// Tokens per sequence in the stage.
+    pub seq_len: usize,
+    /// RoPE θ in effect from the stage's first step.
+    pub rope_theta: f64,
+    /// Sequences per micro-batch in the stage (default `train.batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+}
+
 /// The whole `mimo train` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +170,8 @@ pub struct TrainArgs {
     pub train: LoopArgs,
     pub optim: OptimArgs,
     pub mtp: MtpArgs,
+    /// The pretraining mixture schedule; empty: one stage from `data.path` at `train.seq_len`.
+    pub stages: Vec<StageArgs>,
 }
 
 impl Default for TrainArgs {
@@ -280,8 +310,9 @@ impl TrainArgs {
                 "mtp.lambda, mtp.lambda_late >= 0 and mtp.switch_fraction in [0, 1]".into(),
             );
         }
-        if self.data.path.as_os_str().is_empty() {
-            return bad("data.path is required".into());
+        self.validate_stages()?;
+        if self.data.path.as_os_str().is_empty() && self.stages.is_empty() {
+            return bad("data.path is required (or [[stages]] with their own data)".into());
         }
         if self.model.init.as_os_str().is_empty() && self.model.config.as_os_str().is_empty() {
             return bad("model.init (HF dir) or model.config (config.json) is required".into());
@@ -290,6 +321,99 @@ impl TrainArgs {
             return bad("out is required".into());
         }
         Ok(())
+    }
+
+    fn validate_stages(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.stages.is_empty() {
+            return Ok(());
+        }
+        if self.mode != Mode::Pretrain {
+            return bad("stages: [[stages]] are for mode = \"pretrain\" only".into());
+        }
+        if !self.data.path.as_os_str().is_empty() {
+            return bad(format!(
+                "data.path ({}) and [[stages]] are exclusive: each stage names its own `data`",
+                self.data.path.display()
+            ));
+        }
+        for (i, st) in self.stages.iter().enumerate() {
+            let at = format!("stages[{i}]");
+            if st.name.trim().is_empty() {
+                return bad(format!("{at}.name must not be empty"));
+            }
+            if let Some(j) = self.stages[..i].iter().position(|o| o.name == st.name) {
+                return bad(format!("{at}.name {:?} repeats stages[{j}].name", st.name));
+            }
+            let at = format!("stages[{i}] ({})", st.name);
+            if st.data.as_os_str().is_empty() {
+                return bad(format!("{at}: `data` (packed dataset dir) is required"));
+            }
+            if st.steps == 0 {
+                return bad(format!("{at}: `steps` must be > 0"));
+            }
+            if st.seq_len < 2 {
+                return bad(format!("{at}: `seq_len` must be >= 2, got {}", st.seq_len));
+            }
+            if !(st.rope_theta.is_finite() && st.rope_theta > 0.0) {
+                return bad(format!(
+                    "{at}: `rope_theta` must be a finite number > 0, got {}",
+                    st.rope_theta
+                ));
+            }
+            if st.batch_size == Some(0) {
+                return bad(format!("{at}: `batch_size` must be > 0"));
+            }
+        }
+        let sum: usize = self.stages.iter().map(|s| s.steps).sum();
+        if sum != self.train.steps {
+            return bad(format!(
+                "stages: the stages' steps sum to {sum} ({}), but train.steps = {}",
+                self.stages
+                    .iter()
+                    .map(|s| format!("{}={}", s.name, s.steps))
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                self.train.steps
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stage plan: `[[stages]]` in order, or one stage from `data.path` at `train.seq_len` with
+    /// `default_theta` (the model's RoPE θ) when none are given.
+    pub fn stage_plan(&self, default_theta: f64) -> Vec<Stage> {
+        if self.stages.is_empty() {
+            return vec![Stage {
+                index: 0,
+                name: String::new(),
+                data: self.data.path.clone(),
+                start: 0,
+                end: self.train.steps,
+                seq_len: self.train.seq_len,
+                rope_theta: default_theta,
+                batch_size: self.train.batch_size,
+            }];
+        }
+        let mut start = 0;
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let st = Stage {
+                    index,
+                    name: s.name.clone(),
+                    data: s.data.clone(),
+                    start,
+                    end: start + s.steps,
+                    seq_len: s.seq_len,
+                    rope_theta: s.rope_theta,
+                    batch_size: s.batch_size.unwrap_or(self.train.batch_size),
+                };
+                start = st.end;
+                st
+            })
+            .collect()
     }
 
     /// The tokenizer file to use, if any: `data.tokenizer`, else the init model's, else `fallback`.
@@ -303,6 +427,27 @@ impl TrainArgs {
         }
         fallback.filter(|p| p.is_file()).map(Path::to_path_buf)
     }
+}
+
+/// A resolved stage of the schedule: optimizer steps `start..end` (0-based) and what they train on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    /// Position in the plan (0 without `[[stages]]`).
+    pub index: usize,
+    /// Stage name (empty without `[[stages]]`).
+    pub name: String,
+    /// Packed dataset directory.
+    pub data: PathBuf,
+    /// First optimizer step of the stage (0-based).
+    pub start: usize,
+    /// One past its last step.
+    pub end: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// RoPE θ.
+    pub rope_theta: f64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
 }
 
 impl OptimArgs {
@@ -373,6 +518,109 @@ mod tests {
             e.to_string().contains("x.toml") && e.to_string().contains("stepz"),
             "{e}"
         );
+    }
+
+    const STAGES: &str = r#"
+[model]
+config = "c.json"
+[train]
+steps = 6
+[[stages]]
+name = "s1"
+data = "d1"
+steps = 2
+seq_len = 16
+rope_theta = 10000.0
+[[stages]]
+name = "s2"
+data = "d2"
+steps = 2
+seq_len = 16
+rope_theta = 10000.0
+[[stages]]
+name = "s3"
+data = "d3"
+steps = 2
+seq_len = 64
+rope_theta = 640000.0
+batch_size = 1
+"#;
+
+    fn stage_err(edit: impl FnOnce(&mut TrainArgs)) -> String {
+        let mut a = TrainArgs::from_toml_str(STAGES).unwrap();
+        edit(&mut a);
+        a.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn stages_parse_plan_and_round_trip() {
+        let a = TrainArgs::from_toml_str(STAGES).unwrap();
+        let plan = a.stage_plan(1.0);
+        let spans: Vec<_> = plan
+            .iter()
+            .map(|s| (s.start, s.end, s.batch_size))
+            .collect();
+        assert_eq!(spans, vec![(0, 2, 8), (2, 4, 8), (4, 6, 1)]);
+        assert_eq!(plan[2].rope_theta, 640000.0);
+        let back: TrainArgs = toml::from_str(&a.to_toml()).unwrap();
+        assert_eq!(back, a);
+        // Without stages: one stage from data.path with the model's θ.
+        let d = TrainArgs::default();
+        assert!(d.stages.is_empty());
+        let plan = d.stage_plan(5.0);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(
+            (plan[0].end, plan[0].seq_len, plan[0].rope_theta),
+            (100, 256, 5.0)
+        );
+    }
+
+    #[test]
+    fn bad_stage_lists_name_the_field() {
+        let e = stage_err(|a| a.train.steps = 7);
+        assert!(
+            e.contains("sum to 6") && e.contains("train.steps = 7"),
+            "{e}"
+        );
+        let e = stage_err(|a| a.stages[1].steps = 0);
+        assert!(e.contains("stages[1] (s2)") && e.contains("steps"), "{e}");
+        let e = stage_err(|a| a.stages[2].name = "s1".into());
+        assert!(
+            e.contains("stages[2].name") && e.contains("stages[0]"),
+            "{e}"
+        );
+        let e = stage_err(|a| a.stages[0].rope_theta = 0.0);
+        assert!(
+            e.contains("stages[0] (s1)") && e.contains("rope_theta"),
+            "{e}"
+        );
+        let e = stage_err(|a| a.stages[2].seq_len = 1);
+        assert!(e.contains("seq_len"), "{e}");
+        let e = stage_err(|a| a.stages[0].data = PathBuf::new());
+        assert!(e.contains("stages[0] (s1)") && e.contains("data"), "{e}");
+        let e = stage_err(|a| a.stages[2].batch_size = Some(0));
+        assert!(e.contains("batch_size"), "{e}");
+        let e = stage_err(|a| a.data.path = "p".into());
+        assert!(e.contains("data.path") && e.contains("exclusive"), "{e}");
+        let e = stage_err(|a| a.mode = Mode::Sft);
+        assert!(e.contains("pretrain"), "{e}");
+        let e = TrainArgs::from_toml_str(&STAGES.replace("seq_len = 64", "seqlen = 64"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seqlen"), "{e}");
+        let e = TrainArgs::from_toml_str(&STAGES.replace("rope_theta = 640000.0\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_theta"), "{e}");
+    }
+
+    #[test]
+    fn example_configs_are_valid() {
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/train");
+        let a = TrainArgs::load(&[tools.join("tiny-mixture.toml")], &[]).unwrap();
+        assert_eq!(a.stages.len(), 3);
+        assert_eq!(a.stages[2].rope_theta, 640000.0);
+        TrainArgs::load(&[tools.join("tiny-pretrain.toml")], &[]).unwrap();
     }
 
     #[test]

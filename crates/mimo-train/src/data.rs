@@ -122,6 +122,14 @@ impl DataStream {
         })
     }
 
+    /// The `index.json` of a packed dataset (`None` for SFT).
+    pub fn packed_index(&self) -> Option<&mimo_data::PackedIndex> {
+        match &self.source {
+            Source::Packed(ds) => Some(ds.index()),
+            Source::Sft(_) => None,
+        }
+    }
+
     /// The current position.
     pub fn cursor(&self) -> Cursor {
         self.cursor

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod data;
 mod error;
+pub mod grpo;
 pub mod io;
 #[cfg(feature = "tch")]
 pub mod loss;
@@ -28,6 +29,7 @@ pub mod trainer;
 
 pub use config::{Mode, TrainArgs, DEFAULT_CONFIG};
 pub use error::{Result, TrainError};
+pub use grpo::{Group, GrpoArgs, Rollout};
 pub use metrics::{StepMetrics, TrainReport};
 #[cfg(feature = "tch")]
 pub use trainer::{train, TrainerState};

@@ -33,6 +33,15 @@ pub struct TrainReport {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepMetrics {
     pub step: usize,
+    /// Index of the `[[stages]]` entry the step trained in (0 without stages).
+    #[serde(default)]
+    pub stage: usize,
+    /// Tokens per sequence of the step.
+    #[serde(default)]
+    pub seq_len: usize,
+    /// RoPE θ of the step.
+    #[serde(default)]
+    pub rope_theta: f64,
     pub lr: f64,
     pub lambda: f64,
     pub loss: f64,

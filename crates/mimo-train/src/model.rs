@@ -307,6 +307,16 @@ fn read_config(path: &Path) -> Result<(ModelConfig, Map<String, Value>)> {
     Ok((cfg, map))
 }
 
+/// RoPE inverse frequencies `θ^(-2i/d)`, `i < d/2`, in f32.
+fn inv_freq(theta: f64, head_dim: usize, device: Device) -> Tensor {
+    let base = theta as f32;
+    let inv: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32))
+        .collect();
+    Tensor::from_slice(&inv).to_device(device)
+}
+
 impl TrainModel {
     /// Builds the model from `DIR/config.json` + weights ([`Init::Dir`]) or from a config file with fresh
     /// weights ([`Init::Random`], `config` is then the path of a `config.json` or of a directory holding one).
@@ -363,14 +373,8 @@ impl TrainModel {
             });
         }
         let params = std::mem::take(&mut b.params);
-        let d = cfg.head_dim;
-        let base = cfg.rope_theta as f32;
-        let inv: Vec<f32> = (0..d)
-            .step_by(2)
-            .map(|i| 1.0 / base.powf(i as f32 / d as f32))
-            .collect();
         Ok(Self {
-            inv_freq: Tensor::from_slice(&inv).to_device(device),
+            inv_freq: inv_freq(cfg.rope_theta, cfg.head_dim, device),
             cfg,
             config_json,
             params,
@@ -413,6 +417,32 @@ impl TrainModel {
         self.mtp.len()
     }
 
+    /// Switches RoPE to base `theta` (a pretraining stage boundary, spec §2.2) and raises
+    /// `max_position_embeddings` to at least `context`; checkpoints written afterwards record both in
+    /// config.json (`rope_parameters.rope_theta` / `rope_scaling.rope_theta` where the input config had
+    /// them, else the top-level `rope_theta`).
+    pub fn set_rope(&mut self, theta: f64, context: usize) {
+        self.cfg.rope_theta = theta;
+        self.inv_freq = inv_freq(theta, self.cfg.head_dim, self.device);
+        let mut nested = false;
+        for key in ["rope_parameters", "rope_scaling"] {
+            if let Some(Value::Object(o)) = self.config_json.get_mut(key) {
+                if o.get("rope_theta").is_some_and(|t| !t.is_null()) {
+                    o.insert("rope_theta".into(), theta.into());
+                    nested = true;
+                }
+            }
+        }
+        if !nested || self.config_json.contains_key("rope_theta") {
+            self.config_json.insert("rope_theta".into(), theta.into());
+        }
+        if context > self.cfg.max_position_embeddings {
+            self.cfg.max_position_embeddings = context;
+            self.config_json
+                .insert("max_position_embeddings".into(), context.into());
+        }
+    }
+
     /// cos/sin tables `[t, d]` for positions `0..t`, in f32.
     fn rope(&self, t: i64) -> (Tensor, Tensor) {
         let pos = Tensor::arange(t, (Kind::Float, self.device));
@@ -440,6 +470,24 @@ impl TrainModel {
         Ok((s[0], s[1]))
     }
 
+    /// The decoder stack over on-device `ids`: the last layer's output before `model.norm`.
+    fn decoder(&self, ids: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        for layer in &self.layers {
+            x = layer.forward(&x, cos, sin);
+        }
+        x
+    }
+
+    /// Main-head logits `[b, t, V]` only, skipping the MTP layers (RL updates, where they are frozen).
+    pub fn forward_main(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = self.check_ids(ids)?;
+        let ids = ids.to_device(self.device);
+        let (cos, sin) = self.rope(t);
+        let x = self.decoder(&ids, &cos, &sin);
+        Ok(self.norm.forward(&x).linear(&self.lm_head, None::<Tensor>))
+    }
+
     /// Teacher-forced forward of `ids` (`[b, t]`, int64) at positions `0..t`: main logits for every position and,
     /// for MTP layer `k`, rows `p = 0..t-2-k` pairing `h_p` with the embedding of `ids[:, p+1+k]` at RoPE
     /// position `p` (spec §7.2). `h` is the pre- or post-norm hidden state per `mtp_hidden`.
@@ -447,10 +495,7 @@ impl TrainModel {
         let (_, t) = self.check_ids(ids)?;
         let ids = ids.to_device(self.device);
         let (cos, sin) = self.rope(t);
-        let mut x = Tensor::embedding(&self.embed, &ids, -1, false, false);
-        for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin);
-        }
+        let x = self.decoder(&ids, &cos, &sin);
         let normed = self.norm.forward(&x);
         let logits = normed.linear(&self.lm_head, None::<Tensor>);
         let hidden = match self.cfg.mtp_hidden {

@@ -12,7 +12,7 @@ use crate::metrics::StepMetrics;
 type Series = (&'static str, RGBColor, fn(&StepMetrics) -> f64);
 
 /// Registers the system's DejaVu Sans (or Liberation Sans) for plotters' `sans-serif`, once.
-fn font_available() -> bool {
+pub fn font_available() -> bool {
     static FONT: OnceLock<bool> = OnceLock::new();
     *FONT.get_or_init(|| {
         [
@@ -78,6 +78,77 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), String> {
                 color.stroke_width(2),
             ))
             .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A named curve of (x, y) points.
+pub struct Curve {
+    pub name: String,
+    pub color: RGBColor,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws curves to `path` (PNG, 900×500) with axis descriptions; the legend is spelled out in `y_desc`.
+pub fn plot_lines(curves: &[Curve], x_desc: &str, y_desc: &str, path: &Path) -> Result<(), String> {
+    let pts = || {
+        curves
+            .iter()
+            .flat_map(|c| c.points.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+    };
+    if pts().next().is_none() {
+        return Err("no points".into());
+    }
+    let (x0, x1) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((y1 - y0) * 0.05).max(1e-3);
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(20)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(
+            x0..x1.max(x0 + 1.0),
+            (y0 - pad).min(0.0f64.max(y0 - pad))..y1 + pad,
+        )
+        .map_err(|e| e.to_string())?;
+    if font_available() {
+        let legend: Vec<String> = curves.iter().map(|c| c.name.clone()).collect();
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(format!("{y_desc} ({})", legend.join(", ")))
+            .draw()
+            .map_err(|e| e.to_string())?;
+    } else {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    for c in curves {
+        chart
+            .draw_series(LineSeries::new(
+                c.points.iter().copied(),
+                c.color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+        if c.points.len() <= 12 {
+            chart
+                .draw_series(
+                    c.points
+                        .iter()
+                        .map(|&p| Circle::new(p, 5, c.color.filled())),
+                )
+                .map_err(|e| e.to_string())?;
+        }
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())

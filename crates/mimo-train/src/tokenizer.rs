@@ -10,6 +10,8 @@ use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, TokenizerBuilder};
@@ -145,7 +147,11 @@ pub fn train_tokenizer(args: &TokenizerTrainArgs) -> Result<TokenizerReport> {
     >::new()
     .with_model(BPE::default())
     .with_normalizer(None)
-    .with_pre_tokenizer(Some(byte_level.into()))
+    // Digits are split one by one before byte-level BPE (as Qwen2's tokenizer does), so numbers are digit
+    // sequences the model can learn arithmetic over, not arbitrary merged chunks.
+    .with_pre_tokenizer(Some(
+        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+    ))
     .with_post_processor(Some(byte_level.into()))
     .with_decoder(Some(byte_level.into()))
     .build()

@@ -3,10 +3,14 @@
 //!
 //! Run directory (`out`):
 //! - `config.toml`: the effective config; `metrics.jsonl`: one object per logged step;
-//! - `checkpoint/`: HF model dir + `optimizer.safetensors` + `trainer_state.json` (step, data cursor, seed),
-//!   replaced atomically; a run started again on the same `out` resumes from it (metrics past the checkpoint
+//! - `checkpoint/`: HF model dir + `optimizer.safetensors` + `trainer_state.json` (step, stage, the stage's
+//!   data cursor, seed), replaced atomically; a run started again on the same `out` resumes from it (metrics past the checkpoint
 //!   are dropped and recomputed, so an interrupted + resumed run reproduces the uninterrupted one exactly);
 //! - `model/`: the final HF model (with tokenizer files); `loss.png`; `report.json` marks a finished run.
+//!
+//! With `[[stages]]` (spec §2.2) the loop switches, at each stage's first step, to the stage's packed dataset
+//! (read from its start), window length, batch size and RoPE θ; checkpoints record the θ (and a raised
+//! `max_position_embeddings`) of the stage in effect.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Device, Tensor};
 
-use crate::config::{Mode, TrainArgs};
+use crate::config::{Mode, Stage, TrainArgs};
 use crate::data::{read_sft_jsonl, Batch, Cursor, DataStream};
 use crate::error::{Result, TrainError};
 use crate::io::{atomic_dir, read_json, write_json};
@@ -30,6 +34,13 @@ use crate::optim::{clip_grad_norm, AdamW};
 pub struct TrainerState {
     /// Optimizer steps completed.
     pub step: usize,
+    /// Index of the stage of the last completed step (0 without `[[stages]]`).
+    #[serde(default)]
+    pub stage: usize,
+    /// Its name (empty without `[[stages]]`).
+    #[serde(default)]
+    pub stage_name: String,
+    /// Position in that stage's data stream.
     pub cursor: Cursor,
     pub seed: u64,
     pub total_steps: usize,
@@ -143,6 +154,37 @@ fn head_counts(batches: &[Batch], heads: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Opens a stage's packed dataset; with `warn`, warns when its index was packed for another stage or length.
+fn open_stage(stage: &Stage, staged: bool, seed: u64, warn: bool) -> Result<DataStream> {
+    let d = DataStream::packed(&stage.data, stage.seq_len, seed).map_err(|e| {
+        if staged {
+            TrainError::Data(format!("stages[{}] ({}): {e}", stage.index, stage.name))
+        } else {
+            e
+        }
+    })?;
+    if let (true, true, Some(ix)) = (staged, warn, d.packed_index()) {
+        if !ix.stage.is_empty() && ix.stage != stage.name {
+            tracing::warn!(
+                "stage {}: {} was packed for stage {:?}",
+                stage.name,
+                stage.data.display(),
+                ix.stage
+            );
+        }
+        if ix.seq_len != 0 && ix.seq_len != stage.seq_len {
+            tracing::warn!(
+                "stage {}: {} was packed for seq_len {}, the stage trains at {}",
+                stage.name,
+                stage.data.display(),
+                ix.seq_len,
+                stage.seq_len
+            );
+        }
+    }
+    Ok(d)
+}
+
 /// Runs `mimo train pretrain|sft` as configured (see the module docs for the run directory).
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     args.validate()?;
@@ -190,7 +232,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     }
 
     // Model.
-    let model = match (&resume, args.model.init.as_os_str().is_empty()) {
+    let mut model = match (&resume, args.model.init.as_os_str().is_empty()) {
         (Some(_), _) => TrainModel::new(Init::Dir(&ckpt_dir), &ckpt_dir, device)?,
         (None, false) => TrainModel::new(Init::Dir(&args.model.init), &args.model.init, device)?,
         (None, true) => TrainModel::new(
@@ -204,11 +246,33 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     let vocab = model.config().vocab_size;
 
-    // Data.
+    // Stages and data.
+    let staged = !args.stages.is_empty();
+    let plan = args.stage_plan(model.config().rope_theta);
+    let mut cur = resume.as_ref().map_or(0, |st| st.stage);
+    if let Some(st) = &resume {
+        let fits = plan
+            .get(st.stage)
+            .is_some_and(|s| s.name == st.stage_name && s.start < st.step && st.step <= s.end);
+        if !fits {
+            return Err(TrainError::Checkpoint {
+                path: state_path.clone(),
+                msg: format!(
+                    "was written at step {} in stage {} ({:?}), which this config's [[stages]] do not \
+                     hold at that step (use force to start over)",
+                    st.step, st.stage, st.stage_name
+                ),
+            });
+        }
+    }
     let seq_len = args.train.seq_len;
     let (mut data, tokenizer) = match args.mode {
         Mode::Pretrain => {
-            let d = DataStream::packed(&args.data.path, seq_len, args.seed)?;
+            // Every stage's data is checked now rather than at its first step.
+            for st in &plan {
+                open_stage(st, staged, args.seed, true)?;
+            }
+            let d = open_stage(&plan[cur], staged, args.seed, false)?;
             let tok = args.tokenizer_path(d.dataset_tokenizer.as_deref());
             (d, tok)
         }
@@ -289,33 +353,58 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let mut tokens: u64 = 0;
     let mut tokens_total: u64 = resume.as_ref().map_or(0, |s| s.tokens);
     let mut last: Option<StepMetrics> = None;
+    if staged {
+        model.set_rope(plan[cur].rope_theta, plan[cur].seq_len);
+    }
     let stop_at = if args.train.stop_after > 0 {
         args.train.stop_after.min(steps)
     } else {
         steps
     };
-    let save_checkpoint =
-        |model: &TrainModel, opt: &AdamW, step: usize, cursor: Cursor, tokens: u64| {
-            save_model_dir(&ckpt_dir, model, &extra, |tmp| {
-                opt.save(&tmp.join("optimizer.safetensors"), model.params())?;
-                write_json(
-                    &tmp.join("trainer_state.json"),
-                    &TrainerState {
-                        step,
-                        cursor,
-                        seed: args.seed,
-                        total_steps: steps,
-                        tokens,
-                    },
-                )
-            })
-        };
+    let save_checkpoint = |model: &TrainModel,
+                           opt: &AdamW,
+                           step: usize,
+                           stage: &Stage,
+                           cursor: Cursor,
+                           tokens: u64| {
+        save_model_dir(&ckpt_dir, model, &extra, |tmp| {
+            opt.save(&tmp.join("optimizer.safetensors"), model.params())?;
+            write_json(
+                &tmp.join("trainer_state.json"),
+                &TrainerState {
+                    step,
+                    stage: stage.index,
+                    stage_name: stage.name.clone(),
+                    cursor,
+                    seed: args.seed,
+                    total_steps: steps,
+                    tokens,
+                },
+            )
+        })
+    };
 
     for step in start_step..stop_at {
+        if step >= plan[cur].end && cur + 1 < plan.len() {
+            cur += 1;
+            let st = &plan[cur];
+            tracing::info!(
+                "step {}: stage {} ({}): seq_len {}, rope_theta {}, batch_size {}",
+                step + 1,
+                st.index,
+                st.name,
+                st.seq_len,
+                st.rope_theta,
+                st.batch_size
+            );
+            data = open_stage(st, staged, args.seed, false)?;
+            model.set_rope(st.rope_theta, st.seq_len);
+        }
+        let stage = &plan[cur];
         let lr = args.optim.lr_at(step, steps);
         let lambda = args.mtp.lambda_at(step, steps);
         let batches = (0..args.train.grad_accum)
-            .map(|_| data.next_batch(args.train.batch_size))
+            .map(|_| data.next_batch(stage.batch_size))
             .collect::<Result<Vec<_>>>()?;
         let denoms = head_counts(&batches, heads);
         for p in model.params() {
@@ -361,6 +450,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         let elapsed = t0.elapsed().as_secs_f64();
         let m = StepMetrics {
             step: step + 1,
+            stage: stage.index,
+            seq_len: batches[0].len - 1,
+            rope_theta: model.config().rope_theta,
             lr,
             lambda,
             loss,
@@ -383,14 +475,22 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             writeln!(metrics_file, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
         }
         bar.set_message(format!(
-            "loss {:.3} mtp {:.3} acc {:.2} {:.0} tok/s",
-            m.loss_main, m.loss_mtp, m.mtp_acc, m.tok_per_s
+            "{}loss {:.3} mtp {:.3} acc {:.2} {:.0} tok/s",
+            if staged {
+                format!("{} ", stage.name)
+            } else {
+                String::new()
+            },
+            m.loss_main,
+            m.loss_mtp,
+            m.mtp_acc,
+            m.tok_per_s
         ));
         bar.set_position((step + 1) as u64);
         last = Some(m);
         let every = args.train.save_every;
         if (every > 0 && (step + 1) % every == 0) || step + 1 == steps {
-            save_checkpoint(&model, &opt, step + 1, data.cursor(), tokens_total)?;
+            save_checkpoint(&model, &opt, step + 1, stage, data.cursor(), tokens_total)?;
         }
     }
     bar.finish_and_clear();

@@ -1,0 +1,233 @@
+//! `mimo rl` (GRPO with the Seamless Rollout Engine), `mimo rollout-bench` (seamless vs naive) and
+//! `mimo pipeline` (the whole recipe). RL and the pipeline need the libtorch trainer (`train` feature); the
+//! rollout benchmark runs on the candle engine alone.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+#[cfg(feature = "train")]
+use crate::UsageError;
+
+/// `mimo rl` options.
+#[derive(Args)]
+pub struct RlCli {
+    /// TOML config files (keys of `mimo rl`, see `--print-config`), layered in order.
+    #[arg(long)]
+    config: Vec<PathBuf>,
+    /// Policy to start from (HF directory, usually the SFT model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training problems (JSONL from `mimo data synth`, or question/answer/tests lines).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Rollout scheduling: seamless or naive.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Code reward: binary, strict or soft.
+    #[arg(long)]
+    code_reward: Option<String>,
+    /// Print the effective config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// `mimo rollout-bench` options.
+#[derive(Args)]
+pub struct RolloutBenchCli {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// Problem kinds to draw (default: all in the file).
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    groups: usize,
+    #[arg(long, default_value_t = 8)]
+    group_size: usize,
+    /// Length of a short response (tokens; EOS is ignored so lengths are exact).
+    #[arg(long, default_value_t = 24)]
+    short: usize,
+    #[arg(long, default_value_t = 160)]
+    long: usize,
+    #[arg(long, default_value_t = 0.08)]
+    long_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// `mimo pipeline` options.
+#[derive(Args)]
+pub struct PipelineCli {
+    /// TOML files layered over the embedded `configs/tiny.toml`.
+    #[arg(long)]
+    config: Vec<PathBuf>,
+    /// Run directory (default `runs/<UTC timestamp>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the effective config and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[cfg(feature = "train")]
+fn layered_rl(opts: &RlCli) -> Result<mimo_rl::rl::RlArgs> {
+    let mut table = toml::Table::new();
+    for f in &opts.config {
+        let s =
+            std::fs::read_to_string(f).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
+        let t: toml::Table =
+            toml::from_str(&s).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
+        for (k, v) in t {
+            match (table.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => a.extend(b),
+                (_, v) => {
+                    table.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut args: mimo_rl::rl::RlArgs = table
+        .try_into()
+        .map_err(|e| UsageError(format!("rl config: {e}")))?;
+    if let Some(m) = &opts.model {
+        args.model = m.clone();
+    }
+    if let Some(d) = &opts.data {
+        args.data = d.clone();
+    }
+    if let Some(o) = &opts.out {
+        args.out = o.clone();
+    }
+    if let Some(s) = opts.steps {
+        args.steps = s;
+    }
+    let parse = |what: &str, v: &str| -> Result<toml::Value> {
+        Ok(toml::Value::try_from(v).map_err(|e| UsageError(format!("--{what}: {e}")))?)
+    };
+    if let Some(m) = &opts.mode {
+        args.rollout.mode = parse("mode", m)?
+            .try_into()
+            .map_err(|_| UsageError(format!("--mode {m:?}: expected seamless or naive")))?;
+    }
+    if let Some(c) = &opts.code_reward {
+        args.code_reward = parse("code-reward", c)?.try_into().map_err(|_| {
+            UsageError(format!(
+                "--code-reward {c:?}: expected binary, strict or soft"
+            ))
+        })?;
+    }
+    Ok(args)
+}
+
+/// Runs `mimo rl`.
+#[cfg(feature = "train")]
+pub fn rl(opts: RlCli) -> Result<()> {
+    let args = layered_rl(&opts)?;
+    if opts.print_config {
+        return crate::write_stdout(&args.to_toml());
+    }
+    args.validate().map_err(|e| UsageError(e.to_string()))?;
+    let report = mimo_rl::rl::run_rl(&args, |_| {})?;
+    crate::write_stdout(&serde_json::to_string(&report)?)
+}
+
+/// Without the trainer there is no `mimo rl`.
+#[cfg(not(feature = "train"))]
+pub fn rl(_: RlCli) -> Result<()> {
+    anyhow::bail!(
+        "this mimo was built without the trainer: rebuild with `--features train` (see README)"
+    )
+}
+
+/// Runs `mimo rollout-bench`: prints one JSON object with both modes' per-step stats and the speedup.
+pub fn rollout_bench(a: RolloutBenchCli) -> Result<()> {
+    let bench = mimo_rl::bench::BenchSection {
+        steps: a.steps,
+        groups: a.groups,
+        group_size: a.group_size,
+        short: a.short,
+        long: a.long,
+        long_fraction: a.long_fraction,
+    };
+    let (seamless, naive, same) =
+        mimo_rl::bench::rollout_bench(&a.model, &a.data, &a.kinds, &bench, a.seed)?;
+    let wall = |v: &[mimo_rl::RolloutStats]| v.iter().map(|s| s.wall_s).sum::<f64>();
+    let out = serde_json::json!({
+        "speedup": wall(&naive) / wall(&seamless).max(1e-9),
+        "identical_batches": same,
+        "seamless": seamless,
+        "naive": naive,
+    });
+    crate::write_stdout(&out.to_string())
+}
+
+/// Runs `mimo pipeline`.
+#[cfg(feature = "train")]
+pub fn pipeline(opts: PipelineCli) -> Result<()> {
+    let mut args = mimo_rl::pipeline::PipelineArgs::layered(&opts.config)
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let Some(s) = opts.seed {
+        args.seed = s;
+    }
+    if let Some(o) = &opts.out {
+        args.out = o.clone();
+    }
+    if opts.print_config {
+        return crate::write_stdout(&toml::to_string(&args)?);
+    }
+    let out = if args.out.as_os_str().is_empty() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("runs/{}", utc_stamp(secs)))
+    } else {
+        args.out.clone()
+    };
+    eprintln!("mimo pipeline → {}", out.display());
+    let report =
+        mimo_rl::pipeline::run_pipeline(&args, &out, |line| eprintln!("[pipeline] {line}"))?;
+    eprintln!("report: {}", out.join("report.md").display());
+    crate::write_stdout(&serde_json::to_string(&report)?)
+}
+
+/// Without the trainer there is no pipeline.
+#[cfg(not(feature = "train"))]
+pub fn pipeline(_: PipelineCli) -> Result<()> {
+    anyhow::bail!(
+        "this mimo was built without the trainer: rebuild with `--features train` (see README)"
+    )
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC from Unix seconds (civil-from-days, Howard Hinnant's algorithm).
+#[cfg(feature = "train")]
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,349 @@
+//! `mimo rl`: MiMo's GRPO loop (spec §3.3–3.5, §7.5).
+//!
+//! Each step: the rollout engine fills a batch of valid groups from the candle engine (current policy), the
+//! libtorch [`GrpoTrainer`] recomputes old log-probs and runs its mini-batch updates (MTP layers frozen), and
+//! the new weights go back to the engine **in process** ([`MimoModel::from_host_weights`], no disk round-trip).
+//!
+//! Run directory (`out`): `config.toml`, `metrics.jsonl` (one line per step: rollout timings, waste, reward,
+//! loss, clip fractions), `model/` (final HF checkpoint with tokenizer files), `report.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use mimo_engine::engine::{Engine, EngineConfig};
+use mimo_engine::ModelText;
+use mimo_model::{HostWeights, MimoModel};
+use mimo_train::grpo::{Group, GrpoArgs, GrpoTrainer, Rollout, UpdateStats};
+use mimo_train::model::TrainModel;
+use serde::{Deserialize, Serialize};
+
+use crate::bench::render_prompts;
+use crate::error::{Result, RlError};
+use crate::problem::load_problems;
+use crate::reward::{CodeReward, RewardSettings};
+use crate::rollout::{EngineGenerator, GroupOut, RolloutArgs, RolloutEngine, RolloutStats};
+
+/// `mimo rl` settings (TOML; every key has a default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlArgs {
+    pub seed: u64,
+    /// Run directory.
+    pub out: PathBuf,
+    /// The policy to start from (HF directory with tokenizer files), usually the SFT model.
+    pub model: PathBuf,
+    /// Training problems (JSONL).
+    pub data: PathBuf,
+    /// Keep only these problem kinds (empty: all).
+    pub kinds: Vec<String>,
+    /// GRPO steps (one batch of valid groups each).
+    pub steps: usize,
+    /// Appended to each problem in the user message.
+    pub instruction: String,
+    /// Engine slots for rollouts.
+    pub max_num_seqs: usize,
+    /// Trainer threads (0 = libtorch default).
+    pub threads: usize,
+    pub code_reward: CodeReward,
+    pub rollout: RolloutArgs,
+    pub grpo: GrpoArgs,
+    /// Start over even if `out` holds a finished run.
+    pub force: bool,
+}
+
+impl Default for RlArgs {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            out: PathBuf::from("runs/rl"),
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            kinds: vec![],
+            steps: 20,
+            instruction: String::new(),
+            max_num_seqs: 64,
+            threads: 0,
+            code_reward: CodeReward::Soft,
+            rollout: RolloutArgs::default(),
+            grpo: GrpoArgs::default(),
+            force: false,
+        }
+    }
+}
+
+impl RlArgs {
+    /// Parses TOML over the defaults.
+    pub fn from_toml_str(s: &str) -> Result<Self> {
+        toml::from_str(s).map_err(|e| RlError::Config(e.to_string()))
+    }
+
+    /// The effective config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks paths and values before anything runs.
+    pub fn validate(&self) -> Result<()> {
+        if !self.model.join("config.json").is_file() {
+            return Err(RlError::Config(format!(
+                "model = {:?}: not a model directory (no config.json)",
+                self.model
+            )));
+        }
+        if !self.data.is_file() {
+            return Err(RlError::Config(format!(
+                "data = {:?}: file not found",
+                self.data
+            )));
+        }
+        if self.steps == 0 || self.max_num_seqs == 0 {
+            return Err(RlError::Config("steps and max_num_seqs must be > 0".into()));
+        }
+        self.grpo.validate()?;
+        Ok(())
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlStepMetrics {
+    pub step: usize,
+    pub rollout: RolloutStats,
+    /// Mean reward over the selected (valid) groups.
+    pub batch_reward: f64,
+    pub loss: f64,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    pub approx_kl: f64,
+    pub grad_norm: f64,
+    pub update_s: f64,
+    /// Weight hand-off trainer → engine.
+    pub handoff_s: f64,
+    pub mean_response_tokens: f64,
+    pub elapsed_s: f64,
+}
+
+/// What `mimo rl` returns (also `report.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlReport {
+    pub steps: usize,
+    pub model: PathBuf,
+    pub seconds: f64,
+    pub mean_reward_first: f64,
+    pub mean_reward_last: f64,
+    pub easy_pool: usize,
+    pub rollout_wall_s: f64,
+    pub update_s: f64,
+}
+
+/// The trainer's weights as the engine's in-memory weight map.
+pub fn host_weights(trainer: &GrpoTrainer) -> HostWeights {
+    trainer
+        .export_weights()
+        .into_iter()
+        .map(|(name, shape, data)| (name, (shape, data)))
+        .collect()
+}
+
+/// Builds a candle model from the trainer's current weights.
+pub fn engine_model(trainer: &GrpoTrainer, cfg: &mimo_model::ModelConfig) -> Result<MimoModel> {
+    Ok(MimoModel::from_host_weights(
+        &host_weights(trainer),
+        cfg,
+        DType::F32,
+        &Device::Cpu,
+    )?)
+}
+
+/// Copies tokenizer and generation files next to a saved model.
+pub fn copy_text_files(from: &Path, to: &Path) -> Result<()> {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
+        let src = from.join(name);
+        let dst = to.join(name);
+        if src.is_file() && !dst.exists() {
+            std::fs::copy(&src, &dst).map_err(|e| RlError::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn to_groups(batch: &[GroupOut]) -> Vec<Group> {
+    batch
+        .iter()
+        .map(|g| Group {
+            rollouts: g
+                .responses
+                .iter()
+                .zip(&g.rewards)
+                .filter(|(r, _)| !r.is_empty())
+                .map(|(r, &reward)| Rollout {
+                    prompt: g.prompt.clone(),
+                    response: r.clone(),
+                    reward,
+                })
+                .collect(),
+        })
+        .filter(|g: &Group| g.rollouts.len() >= 2)
+        .collect()
+}
+
+/// Runs `mimo rl`. `on_step` sees every step's metrics (the pipeline uses it for its own progress display).
+pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<RlReport> {
+    args.validate()?;
+    let out = &args.out;
+    let report_path = out.join("report.json");
+    if report_path.exists() && !args.force {
+        return Err(RlError::Config(format!(
+            "{} holds a finished run (set force = true to start over)",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| RlError::io(out, e))?;
+    std::fs::write(out.join("config.toml"), args.to_toml()).map_err(|e| RlError::io(out, e))?;
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads as i32);
+    }
+    let t_start = Instant::now();
+
+    let text = ModelText::load(&args.model)?;
+    let problems = load_problems(&args.data, &args.kinds)?;
+    let prompt_texts: Vec<String> = problems.iter().map(|p| p.prompt.clone()).collect();
+    let prompts = render_prompts(&text, &prompt_texts, &args.instruction)?;
+
+    let policy = TrainModel::from_dir(&args.model, tch::Device::Cpu)?;
+    let cfg = policy.config().clone();
+    let mut trainer = GrpoTrainer::new(policy, args.grpo.clone())?;
+    let mut engine = Engine::new(
+        Arc::new(engine_model(&trainer, &cfg)?),
+        EngineConfig {
+            max_num_seqs: args.max_num_seqs,
+            eos_ids: text.eos_ids.clone(),
+            max_model_len: Some(
+                prompts.iter().map(Vec::len).max().unwrap_or(0)
+                    + args
+                        .rollout
+                        .max_tokens
+                        .max(args.rollout.length_skew.map_or(0, |s| s.long))
+                    + 8,
+            ),
+            ..Default::default()
+        },
+    )?;
+    let tokenizer = text.tokenizer.clone();
+    let settings = RewardSettings {
+        code: args.code_reward,
+        ..Default::default()
+    };
+    let mut rollout = RolloutEngine::new(
+        args.rollout.clone(),
+        problems,
+        prompts,
+        settings,
+        args.seed,
+        Box::new(move |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default()),
+    )?;
+
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics =
+        std::fs::File::create(&metrics_path).map_err(|e| RlError::io(&metrics_path, e))?;
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "rl    {bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut first_reward, mut last_reward) = (None, 0.0);
+    let (mut rollout_wall, mut update_total) = (0.0, 0.0);
+    for step in 0..args.steps {
+        let (batch, rstats) = {
+            let mut gen = EngineGenerator::new(&mut engine, args.max_num_seqs);
+            rollout.collect(&mut gen)?
+        };
+        rollout_wall += rstats.wall_s;
+        let groups = to_groups(&batch);
+        let upd = if groups.is_empty() {
+            UpdateStats::default()
+        } else {
+            trainer.update(&groups)?
+        };
+        update_total += upd.seconds;
+        let t0 = Instant::now();
+        engine.replace_model(Arc::new(engine_model(&trainer, &cfg)?))?;
+        let handoff_s = t0.elapsed().as_secs_f64();
+        let n_resp: usize = batch.iter().map(|g| g.responses.len()).sum();
+        let m = RlStepMetrics {
+            step: step + 1,
+            batch_reward: mean(batch.iter().flat_map(|g| g.rewards.iter().copied())),
+            loss: upd.loss,
+            clip_low: upd.clip_low,
+            clip_high: upd.clip_high,
+            approx_kl: upd.approx_kl,
+            grad_norm: upd.grad_norm,
+            update_s: upd.seconds,
+            handoff_s,
+            mean_response_tokens: batch
+                .iter()
+                .flat_map(|g| g.responses.iter().map(Vec::len))
+                .sum::<usize>() as f64
+                / n_resp.max(1) as f64,
+            elapsed_s: t_start.elapsed().as_secs_f64(),
+            rollout: rstats,
+        };
+        first_reward.get_or_insert(m.rollout.mean_reward);
+        last_reward = m.rollout.mean_reward;
+        let line = serde_json::to_string(&m).map_err(|e| RlError::Data(e.to_string()))?;
+        writeln!(metrics, "{line}").map_err(|e| RlError::io(&metrics_path, e))?;
+        bar.set_message(format!(
+            "reward {:.3} loss {:+.4} clip {:.3}/{:.3} waste {:.2} rollout {:.1}s update {:.1}s",
+            m.rollout.mean_reward,
+            m.loss,
+            m.clip_low,
+            m.clip_high,
+            m.rollout.sample_waste,
+            m.rollout.wall_s,
+            m.update_s
+        ));
+        bar.inc(1);
+        on_step(&m);
+    }
+    bar.finish();
+    let model_dir = out.join("model");
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir).map_err(|e| RlError::io(&model_dir, e))?;
+    }
+    trainer.save_hf(&model_dir, &[])?;
+    copy_text_files(&args.model, &model_dir)?;
+    let report = RlReport {
+        steps: args.steps,
+        model: model_dir,
+        seconds: t_start.elapsed().as_secs_f64(),
+        mean_reward_first: first_reward.unwrap_or(0.0),
+        mean_reward_last: last_reward,
+        easy_pool: rollout.sampler.easy_pool_len(),
+        rollout_wall_s: rollout_wall,
+        update_s: update_total,
+    };
+    let json = serde_json::to_string_pretty(&report).map_err(|e| RlError::Data(e.to_string()))?;
+    std::fs::write(&report_path, json).map_err(|e| RlError::io(&report_path, e))?;
+    Ok(report)
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}

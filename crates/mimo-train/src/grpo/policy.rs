@@ -1,0 +1,519 @@
+//! The libtorch side of GRPO: padded rollout batches, per-token log-probs, the clipped loss and the trainer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use super::{split_even, validate_groups, Group, GrpoArgs, LossStats, Rollout, UpdateStats};
+use crate::config::{OptimArgs, TrainArgs};
+use crate::error::{Result, TrainError};
+use crate::model::{Param, TrainModel};
+use crate::optim::{clip_grad_norm, AdamW};
+
+/// Log-ratios are clamped to ±this before `exp`, so that one extreme token cannot overflow to inf (and turn
+/// the gradient into NaN); verl does the same.
+const MAX_LOG_RATIO: f64 = 20.0;
+
+/// Checkpoint-name prefix of the MTP layers, which RL freezes (spec §7.4).
+const MTP_PREFIX: &str = "model.mtp_layers.";
+
+/// Rollouts as one right-padded teacher-forcing batch.
+///
+/// Row `i` holds `seq = prompt ++ response` (length `L`): `inputs[i, ..L-1] = seq[..L-1]`,
+/// `targets[i, ..L-1] = seq[1..]`, and `mask` is 1 on the columns `P-1 .. L-1` whose target is a response token
+/// (`P` = prompt length). Padding is token 0 with mask 0; causal attention keeps it from affecting real columns.
+#[derive(Debug)]
+pub struct RolloutBatch {
+    /// Model inputs `[b, T]` (int64), `T` = the longest `L − 1`.
+    pub inputs: Tensor,
+    /// Next-token targets `[b, T]` (int64).
+    pub targets: Tensor,
+    /// `[b, T]` f32: 1 where the target is a response token.
+    pub mask: Tensor,
+    /// Per row: the first response column (`P − 1`) and the response length.
+    pub spans: Vec<(usize, usize)>,
+}
+
+impl RolloutBatch {
+    /// Pads `rows` into a batch on `device`. Errors on no rows, an empty prompt or response, or a token id
+    /// `>= vocab_size`.
+    pub fn new(rows: &[&Rollout], vocab_size: usize, device: Device) -> Result<Self> {
+        if rows.is_empty() {
+            return Err(TrainError::Input("rollout batch with no rows".into()));
+        }
+        for (i, r) in rows.iter().enumerate() {
+            r.check(vocab_size, &format!("rollout {i}"))?;
+        }
+        let t = rows
+            .iter()
+            .map(|r| r.prompt.len() + r.response.len() - 1)
+            .max()
+            .unwrap_or(0);
+        let b = rows.len();
+        let mut inputs = vec![0i64; b * t];
+        let mut targets = vec![0i64; b * t];
+        let mut mask = vec![0f32; b * t];
+        let mut spans = Vec::with_capacity(b);
+        for (i, r) in rows.iter().enumerate() {
+            let seq: Vec<i64> = r
+                .prompt
+                .iter()
+                .chain(&r.response)
+                .map(|&x| i64::from(x))
+                .collect();
+            let n = seq.len() - 1;
+            let row = i * t;
+            inputs[row..row + n].copy_from_slice(&seq[..n]);
+            targets[row..row + n].copy_from_slice(&seq[1..]);
+            let start = r.prompt.len() - 1;
+            mask[row + start..row + n].fill(1.0);
+            spans.push((start, r.response.len()));
+        }
+        let shape = [b as i64, t as i64];
+        Ok(Self {
+            inputs: Tensor::from_slice(&inputs).reshape(shape).to_device(device),
+            targets: Tensor::from_slice(&targets)
+                .reshape(shape)
+                .to_device(device),
+            mask: Tensor::from_slice(&mask).reshape(shape).to_device(device),
+            spans,
+        })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Number of response tokens.
+    pub fn tokens(&self) -> usize {
+        self.spans.iter().map(|s| s.1).sum()
+    }
+}
+
+/// Per-token `log π(target | prefix)` `[b, T]` in f32 from the main head (log_softmax + gather), 0 where the
+/// mask is 0. Differentiable; wrap in `tch::no_grad` for old/reference log-probs.
+pub fn token_logprobs(model: &TrainModel, batch: &RolloutBatch) -> Result<Tensor> {
+    let logits = model.forward_main(&batch.inputs)?;
+    let dev = logits.device();
+    let lp = logits
+        .to_kind(Kind::Float)
+        .log_softmax(-1, Kind::Float)
+        .gather(2, &batch.targets.to_device(dev).unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    Ok(lp * batch.mask.to_device(dev))
+}
+
+/// The per-token log-probs of each rollout's response under `model` (no gradient), `micro_batch` rollouts
+/// per forward.
+pub fn response_logprobs(
+    model: &TrainModel,
+    rollouts: &[Rollout],
+    micro_batch: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let vocab = model.config().vocab_size;
+    let mut out = Vec::with_capacity(rollouts.len());
+    for chunk in rollouts.chunks(micro_batch.max(1)) {
+        let rows: Vec<&Rollout> = chunk.iter().collect();
+        let batch = RolloutBatch::new(&rows, vocab, model.device())?;
+        let lp = tch::no_grad(|| token_logprobs(model, &batch))?;
+        let lp: Vec<Vec<f32>> = Vec::try_from(&lp.to_device(Device::Cpu))
+            .map_err(|e| TrainError::Model(format!("log-probs to host: {e}")))?;
+        for (row, &(start, len)) in lp.iter().zip(&batch.spans) {
+            out.push(row[start..start + len].to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// The GRPO loss of one (micro-)batch and its token statistics.
+///
+/// `logp_new`, `logp_old`, `mask`: `[b, T]`; `adv`: `[b]` (one advantage per row) or `[b, T]`. Row `i` belongs
+/// to group `group_of_row[i]` of the mini-batch, whose total response-token count is `group_tokens[g]`.
+/// Per token `r = exp(new − old)` and `s = min(r·A, clip(r, 1 − eps_low, 1 + eps_high)·A)`; the loss is
+/// `−(1/G) Σ_g (1/N_g) Σ_{tokens of g} s` with `G = group_tokens.len()`. With `kl = Some((logp_ref, β))` it adds
+/// `β · (1/G) Σ_g (1/N_g) Σ k3`, `k3 = exp(ref − new) − (ref − new) − 1`.
+///
+/// Because `G` and `N_g` are passed in rather than counted, a mini-batch may be split into row chunks whose
+/// losses (and gradients) add up to the mini-batch's.
+// The argument list is the loss's definition (spec §3.3); bundling it into a struct would only hide that.
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_loss(
+    logp_new: &Tensor,
+    logp_old: &Tensor,
+    adv: &Tensor,
+    mask: &Tensor,
+    group_of_row: &[usize],
+    group_tokens: &[f64],
+    eps_low: f64,
+    eps_high: f64,
+    kl: Option<(&Tensor, f64)>,
+) -> Result<(Tensor, LossStats)> {
+    let shape = logp_new.size();
+    if shape.len() != 2 {
+        return Err(TrainError::Input(format!(
+            "logp_new must be [b, T], got {shape:?}"
+        )));
+    }
+    for (name, t) in [("logp_old", logp_old), ("mask", mask)]
+        .into_iter()
+        .chain(kl.map(|(r, _)| ("logp_ref", r)))
+    {
+        if t.size() != shape {
+            return Err(TrainError::Input(format!(
+                "{name} has shape {:?}, logp_new {shape:?}",
+                t.size()
+            )));
+        }
+    }
+    let b = shape[0];
+    let adv_shape = adv.size();
+    if adv_shape != [b] && adv_shape != shape {
+        return Err(TrainError::Input(format!(
+            "adv must be [{b}] or {shape:?}, got {adv_shape:?}"
+        )));
+    }
+    if group_of_row.len() != b as usize {
+        return Err(TrainError::Input(format!(
+            "group_of_row has {} entries for {b} rows",
+            group_of_row.len()
+        )));
+    }
+    if let Some(&g) = group_of_row.iter().find(|&&g| g >= group_tokens.len()) {
+        return Err(TrainError::Input(format!(
+            "group index {g} with only {} groups",
+            group_tokens.len()
+        )));
+    }
+    if let Some(n) = group_tokens.iter().find(|n| !(n.is_finite() && **n > 0.0)) {
+        return Err(TrainError::Input(format!(
+            "group token count {n} (need > 0)"
+        )));
+    }
+
+    let dev = logp_new.device();
+    let mask = mask.to_kind(Kind::Float).to_device(dev);
+    let adv = if adv.dim() == 1 {
+        adv.unsqueeze(1)
+    } else {
+        adv.shallow_clone()
+    }
+    .to_kind(Kind::Float)
+    .to_device(dev);
+    let n_groups = group_tokens.len() as f64;
+    let row_weight: Vec<f32> = group_of_row
+        .iter()
+        .map(|&g| (1.0 / (n_groups * group_tokens[g])) as f32)
+        .collect();
+    let weights = Tensor::from_slice(&row_weight).to_device(dev).unsqueeze(1) * &mask;
+
+    let log_ratio = ((logp_new - logp_old) * &mask).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO);
+    let ratio = log_ratio.exp();
+    let clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high);
+    let surrogate = (&ratio * &adv).minimum(&(clipped * &adv));
+    let surrogate_loss = -(surrogate * &weights).sum(Kind::Float);
+    let k3 = kl.map(|(logp_ref, beta)| {
+        let d = ((logp_ref - logp_new) * &mask).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO);
+        (d.exp() - &d - 1.0, beta)
+    });
+    let loss = match &k3 {
+        Some((k3, beta)) => surrogate_loss + (k3 * &weights).sum(Kind::Float) * *beta,
+        None => surrogate_loss,
+    };
+
+    let stats = tch::no_grad(|| {
+        let n = mask.sum(Kind::Float).double_value(&[]);
+        let mean = |t: &Tensor| {
+            if n > 0.0 {
+                (t * &mask).sum(Kind::Float).double_value(&[]) / n
+            } else {
+                0.0
+            }
+        };
+        let flag = |t: Tensor| t.to_kind(Kind::Float);
+        LossStats {
+            loss: loss.double_value(&[]),
+            clip_low: mean(&(flag(ratio.lt(1.0 - eps_low)) * flag(adv.lt(0.0)))),
+            clip_high: mean(&(flag(ratio.gt(1.0 + eps_high)) * flag(adv.gt(0.0)))),
+            ratio: mean(&ratio),
+            approx_kl: mean(&(&ratio - 1.0 - &log_ratio)),
+            kl_ref: k3.as_ref().map_or(0.0, |(k3, _)| mean(k3)),
+            tokens: n.round() as usize,
+        }
+    });
+    Ok((loss, stats))
+}
+
+/// One micro-batch of a planned update with its fixed (no-grad) log-probs.
+struct Chunk {
+    batch: RolloutBatch,
+    /// `[b]` advantages.
+    adv: Tensor,
+    /// Group index within the mini-batch, per row.
+    group_of_row: Vec<usize>,
+    old: Tensor,
+    reference: Option<Tensor>,
+}
+
+/// One optimizer step's worth of groups.
+struct MiniBatch {
+    chunks: Vec<Chunk>,
+    /// Response tokens per group of the mini-batch.
+    group_tokens: Vec<f64>,
+}
+
+/// The GRPO policy trainer: owns the model, AdamW over the main model's parameters (MTP layers frozen) and,
+/// when `kl_beta > 0`, the initial policy's weights as the KL reference.
+#[derive(Debug)]
+pub struct GrpoTrainer {
+    model: TrainModel,
+    /// Handles to the optimised parameters: all but the MTP layers.
+    trainable: Vec<Param>,
+    opt: AdamW,
+    optim: OptimArgs,
+    args: GrpoArgs,
+    /// The initial policy's weights (CPU copies); swapped into `model` to compute reference log-probs once per
+    /// update, so that no second model has to be built.
+    reference: Option<BTreeMap<String, Tensor>>,
+}
+
+impl GrpoTrainer {
+    /// Takes over `model` (the current policy) with fresh AdamW state. Errors on invalid `args`.
+    pub fn new(model: TrainModel, args: GrpoArgs) -> Result<Self> {
+        args.validate()?;
+        let trainable: Vec<Param> = model
+            .params()
+            .iter()
+            .filter(|p| !p.name.starts_with(MTP_PREFIX))
+            .map(|p| Param {
+                name: p.name.clone(),
+                tensor: p.tensor.shallow_clone(),
+                decay: p.decay,
+            })
+            .collect();
+        let opt = AdamW::new(&trainable);
+        // Only the AdamW fields matter here; starting from the defaults keeps this independent of any
+        // schedule fields OptimArgs may gain.
+        let mut optim = TrainArgs::default().optim;
+        optim.lr = args.lr;
+        optim.min_lr = args.lr;
+        optim.beta1 = args.beta1;
+        optim.beta2 = args.beta2;
+        optim.eps = args.adam_eps;
+        optim.weight_decay = args.weight_decay;
+        optim.grad_clip = args.max_grad_norm;
+        let reference = (args.kl_beta > 0.0).then(|| snapshot(&model));
+        Ok(Self {
+            model,
+            trainable,
+            opt,
+            optim,
+            args,
+            reference,
+        })
+    }
+
+    /// The current policy.
+    pub fn model(&self) -> &TrainModel {
+        &self.model
+    }
+
+    /// Gives the model back.
+    pub fn into_model(self) -> TrainModel {
+        self.model
+    }
+
+    /// The hyperparameters.
+    pub fn args(&self) -> &GrpoArgs {
+        &self.args
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.opt.step
+    }
+
+    /// Names of the parameters the optimizer updates (everything but the MTP layers).
+    pub fn trainable_names(&self) -> Vec<&str> {
+        self.trainable.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// One GRPO iteration on `groups` (spec §3.3): old-policy log-probs recomputed once by this model with no
+    /// gradient, then one clipped-surrogate AdamW step per mini-batch of groups (in the given order).
+    /// Errors on unusable groups (see [`validate_groups`](super::validate_groups)) before touching the
+    /// weights, and with [`TrainError::Diverged`] on a non-finite loss or gradient (that step is not taken).
+    pub fn update(&mut self, groups: &[Group]) -> Result<UpdateStats> {
+        let start = Instant::now();
+        validate_groups(groups, self.model.config().vocab_size)?;
+        let mut plan = self.plan(groups)?;
+        self.reference_logprobs(&mut plan)?;
+
+        let (eps_low, eps_high) = (self.args.eps_low, self.args.eps_high);
+        let mut total = LossStats::default();
+        let mut per_mb = Vec::with_capacity(plan.len());
+        let mut grad_norm_sum = 0.0;
+        for mb in &plan {
+            self.zero_grad();
+            let mut st = LossStats::default();
+            for c in &mb.chunks {
+                let new = token_logprobs(&self.model, &c.batch)?;
+                let kl = c.reference.as_ref().map(|r| (r, self.args.kl_beta));
+                let (loss, s) = grpo_loss(
+                    &new,
+                    &c.old,
+                    &c.adv,
+                    &c.batch.mask,
+                    &c.group_of_row,
+                    &mb.group_tokens,
+                    eps_low,
+                    eps_high,
+                    kl,
+                )?;
+                if !s.loss.is_finite() {
+                    return Err(self.diverged(s.loss));
+                }
+                loss.backward();
+                st.merge(&s);
+            }
+            let grad_norm = clip_grad_norm(&self.trainable, self.args.max_grad_norm);
+            if !grad_norm.is_finite() {
+                return Err(self.diverged(st.loss));
+            }
+            self.opt.step(&self.trainable, self.args.lr, &self.optim);
+            grad_norm_sum += grad_norm;
+            total.merge(&st);
+            per_mb.push(st);
+        }
+        self.zero_grad();
+
+        let steps = per_mb.len();
+        let rewards: Vec<f64> = groups
+            .iter()
+            .flat_map(|g| g.rollouts.iter().map(|r| r.reward))
+            .collect();
+        Ok(UpdateStats {
+            loss: per_mb.iter().map(|s| s.loss).sum::<f64>() / steps as f64,
+            clip_low: total.clip_low,
+            clip_high: total.clip_high,
+            ratio: total.ratio,
+            approx_kl: total.approx_kl,
+            kl_ref: total.kl_ref,
+            grad_norm: grad_norm_sum / steps as f64,
+            tokens: total.tokens,
+            rollouts: rewards.len(),
+            groups: groups.len(),
+            mean_reward: rewards.iter().sum::<f64>() / rewards.len() as f64,
+            steps,
+            seconds: start.elapsed().as_secs_f64(),
+            mini_batches: per_mb,
+        })
+    }
+
+    /// The weights by checkpoint name as `(name, shape, f32 data)` (row-major, CPU), MTP layers included, for
+    /// the engine to rebuild its model in-process.
+    pub fn export_weights(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.model
+            .state_dict()
+            .into_iter()
+            .map(|(name, t)| {
+                let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+                let n = t.numel();
+                let mut data = vec![0f32; n];
+                // `state_dict` gives contiguous f32 CPU tensors, so this copy cannot fail.
+                t.copy_data(&mut data, n);
+                (name, shape, data)
+            })
+            .collect()
+    }
+
+    /// Writes the current policy as an HF directory (see [`TrainModel::save_hf`]).
+    pub fn save_hf(&self, dir: &Path, extra: &[(&str, &Path)]) -> Result<()> {
+        self.model.save_hf(dir, extra)
+    }
+
+    fn diverged(&self, loss: f64) -> TrainError {
+        TrainError::Diverged {
+            step: self.opt.step as usize + 1,
+            loss,
+        }
+    }
+
+    fn zero_grad(&self) {
+        for p in &self.trainable {
+            let mut g = p.tensor.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Splits `groups` into mini-batches and micro-batches, with advantages and the old-policy log-probs.
+    fn plan(&self, groups: &[Group]) -> Result<Vec<MiniBatch>> {
+        let vocab = self.model.config().vocab_size;
+        let device = self.model.device();
+        let mut plan = vec![];
+        for range in split_even(groups.len(), self.args.mini_batches) {
+            let mb_groups = &groups[range];
+            let mut rows: Vec<(usize, &Rollout, f64)> = vec![];
+            for (g, group) in mb_groups.iter().enumerate() {
+                for (r, a) in group.rollouts.iter().zip(group.advantages()) {
+                    rows.push((g, r, a));
+                }
+            }
+            let mut chunks = vec![];
+            for part in rows.chunks(self.args.micro_batch) {
+                let rollouts: Vec<&Rollout> = part.iter().map(|p| p.1).collect();
+                let batch = RolloutBatch::new(&rollouts, vocab, device)?;
+                let adv: Vec<f32> = part.iter().map(|p| p.2 as f32).collect();
+                let old = tch::no_grad(|| token_logprobs(&self.model, &batch))?;
+                chunks.push(Chunk {
+                    adv: Tensor::from_slice(&adv).to_device(device),
+                    group_of_row: part.iter().map(|p| p.0).collect(),
+                    old,
+                    reference: None,
+                    batch,
+                });
+            }
+            plan.push(MiniBatch {
+                chunks,
+                group_tokens: mb_groups
+                    .iter()
+                    .map(|g| g.response_tokens() as f64)
+                    .collect(),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// With a KL reference: swaps its weights into the model, fills every chunk's reference log-probs, and
+    /// restores the current weights (also when the forward fails).
+    fn reference_logprobs(&mut self, plan: &mut [MiniBatch]) -> Result<()> {
+        let Some(reference) = &self.reference else {
+            return Ok(());
+        };
+        let origin = Path::new("<grpo reference policy>");
+        let current = snapshot(&self.model);
+        self.model.load_state(reference, origin)?;
+        let filled = fill_logprobs(&self.model, plan);
+        self.model.load_state(&current, origin)?;
+        filled
+    }
+}
+
+/// Deep copies of the weights on the CPU (`state_dict` alone shares storage with CPU parameters).
+fn snapshot(model: &TrainModel) -> BTreeMap<String, Tensor> {
+    model
+        .state_dict()
+        .into_iter()
+        .map(|(name, t)| (name, t.copy()))
+        .collect()
+}
+
+fn fill_logprobs(model: &TrainModel, plan: &mut [MiniBatch]) -> Result<()> {
+    for c in plan.iter_mut().flat_map(|mb| mb.chunks.iter_mut()) {
+        c.reference = Some(tch::no_grad(|| token_logprobs(model, &c.batch))?);
+    }
+    Ok(())
+}
