@@ -36,6 +36,10 @@ pub struct EvalArgs {
     max_tokens: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Appended to each question in the user message (default: the paper's "Please reason step by step, and
+    /// put your final answer within \boxed{}."; pass "" for models trained without it).
+    #[arg(long)]
+    instruction: Option<String>,
     /// Sequences decoded at once.
     #[arg(long, default_value_t = 32)]
     max_num_seqs: usize,
@@ -80,6 +84,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         seed: args.seed,
         ..Default::default()
+    };
+    let opts = match args.instruction {
+        Some(instruction) => EvalOptions {
+            instruction,
+            ..opts
+        },
+        None => opts,
     };
     let t0 = std::time::Instant::now();
     let report = evaluate(&mut engine, &text, &problems, &opts)?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mimo_engine::engine::{Engine, EngineError};
 use mimo_engine::{ChatMessage, ModelText, SamplingParams, TextError};
+use mimo_reward::sandbox::{Language, SandboxConfig};
 use serde::Serialize;
 
 /// Errors of an evaluation run.
@@ -37,8 +38,11 @@ pub enum EvalError {
 pub struct Problem {
     pub id: String,
     pub question: String,
-    /// The gold final answer (GSM8K's `#### N` tail is taken).
+    /// The gold final answer (GSM8K's `#### N` tail is taken); for code problems, informational.
     pub gold: String,
+    /// Python assert statements: a code problem, judged by running the response's last code block with each
+    /// test in the sandbox (correct = every test passes). Empty for math.
+    pub tests: Vec<String>,
 }
 
 /// Reads a JSONL set with `question`/`problem` and `answer` fields (GSM8K, AIME, AMC layouts).
@@ -64,12 +68,23 @@ pub fn load_problems(path: &Path) -> Result<Vec<Problem>, EvalError> {
         let question = v
             .get("question")
             .or_else(|| v.get("problem"))
+            .or_else(|| v.get("prompt"))
             .and_then(|q| q.as_str())
-            .ok_or_else(|| bad("no string field `question` or `problem`".into()))?;
+            .ok_or_else(|| bad("no string field `question`, `problem` or `prompt`".into()))?;
+        let tests: Vec<String> = match v.get("tests") {
+            None | Some(serde_json::Value::Null) => vec![],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|t| t.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("`tests` must be a list of strings".into()))?,
+            Some(_) => return Err(bad("`tests` must be a list of strings".into())),
+        };
         let answer = match v.get("answer") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Number(n)) => n.to_string(),
-            _ => return Err(bad("no field `answer`".into())),
+            _ if !tests.is_empty() => String::new(),
+            _ => return Err(bad("no field `answer` (math) or `tests` (code)".into())),
         };
         let gold = match answer.rsplit_once("####") {
             Some((_, tail)) => tail.trim().to_string(),
@@ -84,6 +99,7 @@ pub fn load_problems(path: &Path) -> Result<Vec<Problem>, EvalError> {
             id,
             question: question.to_string(),
             gold,
+            tests,
         });
     }
     Ok(out)
@@ -116,6 +132,8 @@ pub struct EvalOptions {
     pub instruction: String,
     /// Per-sample verifier time bound.
     pub verify_timeout: Duration,
+    /// Sandbox for code problems.
+    pub sandbox: SandboxConfig,
 }
 
 impl Default for EvalOptions {
@@ -129,6 +147,10 @@ impl Default for EvalOptions {
             instruction:
                 "\nPlease reason step by step, and put your final answer within \\boxed{}.".into(),
             verify_timeout: Duration::from_secs(5),
+            sandbox: SandboxConfig {
+                timeout: Duration::from_secs(3),
+                ..SandboxConfig::default()
+            },
         }
     }
 }
@@ -207,14 +229,27 @@ pub fn evaluate(
             continue;
         };
         let out = text.tokenizer.decode(&tokens, true)?;
-        let v = mimo_reward::math::verify(&problems[pi].gold, &out, opts.verify_timeout);
+        let p = &problems[pi];
+        let (pred, correct) = if p.tests.is_empty() {
+            let v = mimo_reward::math::verify(&p.gold, &out, opts.verify_timeout);
+            (v.pred_parsed, v.correct)
+        } else {
+            let code = mimo_reward::sandbox::last_code_block(&out);
+            let correct = code.as_ref().is_some_and(|c| {
+                p.tests.iter().all(|t| {
+                    mimo_reward::sandbox::run_test_program(Language::Python, c, t, &opts.sandbox)
+                        .passed
+                })
+            });
+            (code, correct)
+        };
         samples.push(Sample {
-            problem: problems[pi].id.clone(),
+            problem: p.id.clone(),
             sample: s,
             text: out,
             completion_tokens: tokens.len(),
-            pred: v.pred_parsed,
-            correct: v.correct,
+            pred,
+            correct,
         });
     }
     let mut per_problem: Vec<ProblemResult> = problems

@@ -604,6 +604,20 @@ fn tail(s: &str) -> Option<String> {
     Some(lines.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
+/// The last fenced code block of a response (```python … ``` or ``` … ```), if any.
+pub fn last_code_block(text: &str) -> Option<String> {
+    let end = text.rfind("```")?;
+    let before = &text[..end];
+    let start = before.rfind("```")?;
+    let body = &before[start + 3..];
+    let body = body
+        .strip_prefix("python")
+        .or_else(|| body.strip_prefix("py"))
+        .unwrap_or(body);
+    let body = body.trim_matches('\n');
+    (!body.trim().is_empty()).then(|| body.to_string())
+}
+
 /// Runs the solution followed by a test program (HumanEval style: the test program calls
 /// `check(entry_point)`). Passes when the combined program exits 0; an `AssertionError` is a wrong answer.
 pub fn run_test_program(

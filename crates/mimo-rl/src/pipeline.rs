@@ -38,6 +38,8 @@ pub struct SynthSection {
     pub heldout: usize,
     pub max_digits: u32,
     pub max_depth: usize,
+    /// Problem families to generate.
+    pub kinds: Vec<SynthKind>,
 }
 
 /// `[tokenizer]`.
@@ -231,6 +233,7 @@ fn eval_model(
     problems: &[Problem],
     e: &EvalSection,
     seed: u64,
+    samples_out: &Path,
 ) -> Result<(EvalReport, f64)> {
     let (mut engine, text) = eval_engine(dir, 0, 64)?;
     let opts = EvalOptions {
@@ -243,6 +246,12 @@ fn eval_model(
         ..Default::default()
     };
     let report = evaluate(&mut engine, &text, problems, &opts)?;
+    let rows: Vec<serde_json::Value> = report
+        .samples
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .collect();
+    jsonl(samples_out, &rows)?;
     let boxed = report
         .samples
         .iter()
@@ -282,6 +291,7 @@ fn heldout_problems(path: &Path, kinds: &[String], limit: usize) -> Result<Vec<P
                 id: p.id,
                 question: p.prompt,
                 gold: answer,
+                tests: vec![],
             }),
             Check::Code { .. } => None,
         })
@@ -344,6 +354,7 @@ pub fn run_pipeline(
         seed: args.seed,
         max_digits: args.synth.max_digits,
         max_depth: args.synth.max_depth,
+        kinds: args.synth.kinds.clone(),
         force: true,
         ..Default::default()
     };
@@ -472,7 +483,8 @@ pub fn run_pipeline(
     let mut pass = BTreeMap::new();
     let mut boxed = BTreeMap::new();
     for (name, dir) in [("base", &base_dir), ("sft", &sft_dir)] {
-        let (r, b) = eval_model(dir, &heldout, &args.eval, args.seed)?;
+        let samples = out.join(format!("eval-{name}.jsonl"));
+        let (r, b) = eval_model(dir, &heldout, &args.eval, args.seed, &samples)?;
         pass.insert(name.to_string(), r.pass_at_1);
         boxed.insert(name.to_string(), b);
         log(&format!(
@@ -510,7 +522,13 @@ pub fn run_pipeline(
     lap("rl", &mut since, &mut minutes);
 
     // 8. Evaluation of the RL model, MTP acceptance, rollout benchmark.
-    let (r, b) = eval_model(&rl.model, &heldout, &args.eval, args.seed)?;
+    let (r, b) = eval_model(
+        &rl.model,
+        &heldout,
+        &args.eval,
+        args.seed,
+        &out.join("eval-rl.jsonl"),
+    )?;
     pass.insert("rl".into(), r.pass_at_1);
     boxed.insert("rl".into(), b);
     log(&format!(

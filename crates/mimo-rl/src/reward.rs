@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use mimo_reward::difficulty::{self, LevelConfig, TestLevels};
+pub use mimo_reward::sandbox::last_code_block;
 use mimo_reward::sandbox::{self, Language, SandboxConfig};
 use serde::{Deserialize, Serialize};
 
@@ -58,20 +59,6 @@ impl Default for RewardSettings {
             math_timeout: Duration::from_secs(2),
         }
     }
-}
-
-/// The last fenced code block of a response (```python … ``` or ``` … ```), if any.
-pub fn last_code_block(text: &str) -> Option<String> {
-    let end = text.rfind("```")?;
-    let before = &text[..end];
-    let start = before.rfind("```")?;
-    let body = &before[start + 3..];
-    let body = body
-        .strip_prefix("python")
-        .or_else(|| body.strip_prefix("py"))
-        .unwrap_or(body);
-    let body = body.trim_matches('\n');
-    (!body.trim().is_empty()).then(|| body.to_string())
 }
 
 /// Verifies one response: the math answer, or every test of a code problem (each test a separate sandboxed

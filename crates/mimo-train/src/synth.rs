@@ -121,19 +121,116 @@ fn boxed(think: &str, answer: &str) -> String {
     format!("<think>\n{think}\n</think>\n\nThe answer is \\boxed{{{answer}}}.")
 }
 
+/// Digits of `n ≥ 0`, least significant first.
+fn digits(n: i64) -> Vec<i64> {
+    let mut d = vec![];
+    let mut n = n.abs();
+    loop {
+        d.push(n % 10);
+        n /= 10;
+        if n == 0 {
+            return d;
+        }
+    }
+}
+
+const PLACES: [&str; 6] = [
+    "ones",
+    "tens",
+    "hundreds",
+    "thousands",
+    "ten-thousands",
+    "hundred-thousands",
+];
+
+/// Column addition of `a, b ≥ 0`, one digit per step (ones first) with carries: a tiny model learns the 100
+/// single-digit facts and composes them, instead of memorising every multi-digit sum.
+fn column_add(a: i64, b: i64) -> String {
+    let (da, db) = (digits(a), digits(b));
+    let mut carry = 0;
+    let mut steps = vec![];
+    for i in 0..da.len().max(db.len()) {
+        let (x, y) = (*da.get(i).unwrap_or(&0), *db.get(i).unwrap_or(&0));
+        let t = x + y + carry;
+        let c = if carry > 0 {
+            format!("+{carry}")
+        } else {
+            String::new()
+        };
+        let place = PLACES.get(i).copied().unwrap_or("next");
+        steps.push(if t >= 10 {
+            format!("{place} {x}+{y}{c}={t} carry 1")
+        } else {
+            format!("{place} {x}+{y}{c}={t}")
+        });
+        carry = t / 10;
+    }
+    format!("{}. {a} + {b} = {}", steps.join("; "), a + b)
+}
+
+/// Column subtraction of `a ≥ b ≥ 0` with borrows, ones first.
+fn column_sub(a: i64, b: i64) -> String {
+    let (da, db) = (digits(a), digits(b));
+    let mut borrow = 0;
+    let mut steps = vec![];
+    for (i, &x) in da.iter().enumerate() {
+        let y = *db.get(i).unwrap_or(&0);
+        let top = x - borrow;
+        let place = PLACES.get(i).copied().unwrap_or("next");
+        let shown = if borrow > 0 {
+            format!("{x}-1")
+        } else {
+            x.to_string()
+        };
+        if top < y {
+            steps.push(format!("{place} 1{shown}-{y}={} borrow 1", top + 10 - y));
+            borrow = 1;
+        } else {
+            steps.push(format!("{place} {shown}-{y}={}", top - y));
+            borrow = 0;
+        }
+    }
+    format!("{}. {a} - {b} = {}", steps.join("; "), a - b)
+}
+
+/// `a ≥ 0` times a single digit `k`, digit by digit with carries.
+fn times_digit(a: i64, k: i64) -> String {
+    let mut carry = 0;
+    let mut steps = vec![];
+    for (i, &x) in digits(a).iter().enumerate() {
+        let t = x * k + carry;
+        let c = if carry > 0 {
+            format!("+{carry}")
+        } else {
+            String::new()
+        };
+        let place = PLACES.get(i).copied().unwrap_or("next");
+        steps.push(if t >= 10 {
+            format!("{place} {x}×{k}{c}={t} carry {}", t / 10)
+        } else {
+            format!("{place} {x}×{k}{c}={t}")
+        });
+        carry = t / 10;
+    }
+    format!("{}. {a} × {k} = {}", steps.join("; "), a * k)
+}
+
 fn arithmetic(r: &mut Rng, max_digits: u32) -> (String, String, String) {
-    let digits = r.range(1, max_digits.max(1) as i64) as u32;
-    let hi = 10i64.pow(digits) - 1;
+    let n_digits = r.range(1, max_digits.max(1) as i64) as u32;
+    let hi = 10i64.pow(n_digits) - 1;
     let a = r.range(2, hi.max(2));
     let b = r.range(2, hi.max(2));
     match r.range(0, 2) {
         0 => {
-            let think = format!("Add {a} and {b}. {a} + {b} = {}.", a + b);
+            let think = format!("Add {a} and {b} column by column: {}.", column_add(a, b));
             (format!("What is {a} + {b}?"), think, (a + b).to_string())
         }
         1 => {
             let (x, y) = (a.max(b), a.min(b));
-            let think = format!("Subtract {y} from {x}. {x} - {y} = {}.", x - y);
+            let think = format!(
+                "Subtract {y} from {x} column by column: {}.",
+                column_sub(x, y)
+            );
             (format!("What is {x} - {y}?"), think, (x - y).to_string())
         }
         _ => {
@@ -149,17 +246,26 @@ fn arithmetic(r: &mut Rng, max_digits: u32) -> (String, String, String) {
                 rest /= 10;
                 place *= 10;
             }
-            let steps: Vec<String> = parts
+            // a × (d·10^i) = (a × d)·10^i, each a × d digit by digit, then the parts added in columns.
+            let mut steps: Vec<String> = parts
                 .iter()
-                .map(|(p, v)| format!("{a} × {p} = {v}"))
+                .map(|&(p, v)| {
+                    let d = digits(p).last().copied().unwrap_or(0);
+                    if p < 10 {
+                        times_digit(a, d)
+                    } else {
+                        format!("{}, so {a} × {p} = {v}", times_digit(a, d))
+                    }
+                })
                 .collect();
-            let sum: Vec<String> = parts.iter().map(|(_, v)| v.to_string()).collect();
-            let think = format!(
-                "Break {b} into parts. {}. Sum: {} = {}.",
-                steps.join("; "),
-                sum.join(" + "),
-                a * b
-            );
+            let mut total = 0;
+            for (i, &(_, v)) in parts.iter().enumerate() {
+                if i > 0 {
+                    steps.push(format!("add {}", column_add(total, v)));
+                }
+                total += v;
+            }
+            let think = format!("Multiply {a} by each digit of {b}. {}.", steps.join(". "));
             (format!("What is {a} × {b}?"), think, (a * b).to_string())
         }
     }
@@ -237,18 +343,24 @@ fn word(r: &mut Rng, max_depth: usize) -> (String, String, String) {
     for _ in 0..depth {
         let who = names.remove(r.0.below(names.len() as u64) as usize);
         let k = r.range(2, 9);
-        let (v, s) = match r.range(0, 2) {
-            0 => (value + k, format!("{who} has {k} more {item} than {prev}.")),
+        let (v, s, work) = match r.range(0, 2) {
+            0 => (
+                value + k,
+                format!("{who} has {k} more {item} than {prev}."),
+                column_add(value, k),
+            ),
             1 if value > k => (
                 value - k,
                 format!("{who} has {k} fewer {item} than {prev}."),
+                column_sub(value, k),
             ),
             _ => (
                 value * k,
                 format!("{who} has {k} times as many {item} as {prev}."),
+                times_digit(value, k),
             ),
         };
-        think.push(format!("{s} So {who} has {v}."));
+        think.push(format!("{s} {work}. So {who} has {v}."));
         sentences.push(s);
         prev = who;
         value = v;
@@ -450,5 +562,32 @@ mod tests {
             let x: i64 = ans.parse().unwrap();
             assert_eq!(a * x + b, c, "{p}");
         }
+    }
+}
+
+#[cfg(test)]
+mod column_tests {
+    use super::*;
+
+    #[test]
+    fn column_steps_are_right() {
+        assert_eq!(
+            column_add(47, 26),
+            "ones 7+6=13 carry 1; tens 4+2+1=7. 47 + 26 = 73"
+        );
+        assert_eq!(column_add(5, 3), "ones 5+3=8. 5 + 3 = 8");
+        assert_eq!(
+            column_add(95, 7),
+            "ones 5+7=12 carry 1; tens 9+0+1=10 carry 1. 95 + 7 = 102"
+        );
+        assert_eq!(
+            column_sub(52, 27),
+            "ones 12-7=5 borrow 1; tens 5-1-2=2. 52 - 27 = 25"
+        );
+        assert_eq!(column_sub(77, 23), "ones 7-3=4; tens 7-2=5. 77 - 23 = 54");
+        assert_eq!(
+            times_digit(47, 6),
+            "ones 7×6=42 carry 4; tens 4×6+4=28 carry 2. 47 × 6 = 282"
+        );
     }
 }
