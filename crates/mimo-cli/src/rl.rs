@@ -41,10 +41,20 @@ pub struct RlCli {
 /// `mimo rollout-bench` options.
 #[derive(Args)]
 pub struct RolloutBenchCli {
+    /// Model to roll out (not needed with --simulate).
+    #[arg(long, required_unless_present = "simulate")]
+    model: Option<PathBuf>,
+    /// Problems (JSONL; not needed with --simulate).
+    #[arg(long, required_unless_present = "simulate")]
+    data: Option<PathBuf>,
+    /// Model a GPU-like device instead of this CPU: a decode step costs --step-ms whatever the batch, a reward
+    /// --reward-ms on one of 4 workers; problems: 30 % always fail, 20 % always pass, the rest half the time.
     #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    data: PathBuf,
+    simulate: bool,
+    #[arg(long, default_value_t = 2.0)]
+    step_ms: f64,
+    #[arg(long, default_value_t = 20.0)]
+    reward_ms: f64,
     /// Problem kinds to draw (default: all in the file).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
@@ -54,12 +64,13 @@ pub struct RolloutBenchCli {
     groups: usize,
     #[arg(long, default_value_t = 8)]
     group_size: usize,
-    /// Length of a short response (tokens; EOS is ignored so lengths are exact).
-    #[arg(long, default_value_t = 24)]
+    /// Length of a short rollout in tokens (EOS does not stop it; the reward sees the text up to the first
+    /// EOS, so this should exceed the model's natural response length).
+    #[arg(long, default_value_t = 128)]
     short: usize,
-    #[arg(long, default_value_t = 160)]
+    #[arg(long, default_value_t = 512)]
     long: usize,
-    #[arg(long, default_value_t = 0.08)]
+    #[arg(long, default_value_t = 0.05)]
     long_fraction: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -161,12 +172,30 @@ pub fn rollout_bench(a: RolloutBenchCli) -> Result<()> {
         long: a.long,
         long_fraction: a.long_fraction,
     };
-    let (seamless, naive, same) =
-        mimo_rl::bench::rollout_bench(&a.model, &a.data, &a.kinds, &bench, a.seed)?;
+    let (seamless, naive, same) = match (&a.model, &a.data, a.simulate) {
+        (_, _, true) => {
+            let dev = mimo_rl::bench::SimDevice {
+                step_ms: a.step_ms,
+                reward_ms: a.reward_ms,
+                ..Default::default()
+            };
+            mimo_rl::bench::rollout_bench_simulated(&bench, dev, a.seed)?
+        }
+        (Some(model), Some(data), false) => {
+            mimo_rl::bench::rollout_bench(model, data, &a.kinds, &bench, a.seed)?
+        }
+        _ => {
+            return Err(crate::UsageError(
+                "--model and --data are required without --simulate".into(),
+            )
+            .into())
+        }
+    };
     let wall = |v: &[mimo_rl::RolloutStats]| v.iter().map(|s| s.wall_s).sum::<f64>();
     let out = serde_json::json!({
         "speedup": wall(&naive) / wall(&seamless).max(1e-9),
         "identical_batches": same,
+        "device": if a.simulate { "simulated" } else { "cpu" },
         "seamless": seamless,
         "naive": naive,
     });

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::problem::load_problems;
+use crate::problem::{Check, RlProblem};
 use crate::rollout::{
-    EngineGenerator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode, RolloutStats,
+    EngineGenerator, Generator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode, RolloutStats,
 };
 use crate::sampler::ProblemSampler;
 use crate::RewardSettings;
@@ -49,8 +50,10 @@ pub struct BenchSection {
     pub long_fraction: f64,
 }
 
-/// Seamless vs naive on a skewed-length workload (EOS ignored, lengths drawn per rollout), same weights and
-/// request seeds: returns per-step stats of both modes.
+/// Seamless vs naive on a skewed-length workload, same weights and request seeds: every rollout runs to a
+/// length drawn per request (`short`, or `long` with probability `long_fraction`; EOS does not stop it, so
+/// `short` should exceed the model's natural response length) and is rewarded on its text up to the first EOS.
+/// Returns per-step stats of both modes and whether they selected the same batches.
 pub fn rollout_bench(
     model_dir: &Path,
     data: &Path,
@@ -76,6 +79,7 @@ pub fn rollout_bench(
     let mut engines = vec![];
     for mode in [RolloutMode::Seamless, RolloutMode::Naive] {
         let tok = text.tokenizer.clone();
+        let eos = text.eos_ids.clone();
         let args = RolloutArgs {
             mode,
             groups: b.groups,
@@ -95,7 +99,15 @@ pub fn rollout_bench(
             prompts.clone(),
             RewardSettings::default(),
             seed,
-            Box::new(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default()),
+            // The reward sees the response up to its first EOS: the tokens generated past it only stretch the
+            // rollout to the workload's length, they do not change its correctness.
+            Box::new(move |ids: &[u32]| {
+                let end = ids
+                    .iter()
+                    .position(|t| eos.contains(t))
+                    .unwrap_or(ids.len());
+                tok.decode(&ids[..end], true).unwrap_or_default()
+            }),
         )?);
     }
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + b.long + 8;
@@ -130,4 +142,176 @@ pub fn rollout_bench(
         same &= batches[0] == batches[1];
     }
     Ok((results.0, results.1, same))
+}
+
+/// The device model of the simulated benchmark: a decode step costs `step_ms` whatever the batch (decode on a
+/// GPU is memory-bound, so a step over 1 or 64 sequences costs about the same), and each reward takes
+/// `reward_ms` on one of `reward_workers` workers (a code sandbox or reward server).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SimDevice {
+    pub step_ms: f64,
+    pub reward_ms: f64,
+    pub reward_workers: usize,
+    /// Problem difficulty mix: fractions that always fail and always pass (the rest pass half the time).
+    pub always_fail: f64,
+    pub always_pass: f64,
+    pub problems: usize,
+}
+
+impl Default for SimDevice {
+    fn default() -> Self {
+        Self {
+            step_ms: 2.0,
+            reward_ms: 20.0,
+            reward_workers: 4,
+            always_fail: 0.3,
+            always_pass: 0.2,
+            problems: 512,
+        }
+    }
+}
+
+/// A generator with [`SimDevice`]'s cost model: FIFO admission up to `capacity`, one token per running request
+/// per step, each request exactly `max_tokens` long. Its one-token answer depends on the problem's difficulty
+/// (the first prompt token) and the request seed.
+struct SimGenerator {
+    dev: SimDevice,
+    capacity: usize,
+    queue: std::collections::VecDeque<(u64, u32, u64, usize)>,
+    running: Vec<(u64, u32, u64, usize, usize)>,
+    next: u64,
+}
+
+impl Generator for SimGenerator {
+    fn submit(&mut self, prompt: &[u32], p: mimo_engine::SamplingParams) -> Result<u64> {
+        self.next += 1;
+        let problem = prompt.first().copied().unwrap_or(0);
+        self.queue
+            .push_back((self.next, problem, p.seed.unwrap_or(0), p.max_tokens));
+        Ok(self.next)
+    }
+    fn step(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
+        while self.running.len() < self.capacity {
+            let Some((id, problem, seed, len)) = self.queue.pop_front() else {
+                break;
+            };
+            self.running.push((id, problem, seed, len, 0));
+        }
+        if !self.running.is_empty() {
+            std::thread::sleep(std::time::Duration::from_secs_f64(
+                self.dev.step_ms / 1000.0,
+            ));
+        }
+        let dev = self.dev;
+        let mut done = vec![];
+        self.running.retain_mut(|(id, problem, seed, len, n)| {
+            *n += 1;
+            if *n < *len {
+                return true;
+            }
+            let u = (*problem as f64 + 0.5) / dev.problems as f64;
+            let p = if u < dev.always_fail {
+                0.0
+            } else if u < dev.always_fail + dev.always_pass {
+                1.0
+            } else {
+                0.5
+            };
+            let coin = (*seed >> 11) as f64 / (1u64 << 53) as f64;
+            done.push((*id, vec![if coin < p { 1 } else { 0 }; *len]));
+            false
+        });
+        Ok(done)
+    }
+    fn abort(&mut self, id: u64) -> usize {
+        self.queue.retain(|q| q.0 != id);
+        let n = self.running.iter().find(|r| r.0 == id).map_or(0, |r| r.4);
+        self.running.retain(|r| r.0 != id);
+        n
+    }
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() || !self.running.is_empty()
+    }
+    fn running(&self) -> usize {
+        self.running.len()
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The same comparison as [`rollout_bench`] on [`SimDevice`]'s cost model instead of this CPU (where a decode
+/// step costs in proportion to the batch, so idle slots are free and continuous rollout has nothing to fill):
+/// the scheduling algorithms are the real ones, only generation and reward timing are modelled.
+pub fn rollout_bench_simulated(
+    b: &BenchSection,
+    dev: SimDevice,
+    seed: u64,
+) -> Result<(Vec<RolloutStats>, Vec<RolloutStats>, bool)> {
+    let problems: Vec<RlProblem> = (0..dev.problems)
+        .map(|i| RlProblem {
+            id: format!("sim-{i}"),
+            kind: None,
+            prompt: String::new(),
+            check: Check::Math { answer: "1".into() },
+        })
+        .collect();
+    let prompts: Vec<Vec<u32>> = (0..dev.problems as u32).map(|i| vec![i]).collect();
+    let capacity = b.groups * b.group_size;
+    let mut out = (vec![], vec![]);
+    let mut same = true;
+    for step in 0..b.steps {
+        let mut batches = vec![];
+        for mode in [RolloutMode::Seamless, RolloutMode::Naive] {
+            let args = RolloutArgs {
+                mode,
+                groups: b.groups,
+                group_size: b.group_size,
+                max_tokens: b.long,
+                easy_alpha: 0.0,
+                reward_workers: dev.reward_workers,
+                length_skew: Some(LengthSkew {
+                    short: b.short,
+                    long: b.long,
+                    long_fraction: b.long_fraction,
+                }),
+                ..Default::default()
+            };
+            let settings = RewardSettings {
+                latency: std::time::Duration::from_secs_f64(dev.reward_ms / 1000.0),
+                ..Default::default()
+            };
+            let mut re = RolloutEngine::new(
+                args,
+                problems.clone(),
+                prompts.clone(),
+                settings,
+                seed,
+                Box::new(|ids: &[u32]| format!("\\boxed{{{}}}", ids.first().copied().unwrap_or(0))),
+            )?;
+            re.set_step(step as u64);
+            re.sampler = ProblemSampler::new(dev.problems, 0.0, seed.wrapping_add(step as u64));
+            let mut gen = SimGenerator {
+                dev,
+                capacity,
+                queue: Default::default(),
+                running: vec![],
+                next: 0,
+            };
+            let (groups, st) = re.collect(&mut gen)?;
+            batches.push(
+                groups
+                    .iter()
+                    .map(|g| (g.problem, g.rewards.clone()))
+                    .collect::<Vec<_>>(),
+            );
+            if mode == RolloutMode::Seamless {
+                out.0.push(st);
+            } else {
+                out.1.push(st);
+            }
+        }
+        same &= batches[0] == batches[1];
+    }
+    Ok((out.0, out.1, same))
 }

@@ -43,6 +43,9 @@ pub struct RewardSettings {
     pub levels: LevelConfig,
     pub sandbox: SandboxConfig,
     pub math_timeout: Duration,
+    /// Added to every score, to model a remote reward service (the simulated rollout benchmark); zero in
+    /// training.
+    pub latency: Duration,
 }
 
 impl Default for RewardSettings {
@@ -57,6 +60,7 @@ impl Default for RewardSettings {
             levels: LevelConfig::default(),
             sandbox,
             math_timeout: Duration::from_secs(2),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -64,6 +68,9 @@ impl Default for RewardSettings {
 /// Verifies one response: the math answer, or every test of a code problem (each test a separate sandboxed
 /// run of the solution followed by the assert).
 pub fn score_rollout(problem: &RlProblem, response: &str, s: &RewardSettings) -> RolloutScore {
+    if !s.latency.is_zero() {
+        std::thread::sleep(s.latency);
+    }
     match &problem.check {
         Check::Math { answer } => {
             let v = mimo_reward::math::verify(answer, response, s.math_timeout);
