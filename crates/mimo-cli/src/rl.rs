@@ -100,14 +100,7 @@ fn layered_rl(opts: &RlCli) -> Result<mimo_rl::rl::RlArgs> {
             std::fs::read_to_string(f).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
         let t: toml::Table =
             toml::from_str(&s).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
-        for (k, v) in t {
-            match (table.get_mut(&k), v) {
-                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => a.extend(b),
-                (_, v) => {
-                    table.insert(k, v);
-                }
-            }
-        }
+        mimo_train::config::merge(&mut table, t);
     }
     let mut args: mimo_rl::rl::RlArgs = table
         .try_into()

@@ -13,6 +13,7 @@ use mimo_engine::engine::{Engine, EngineConfig};
 use mimo_engine::{ChatMessage, ModelText, SamplingParams};
 use mimo_eval::{evaluate, EvalOptions, EvalReport, Problem};
 use mimo_model::MimoModel;
+use mimo_train::config::merge;
 use mimo_train::plot::{plot_lines, Curve};
 use mimo_train::synth::{SynthArgs, SynthKind};
 use mimo_train::tokenizer::TokenizerTrainArgs;
@@ -92,17 +93,6 @@ pub struct PipelineArgs {
     pub rl: toml::Table,
     pub eval: EvalSection,
     pub bench: BenchSection,
-}
-
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
 }
 
 impl PipelineArgs {
