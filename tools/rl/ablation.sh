@@ -2,12 +2,13 @@
 # Code-reward ablation (issue: binary vs strict vs soft, same budget and seed): GRPO on the synthetic code
 # tasks from one starting model, then held-out pass@1 (all tests pass) and mean soft test pass rate.
 #
-#   tools/rl/ablation.sh RUN_DIR [STEPS]     # RUN_DIR: a finished `mimo pipeline` run (uses sft/model, data/)
+#   tools/rl/ablation.sh RUN_DIR [STEPS] [GROUPS]   # RUN_DIR: a finished `mimo pipeline` run (uses sft/model, data/)
 #
 # Needs a `mimo` built with the trainer: cargo build --release -p mimo-cli --features train
 set -euo pipefail
-run="${1:?usage: ablation.sh RUN_DIR [STEPS]}"
+run="${1:?usage: ablation.sh RUN_DIR [STEPS] [GROUPS]}"
 steps="${2:-15}"
+groups="${3:-8}"
 mimo="${MIMO_BIN:-target/release/mimo}"
 out="$run/ablation"
 mkdir -p "$out"
@@ -23,7 +24,7 @@ cat > "$out/rl.toml" <<TOML
 steps = $steps
 kinds = ["code"]
 max_num_seqs = 64
-rollout = { groups = 8, group_size = 8, max_tokens = 128, reward_workers = 2 }
+rollout = { groups = $groups, group_size = 8, max_tokens = 128, reward_workers = 2 }
 grpo = { lr = 2e-5, mini_batches = 2, micro_batch = 32 }
 TOML
 echo "| reward | held-out pass@1 (all tests) | RL wall s |" > "$out/table.md"
