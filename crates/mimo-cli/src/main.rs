@@ -216,7 +216,18 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     1
 }
 
+/// Pins `RAYON_NUM_THREADS` (when unset) to the machine's parallelism. candle's CPU kernels otherwise call
+/// `num_cpus::get()` on every op, which re-reads the cgroup files under /sys: measured on 2 cores, eval ran
+/// 1.8× faster and batch-1 decode 1.5–1.9× faster with the variable set. Runs before any thread is spawned.
+fn pin_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn main() -> ExitCode {
+    pin_cpu_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
