@@ -222,7 +222,15 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
 
     let policy = TrainModel::from_dir(&args.model, tch::Device::Cpu)?;
     let cfg = policy.config().clone();
-    let mut trainer = GrpoTrainer::new(policy, args.grpo.clone())?;
+    let grpo = GrpoArgs {
+        temperature: if args.rollout.temperature > 0.0 {
+            f64::from(args.rollout.temperature)
+        } else {
+            1.0
+        },
+        ..args.grpo.clone()
+    };
+    let mut trainer = GrpoTrainer::new(policy, grpo)?;
     let mut engine = Engine::new(
         Arc::new(engine_model(&trainer, &cfg)?),
         EngineConfig {

@@ -146,6 +146,9 @@ pub struct GrpoArgs {
     pub beta2: f64,
     /// AdamW ε.
     pub adam_eps: f64,
+    /// Sampling temperature of the rollouts: log-probs are taken of `softmax(logits / T)`, the policy that
+    /// generated them (`mimo rl` sets it from `rollout.temperature`).
+    pub temperature: f64,
 }
 
 impl Default for GrpoArgs {
@@ -162,6 +165,7 @@ impl Default for GrpoArgs {
             beta1: 0.9,
             beta2: 0.95,
             adam_eps: 1e-8,
+            temperature: 1.0,
         }
     }
 }
@@ -190,6 +194,12 @@ impl GrpoArgs {
             if !(v >= 0.0 && v.is_finite()) {
                 return bad(field, format!("{v} (need a finite value >= 0)"));
             }
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return bad(
+                "temperature",
+                format!("{} (need a finite value > 0)", self.temperature),
+            );
         }
         for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&v) {

@@ -208,13 +208,29 @@ fn token_logprobs_align_with_the_forward_and_ignore_padding() {
         .unwrap()
         .log_softmax(-1, Kind::Float);
     let want = [lsm.double_value(&[0, 2, 4]), lsm.double_value(&[0, 3, 5])];
-    let alone = response_logprobs(&model, std::slice::from_ref(&short), 4).unwrap();
+    let alone = response_logprobs(&model, std::slice::from_ref(&short), 4, 1.0).unwrap();
     assert_eq!(alone[0].len(), 2);
     for (a, b) in alone[0].iter().zip(want) {
         assert!(close(*a as f64, b, 1e-5), "{alone:?} vs {want:?}");
     }
+    // At the rollouts' sampling temperature the log-probs are those of softmax(logits / T).
+    let lsm_t = (model.forward_main(&ids).unwrap() / 0.5).log_softmax(-1, Kind::Float);
+    let want_t = [
+        lsm_t.double_value(&[0, 2, 4]),
+        lsm_t.double_value(&[0, 3, 5]),
+    ];
+    let hot = response_logprobs(&model, std::slice::from_ref(&short), 4, 0.5).unwrap();
+    for (a, b) in hot[0].iter().zip(want_t) {
+        assert!(close(*a as f64, b, 1e-5), "{hot:?} vs {want_t:?}");
+    }
+    assert!(GrpoArgs {
+        temperature: 0.0,
+        ..Default::default()
+    }
+    .validate()
+    .is_err());
     // Batched with a longer row (so `short` is right-padded) the values do not change.
-    let both = response_logprobs(&model, &[short, long], 4).unwrap();
+    let both = response_logprobs(&model, &[short, long], 4, 1.0).unwrap();
     assert_eq!(both[1].len(), 6);
     for (a, b) in both[0].iter().zip(&alone[0]) {
         assert!(close(*a as f64, *b as f64, 1e-5), "{both:?} vs {alone:?}");
@@ -253,7 +269,7 @@ fn groups() -> Vec<Group> {
 
 fn seq_logprobs(model: &TrainModel, groups: &[Group]) -> Vec<f64> {
     let all: Vec<Rollout> = groups.iter().flat_map(|g| g.rollouts.clone()).collect();
-    response_logprobs(model, &all, 16)
+    response_logprobs(model, &all, 16, 1.0)
         .unwrap()
         .iter()
         .map(|v| v.iter().map(|&x| x as f64).sum())

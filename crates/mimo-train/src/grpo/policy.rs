@@ -93,13 +93,17 @@ impl RolloutBatch {
     }
 }
 
-/// Per-token `log π(target | prefix)` `[b, T]` in f32 from the main head (log_softmax + gather), 0 where the
-/// mask is 0. Differentiable; wrap in `tch::no_grad` for old/reference log-probs.
-pub fn token_logprobs(model: &TrainModel, batch: &RolloutBatch) -> Result<Tensor> {
+/// Per-token `log π(target | prefix)` `[b, T]` in f32 from the main head at the sampling `temperature`
+/// (log_softmax(logits / T) + gather, so the ratio is that of the policy the rollouts were drawn from), 0 where
+/// the mask is 0. Differentiable; wrap in `tch::no_grad` for old/reference log-probs.
+pub fn token_logprobs(
+    model: &TrainModel,
+    batch: &RolloutBatch,
+    temperature: f64,
+) -> Result<Tensor> {
     let logits = model.forward_main(&batch.inputs)?;
     let dev = logits.device();
-    let lp = logits
-        .to_kind(Kind::Float)
+    let lp = (logits.to_kind(Kind::Float) / temperature)
         .log_softmax(-1, Kind::Float)
         .gather(2, &batch.targets.to_device(dev).unsqueeze(-1), false)
         .squeeze_dim(-1);
@@ -112,13 +116,14 @@ pub fn response_logprobs(
     model: &TrainModel,
     rollouts: &[Rollout],
     micro_batch: usize,
+    temperature: f64,
 ) -> Result<Vec<Vec<f32>>> {
     let vocab = model.config().vocab_size;
     let mut out = Vec::with_capacity(rollouts.len());
     for chunk in rollouts.chunks(micro_batch.max(1)) {
         let rows: Vec<&Rollout> = chunk.iter().collect();
         let batch = RolloutBatch::new(&rows, vocab, model.device())?;
-        let lp = tch::no_grad(|| token_logprobs(model, &batch))?;
+        let lp = tch::no_grad(|| token_logprobs(model, &batch, temperature))?;
         let lp: Vec<Vec<f32>> = Vec::try_from(&lp.to_device(Device::Cpu))
             .map_err(|e| TrainError::Model(format!("log-probs to host: {e}")))?;
         for (row, &(start, len)) in lp.iter().zip(&batch.spans) {
@@ -358,7 +363,7 @@ impl GrpoTrainer {
             self.zero_grad();
             let mut st = LossStats::default();
             for c in &mb.chunks {
-                let new = token_logprobs(&self.model, &c.batch)?;
+                let new = token_logprobs(&self.model, &c.batch, self.args.temperature)?;
                 let kl = c.reference.as_ref().map(|r| (r, self.args.kl_beta));
                 let (loss, s) = grpo_loss(
                     &new,
@@ -467,7 +472,8 @@ impl GrpoTrainer {
                 let rollouts: Vec<&Rollout> = part.iter().map(|p| p.1).collect();
                 let batch = RolloutBatch::new(&rollouts, vocab, device)?;
                 let adv: Vec<f32> = part.iter().map(|p| p.2 as f32).collect();
-                let old = tch::no_grad(|| token_logprobs(&self.model, &batch))?;
+                let old =
+                    tch::no_grad(|| token_logprobs(&self.model, &batch, self.args.temperature))?;
                 chunks.push(Chunk {
                     adv: Tensor::from_slice(&adv).to_device(device),
                     group_of_row: part.iter().map(|p| p.0).collect(),
@@ -496,7 +502,7 @@ impl GrpoTrainer {
         let origin = Path::new("<grpo reference policy>");
         let current = snapshot(&self.model);
         self.model.load_state(reference, origin)?;
-        let filled = fill_logprobs(&self.model, plan);
+        let filled = fill_logprobs(&self.model, plan, self.args.temperature);
         self.model.load_state(&current, origin)?;
         filled
     }
@@ -511,9 +517,11 @@ fn snapshot(model: &TrainModel) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-fn fill_logprobs(model: &TrainModel, plan: &mut [MiniBatch]) -> Result<()> {
+fn fill_logprobs(model: &TrainModel, plan: &mut [MiniBatch], temperature: f64) -> Result<()> {
     for c in plan.iter_mut().flat_map(|mb| mb.chunks.iter_mut()) {
-        c.reference = Some(tch::no_grad(|| token_logprobs(model, &c.batch))?);
+        c.reference = Some(tch::no_grad(|| {
+            token_logprobs(model, &c.batch, temperature)
+        })?);
     }
     Ok(())
 }
