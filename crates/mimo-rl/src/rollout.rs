@@ -295,6 +295,9 @@ struct Task {
     state: TaskState,
 }
 
+/// Token ids → response text (the reward sees text).
+pub type Decode = Box<dyn Fn(&[u32]) -> String + Send>;
+
 /// The rollout engine: problems, prompts, the sampler with its easy pool, per-problem test histories and the
 /// reward workers. The generator (with the current policy weights) is passed to every [`collect`] call.
 ///
@@ -313,7 +316,7 @@ pub struct RolloutEngine {
     step: u64,
     valid_seen: u64,
     groups_seen: u64,
-    decode: Box<dyn Fn(&[u32]) -> String + Send>,
+    decode: Decode,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -331,7 +334,7 @@ impl RolloutEngine {
         prompts: Vec<Vec<u32>>,
         settings: RewardSettings,
         seed: u64,
-        decode: Box<dyn Fn(&[u32]) -> String + Send>,
+        decode: Decode,
     ) -> Result<Self> {
         if problems.len() != prompts.len() || problems.is_empty() {
             return Err(RlError::Config(format!(
@@ -397,7 +400,7 @@ impl RolloutEngine {
     }
 
     fn launch(&mut self, gen: &mut dyn Generator, tasks: &mut Vec<Task>) -> Result<()> {
-        let (problem, origin) = self.sampler.next();
+        let (problem, origin) = self.sampler.draw();
         let seq = tasks.len();
         let g = self.args.group_size;
         let mut requests = Vec::with_capacity(g);
@@ -624,14 +627,14 @@ impl RolloutEngine {
                     // …then reward everything (the generator idles meanwhile), then filter.
                     let t0 = Instant::now();
                     let mut pending = 0;
-                    for t in first..tasks.len() {
+                    for (t, task) in tasks.iter().enumerate().skip(first) {
                         for r in 0..self.args.group_size {
                             self.pool.send(Job {
                                 step: self.step,
                                 task: t,
                                 rollout: r,
-                                problem: Arc::clone(&self.problems[tasks[t].problem]),
-                                text: tasks[t].texts[r].clone(),
+                                problem: Arc::clone(&self.problems[task.problem]),
+                                text: task.texts[r].clone(),
                             })?;
                             pending += 1;
                         }

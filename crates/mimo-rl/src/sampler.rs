@@ -41,7 +41,7 @@ impl ProblemSampler {
         let mut s = Self {
             n,
             alpha: alpha.clamp(0.0, 1.0),
-            rng: SplitMix64(seed ^ 0x5EED_0F_E4A5),
+            rng: SplitMix64(seed ^ 0x005E_ED0F_E4A5),
             order: vec![],
             pos: 0,
             in_pool: vec![false; n],
@@ -62,7 +62,7 @@ impl ProblemSampler {
     }
 
     /// The next problem index and its origin.
-    pub fn next(&mut self) -> (usize, Origin) {
+    pub fn draw(&mut self) -> (usize, Origin) {
         let normal_left = self.in_pool.iter().any(|&e| !e);
         if !self.pool.is_empty() && (!normal_left || self.rng.next_f64() < self.alpha) {
             let i = self.pool[self.rng.below(self.pool.len() as u64) as usize];
@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn one_epoch_visits_every_problem_once() {
         let mut s = ProblemSampler::new(50, 0.1, 3);
-        let mut seen: Vec<usize> = (0..50).map(|_| s.next().0).collect();
+        let mut seen: Vec<usize> = (0..50).map(|_| s.draw().0).collect();
         seen.sort();
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
     }
@@ -125,7 +125,7 @@ mod tests {
         let draws = 20_000;
         let mut easy = 0;
         for _ in 0..draws {
-            let (i, o) = s.next();
+            let (i, o) = s.draw();
             match o {
                 Origin::Easy => {
                     easy += 1;
@@ -144,7 +144,7 @@ mod tests {
         let mut s = ProblemSampler::new(3, 0.1, 1);
         (0..3).for_each(|i| s.mark_easy(i));
         for _ in 0..10 {
-            assert_eq!(s.next().1, Origin::Easy);
+            assert_eq!(s.draw().1, Origin::Easy);
         }
     }
 }
