@@ -2,6 +2,8 @@
 """A random-weight MiMo checkpoint at benchmark size (not committed): `--out DIR [--preset small]`.
 
 small: hidden 512, 8 layers, 8 heads / 2 KV heads, FFN 1408, vocab 16384, untied head, 1 MTP layer (~40M params).
+deep: hidden 256, 16 layers, 4 heads / 2 KV heads, FFN 704, vocab 16384, untied head, 1 MTP layer (~21M params;
+      a deep-and-thin shape as MobileLLM recommends for small models).
 """
 import argparse
 import sys
@@ -15,6 +17,8 @@ import make_fixtures as mf  # noqa: E402
 PRESETS = {
     "small": dict(arch="mimo", vocab=16384, hidden=512, inter=1408, layers=8, heads=8, kv_heads=2, eps=1e-5,
                   tied=False, rope_theta=640000.0, mtp=1, std=0.05, n=8),
+    "deep": dict(arch="mimo", vocab=16384, hidden=256, inter=704, layers=16, heads=4, kv_heads=2, eps=1e-5,
+                 tied=False, rope_theta=640000.0, mtp=1, std=0.05, n=8),
 }
 
 
