@@ -50,6 +50,25 @@ pub struct BenchSection {
     pub long_fraction: f64,
 }
 
+impl BenchSection {
+    /// The rollout settings of one benchmark mode: no easy pool, every request `short` or `long` tokens.
+    fn rollout_args(&self, mode: RolloutMode) -> RolloutArgs {
+        RolloutArgs {
+            mode,
+            groups: self.groups,
+            group_size: self.group_size,
+            max_tokens: self.long,
+            easy_alpha: 0.0,
+            length_skew: Some(LengthSkew {
+                short: self.short,
+                long: self.long,
+                long_fraction: self.long_fraction,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// Seamless vs naive on a skewed-length workload, same weights and request seeds: every rollout runs to a
 /// length drawn per request (`short`, or `long` with probability `long_fraction`; EOS does not stop it, so
 /// `short` should exceed the model's natural response length) and is rewarded on its text up to the first EOS.
@@ -80,19 +99,7 @@ pub fn rollout_bench(
     for mode in [RolloutMode::Seamless, RolloutMode::Naive] {
         let tok = text.tokenizer.clone();
         let eos = text.eos_ids.clone();
-        let args = RolloutArgs {
-            mode,
-            groups: b.groups,
-            group_size: b.group_size,
-            max_tokens: b.long,
-            easy_alpha: 0.0,
-            length_skew: Some(LengthSkew {
-                short: b.short,
-                long: b.long,
-                long_fraction: b.long_fraction,
-            }),
-            ..Default::default()
-        };
+        let args = b.rollout_args(mode);
         engines.push(RolloutEngine::new(
             args,
             problems.clone(),
@@ -264,18 +271,8 @@ pub fn rollout_bench_simulated(
         let mut batches = vec![];
         for mode in [RolloutMode::Seamless, RolloutMode::Naive] {
             let args = RolloutArgs {
-                mode,
-                groups: b.groups,
-                group_size: b.group_size,
-                max_tokens: b.long,
-                easy_alpha: 0.0,
                 reward_workers: dev.reward_workers,
-                length_skew: Some(LengthSkew {
-                    short: b.short,
-                    long: b.long,
-                    long_fraction: b.long_fraction,
-                }),
-                ..Default::default()
+                ..b.rollout_args(mode)
             };
             let settings = RewardSettings {
                 latency: std::time::Duration::from_secs_f64(dev.reward_ms / 1000.0),
