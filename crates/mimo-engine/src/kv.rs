@@ -6,7 +6,7 @@
 //! position `p` of a sequence lives in slot `table[p / block_size] * block_size + p % block_size`.
 
 use candle_core::{DType, Device, Tensor};
-use mimo_model::{KvCache, ModelConfig, ModelError};
+use mimo_model::{KvCache, LayerKv, ModelConfig, ModelError};
 
 /// Errors of the paged cache.
 #[derive(Debug, thiserror::Error)]
@@ -171,56 +171,50 @@ impl PagedKvCache {
         table.blocks[pos / self.block_size] as usize * self.block_size + pos % self.block_size
     }
 
-    /// Writes `k`, `v` (`[1, kv, t, d]`) at `start..start+t` of `slot` in `layer` and gathers `0..start+t`.
-    fn write_and_gather(
+    /// Writes row `r` of `k`, `v` (`[b, kv, t, d]`) at positions `starts[r]..starts[r]+t` of sequence `slots[r]`
+    /// in `layer` with one `scatter_set` per tensor, and returns the storage with every row's slots `0..end`.
+    fn write_batch(
         &mut self,
         layer: usize,
-        slot: usize,
-        start: usize,
+        slots: &[usize],
+        starts: &[usize],
         k: &Tensor,
         v: &Tensor,
-    ) -> Result<(Tensor, Tensor), KvError> {
-        let t = k.dim(2)?;
-        let end = start + t;
-        self.reserve(slot, end)?;
-        let table = self
-            .tables
-            .get(slot)
-            .and_then(Option::as_ref)
-            .ok_or(KvError::NoSuchSequence(slot))?
-            .clone();
+    ) -> Result<LayerKv, KvError> {
+        let (b, _, t, _) = k.dims4()?;
         let width = self.kv_heads * self.head_dim;
+        let mut rows = Vec::with_capacity(b);
+        let mut dest = Vec::with_capacity(b * t * width);
+        for (&slot, &start) in slots.iter().zip(starts) {
+            self.reserve(slot, start + t)?;
+            let table = self.table(slot).ok_or(KvError::NoSuchSequence(slot))?;
+            let row: Vec<u32> = (0..start + t)
+                .map(|p| self.slot_of(table, p) as u32)
+                .collect();
+            for &s in &row[start..] {
+                dest.extend(std::iter::repeat_n(s, width));
+            }
+            rows.push(row);
+        }
         let (ks, vs) = &self.storage[layer];
+        let dest = Tensor::from_vec(dest, (b * t, width), ks.device())?;
         let flat = |x: &Tensor| -> candle_core::Result<Tensor> {
-            x.squeeze(0)?
-                .transpose(0, 1)?
-                .reshape((t, width))?
+            x.transpose(1, 2)?
+                .reshape((b * t, width))?
                 .to_dtype(ks.dtype())
         };
-        let (kf, vf) = (flat(k)?, flat(v)?);
-        // Copy block-contiguous runs of positions with one slice_set each.
-        let mut i = 0;
-        while i < t {
-            let pos = start + i;
-            let run = (self.block_size - pos % self.block_size).min(t - i);
-            let at = self.slot_of(&table, pos);
-            ks.slice_set(&kf.narrow(0, i, run)?, 0, at)?;
-            vs.slice_set(&vf.narrow(0, i, run)?, 0, at)?;
-            i += run;
+        ks.scatter_set(&dest, &flat(k)?, 0)?;
+        vs.scatter_set(&dest, &flat(v)?, 0)?;
+        for (&slot, &start) in slots.iter().zip(starts) {
+            if let Some(Some(table)) = self.tables.get_mut(slot) {
+                table.lens[layer] = start + t;
+            }
         }
-        let idx: Vec<u32> = (0..end).map(|p| self.slot_of(&table, p) as u32).collect();
-        let idx = Tensor::from_vec(idx, end, ks.device())?;
-        let unflat = |x: Tensor| -> candle_core::Result<Tensor> {
-            x.reshape((end, self.kv_heads, self.head_dim))?
-                .transpose(0, 1)?
-                .unsqueeze(0)
-        };
-        let kk = unflat(ks.index_select(&idx, 0)?)?;
-        let vv = unflat(vs.index_select(&idx, 0)?)?;
-        if let Some(Some(t)) = self.tables.get_mut(slot) {
-            t.lens[layer] = end;
-        }
-        Ok((kk, vv))
+        Ok(LayerKv::Paged {
+            k: ks.clone(),
+            v: vs.clone(),
+            slots: rows,
+        })
     }
 
     /// A view for one forward call: batch row `r` belongs to sequence slot `rows[r]`.
@@ -235,15 +229,8 @@ pub struct PagedView<'a> {
     rows: &'a [usize],
 }
 
-impl KvCache for PagedView<'_> {
-    fn update(
-        &mut self,
-        layer: usize,
-        row: usize,
-        start_pos: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> mimo_model::Result<(Tensor, Tensor)> {
+impl PagedView<'_> {
+    fn slot(&self, layer: usize, row: usize, start_pos: usize) -> mimo_model::Result<usize> {
         let slot = *self
             .rows
             .get(row)
@@ -254,8 +241,45 @@ impl KvCache for PagedView<'_> {
                 "KV layer {layer} of sequence slot {slot} holds {cached} positions, cannot write at {start_pos}"
             )));
         }
+        Ok(slot)
+    }
+}
+
+fn kv_err(e: KvError) -> ModelError {
+    ModelError::Input(e.to_string())
+}
+
+impl KvCache for PagedView<'_> {
+    fn update(
+        &mut self,
+        layer: usize,
+        row: usize,
+        start_pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> mimo_model::Result<(Tensor, Tensor)> {
+        let slot = self.slot(layer, row, start_pos)?;
+        let (kv_heads, head_dim) = (self.cache.kv_heads, self.cache.head_dim);
         self.cache
-            .write_and_gather(layer, slot, start_pos, k, v)
-            .map_err(|e| ModelError::Input(e.to_string()))
+            .write_batch(layer, &[slot], &[start_pos], k, v)
+            .map_err(kv_err)?
+            .into_dense(kv_heads, head_dim)
+    }
+
+    fn update_batch(
+        &mut self,
+        layer: usize,
+        starts: &[usize],
+        k: &Tensor,
+        v: &Tensor,
+    ) -> mimo_model::Result<LayerKv> {
+        let slots = starts
+            .iter()
+            .enumerate()
+            .map(|(row, &start)| self.slot(layer, row, start))
+            .collect::<mimo_model::Result<Vec<_>>>()?;
+        self.cache
+            .write_batch(layer, &slots, starts, k, v)
+            .map_err(kv_err)
     }
 }

@@ -3,6 +3,7 @@
 
 use candle_core::{Tensor, D};
 
+use crate::attention::LayerKv;
 use crate::error::{ModelError, Result};
 
 /// Storage for the keys and values of every attention layer: the main layers `0..num_hidden_layers`, then one
@@ -19,6 +20,46 @@ pub trait KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)>;
+
+    /// Batched [`KvCache::update`]: row `r` of `k`, `v` (`[b, kv_heads, t, head_dim]`) goes to positions
+    /// `starts[r]..starts[r]+t`. Returns what attention reads: by default every row's keys and values padded to
+    /// the longest row (the padding is masked by the caller); a paged cache returns its block storage instead.
+    fn update_batch(
+        &mut self,
+        layer: usize,
+        starts: &[usize],
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<LayerKv> {
+        let t = k.dim(2)?;
+        let total = starts.iter().max().copied().unwrap_or(0) + t;
+        let mut ks = Vec::with_capacity(starts.len());
+        let mut vs = Vec::with_capacity(starts.len());
+        for (row, &start) in starts.iter().enumerate() {
+            let (rk, rv) = self.update(
+                layer,
+                row,
+                start,
+                &k.narrow(0, row, 1)?.contiguous()?,
+                &v.narrow(0, row, 1)?.contiguous()?,
+            )?;
+            ks.push(pad_positions(&rk, total)?);
+            vs.push(pad_positions(&rv, total)?);
+        }
+        Ok(LayerKv::Dense {
+            k: Tensor::cat(&ks, 0)?,
+            v: Tensor::cat(&vs, 0)?,
+        })
+    }
+}
+
+/// Zero-pads `[1, kv, len, d]` along the position axis to `total` positions.
+fn pad_positions(x: &Tensor, total: usize) -> Result<Tensor> {
+    let len = x.dim(2)?;
+    if len == total {
+        return Ok(x.clone());
+    }
+    Ok(x.pad_with_zeros(2, 0, total - len)?)
 }
 
 /// A plain contiguous cache: one growing `[1, kv_heads, len, head_dim]` tensor pair per layer and batch row.

@@ -1,12 +1,14 @@
 //! The MiMo model (arXiv 2505.07608) for inference on candle: config, HF checkpoint loading, and the Qwen2
 //! decoder with Multi-Token-Prediction layers. The KV cache is owned by the caller ([`KvCache`]).
 
+pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod model;
 pub mod weights;
 
+pub use attention::LayerKv;
 pub use cache::{ContiguousKvCache, KvCache};
 pub use config::{Arch, ModelConfig, MtpHidden};
 pub use error::{ModelError, Result};

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Linear};
 
+use crate::attention::{attend, Heads};
 use crate::cache::KvCache;
 use crate::config::{ModelConfig, MtpHidden};
 use crate::error::{ModelError, Result};
@@ -48,8 +49,8 @@ impl Rope {
     }
 
     /// cos/sin tables for row `r` at positions `starts[r]..starts[r]+t`: `[t, d/2]` for one row,
-    /// `[b, t, d/2]` for several.
-    fn tables(&self, starts: &[usize], t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// `[b, t, d/2]` for several. Computed once per forward and shared by every layer.
+    fn tables(&self, starts: &[usize], t: usize, device: &Device) -> Result<RopeTables> {
         let half = self.inv_freq.len();
         let mut freqs = Vec::with_capacity(starts.len() * t * half);
         for &start in starts {
@@ -62,109 +63,72 @@ impl Rope {
         } else {
             Tensor::from_vec(freqs, (starts.len(), t, half), device)?
         };
-        Ok((freqs.cos()?, freqs.sin()?))
+        Ok(RopeTables {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
     }
+}
 
+/// The cos/sin tables of one forward's positions.
+#[derive(Debug, Clone)]
+struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeTables {
     /// Rotates `x` (`[b, heads, t, d]`) in f32 and returns it in f32.
-    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?)
+        Ok(candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?)
     }
 }
 
 /// Grouped-query self-attention with optional q/k/v bias and no o_proj bias.
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` merged (outputs side by side).
+    qkv_proj: Linear,
     o_proj: Linear,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
 }
 
-/// Expands `[b, kv, T, d]` to `[b, kv * n_rep, T, d]` so that query head `i` reads KV head `i / n_rep`.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, kv, n_rep, t, d))?
-        .reshape((b, kv * n_rep, t, d))?)
-}
-
-/// Additive causal mask `[t, T]` for `t` new positions after `start` cached ones.
-fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
-    let total = start + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (t, total), device)?)
-}
-
 impl Attention {
-    /// Projections and RoPE are batched over all rows; the cache update and attention run per row because rows
-    /// may sit at different positions (continuous batching).
+    /// One batched attention over rows at different positions (continuous batching): the cache writes each
+    /// row's keys/values and returns the batch padded to the longest row, and a mask hides the padding.
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
+        rope: &RopeTables,
         starts: &[usize],
         cache_layer: usize,
         cache: &mut dyn KvCache,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let dtype = x.dtype();
+        let d = self.head_dim;
         let split = |y: Tensor, heads: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?)
+            Ok(y.reshape((b, t, heads, d))?.transpose(1, 2)?)
         };
-        let (cos, sin) = rope.tables(starts, t, x.device())?;
-        let q = rope.apply(&split(self.q_proj.forward(x)?, self.n_heads)?, &cos, &sin)?;
+        let qkv = self.qkv_proj.forward(x)?;
+        let (nq, nkv) = (self.n_heads * d, self.n_kv_heads * d);
+        let q = rope.apply(&split(qkv.narrow(D::Minus1, 0, nq)?, self.n_heads)?)?;
         let k = rope
-            .apply(
-                &split(self.k_proj.forward(x)?, self.n_kv_heads)?,
-                &cos,
-                &sin,
-            )?
+            .apply(&split(qkv.narrow(D::Minus1, nq, nkv)?, self.n_kv_heads)?)?
             .to_dtype(dtype)?;
-        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        let n_rep = self.n_heads / self.n_kv_heads;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut outs = Vec::with_capacity(b);
-        for (row, &start) in starts.iter().enumerate() {
-            let q = q.narrow(0, row, 1)?;
-            let k = k.narrow(0, row, 1)?;
-            let v = v.narrow(0, row, 1)?.contiguous()?;
-            let (k, v) = cache.update(cache_layer, row, start, &k, &v)?;
-            // Scores, softmax and the weighted sum in f32 whatever the weight dtype.
-            let k = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
-            let v = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?.contiguous()?;
-            let mut scores = (q.matmul(&k.t()?)? * scale)?;
-            if t > 1 {
-                scores = scores.broadcast_add(&causal_mask(start, t, x.device())?)?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            outs.push(probs.matmul(&v)?.to_dtype(dtype)?);
-        }
-        let out = if b == 1 {
-            outs.pop()
-                .ok_or_else(|| ModelError::Input("empty batch".into()))?
-        } else {
-            Tensor::cat(&outs, 0)?
+        let v = split(qkv.narrow(D::Minus1, nq + nkv, nkv)?, self.n_kv_heads)?.contiguous()?;
+        let kv = cache.update_batch(cache_layer, starts, &k, &v)?;
+        let heads = Heads {
+            n_kv_heads: self.n_kv_heads,
+            head_dim: d,
         };
-        let out = out
+        let out = attend(&q, kv, starts, heads)?
+            .to_dtype(dtype)?
             .transpose(1, 2)?
-            .reshape((b, t, self.n_heads * self.head_dim))?;
+            .reshape((b, t, self.n_heads * d))?;
         Ok(self.o_proj.forward(&out)?)
     }
 }
@@ -172,17 +136,19 @@ impl Attention {
 /// SwiGLU feed-forward: `down(silu(gate x) ⊙ up x)`.
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` merged (outputs side by side).
+    gate_up_proj: Linear,
     down_proj: Linear,
+    intermediate_size: usize,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+        let gate_up = self.gate_up_proj.forward(x)?;
+        let i = self.intermediate_size;
+        let gate = gate_up.narrow(D::Minus1, 0, i)?.silu()?;
+        let up = gate_up.narrow(D::Minus1, i, i)?;
+        Ok(self.down_proj.forward(&(gate * up)?)?)
     }
 }
 
@@ -200,7 +166,7 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
+        rope: &RopeTables,
         starts: &[usize],
         cache: &mut dyn KvCache,
     ) -> Result<Tensor> {
@@ -312,9 +278,24 @@ impl Loader<'_> {
     }
 
     fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let w = self.tensor(&format!("{name}.weight"), &[out, inp])?;
+        self.merged_linear(&[(name, out)], inp, bias)
+    }
+
+    /// One linear layer computing the checkpoint's projections `parts` (name, output size) side by side, as
+    /// vLLM's merged QKV and gate/up projections: one matmul instead of several. The weight is kept transposed
+    /// (`[in, out]` contiguous), which lets the CPU gemm stream it without re-packing at every call.
+    fn merged_linear(&self, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Linear> {
+        let mut ws = Vec::with_capacity(parts.len());
+        let mut bs = Vec::with_capacity(parts.len());
+        for &(name, out) in parts {
+            ws.push(self.tensor(&format!("{name}.weight"), &[out, inp])?);
+            if bias {
+                bs.push(self.tensor(&format!("{name}.bias"), &[out])?);
+            }
+        }
+        let w = Tensor::cat(&ws, 0)?.t()?.contiguous()?.t()?;
         let b = if bias {
-            Some(self.tensor(&format!("{name}.bias"), &[out])?)
+            Some(Tensor::cat(&bs, 0)?)
         } else {
             None
         };
@@ -331,9 +312,15 @@ impl Loader<'_> {
         Ok(DecoderLayer {
             input_layernorm: self.norm(&format!("{prefix}.input_layernorm"))?,
             self_attn: Attention {
-                q_proj: self.linear(&format!("{a}.q_proj"), q, h, c.qkv_bias)?,
-                k_proj: self.linear(&format!("{a}.k_proj"), kv, h, c.qkv_bias)?,
-                v_proj: self.linear(&format!("{a}.v_proj"), kv, h, c.qkv_bias)?,
+                qkv_proj: self.merged_linear(
+                    &[
+                        (&format!("{a}.q_proj"), q),
+                        (&format!("{a}.k_proj"), kv),
+                        (&format!("{a}.v_proj"), kv),
+                    ],
+                    h,
+                    c.qkv_bias,
+                )?,
                 o_proj: self.linear(&format!("{a}.o_proj"), h, q, false)?,
                 n_heads: c.num_attention_heads,
                 n_kv_heads: c.num_key_value_heads,
@@ -341,8 +328,12 @@ impl Loader<'_> {
             },
             post_attention_layernorm: self.norm(&format!("{prefix}.post_attention_layernorm"))?,
             mlp: Mlp {
-                gate_proj: self.linear(&format!("{m}.gate_proj"), i, h, false)?,
-                up_proj: self.linear(&format!("{m}.up_proj"), i, h, false)?,
+                gate_up_proj: self.merged_linear(
+                    &[(&format!("{m}.gate_proj"), i), (&format!("{m}.up_proj"), i)],
+                    h,
+                    false,
+                )?,
+                intermediate_size: i,
                 down_proj: self.linear(&format!("{m}.down_proj"), h, i, false)?,
             },
             cache_layer,
@@ -504,8 +495,9 @@ impl MimoModel {
     ) -> Result<MainOutput> {
         check_rows(ids, starts)?;
         let mut x = self.embed(ids)?;
+        let rope = self.rope.tables(starts, ids.dim(1)?, &self.device)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &self.rope, starts, cache)?;
+            x = layer.forward(&x, &rope, starts, cache)?;
         }
         let logits = self.lm_head(&self.norm.forward(&x)?)?;
         Ok(MainOutput { logits, hidden: x })
@@ -568,7 +560,8 @@ impl MimoModel {
         let u = layer
             .input_proj
             .forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
-        let u = layer.block.forward(&u, &self.rope, starts, cache)?;
+        let rope = self.rope.tables(starts, t, &self.device)?;
+        let u = layer.block.forward(&u, &rope, starts, cache)?;
         let logits = self.lm_head(&layer.final_layernorm.forward(&u)?)?;
         Ok(MtpOutput { logits, hidden: u })
     }
