@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use mimo_model::{MimoModel, ModelError};
+use rayon::prelude::*;
 
 use crate::kv::{KvError, PagedKvCache};
 use crate::sampling::{argmax, Sampler, SamplingError, SamplingParams};
@@ -479,12 +480,21 @@ impl Engine {
         let out = self
             .model
             .forward_rows(&ids, &starts, &mut self.kv.view(&rows))?;
-        let logits = out.logits.to_dtype(DType::F32)?;
+        let logits = out
+            .logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let vocab = logits.len() / rows.len();
         let mut running = std::mem::take(&mut self.running);
+        // Rows sample independently (each sequence has its own sampler and RNG), so in parallel.
+        let samples: Vec<_> = running
+            .par_iter_mut()
+            .zip(logits.par_chunks(vocab))
+            .map(|(seq, row)| Self::sample(seq, row))
+            .collect();
         let mut outputs = Vec::with_capacity(running.len());
-        for (r, seq) in running.iter_mut().enumerate() {
-            let row = Self::row(&logits, r, 0)?;
-            let s = Self::sample(seq, &row);
+        for (seq, s) in running.iter_mut().zip(samples) {
             outputs.push(self.push_tokens(seq, &[s]));
         }
         self.running = running;

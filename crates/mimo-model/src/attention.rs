@@ -146,8 +146,19 @@ fn f32_slice<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
+/// `a·b + c`, fused when the caller is compiled with FMA (a plain `mul_add` without it is a slow libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `Σ a_i b_i`, in 8 independent lanes so that the compiler vectorises it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
@@ -158,10 +169,90 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// One job of the kernel: batch row `r`, KV head `g`.
+struct GroupJob<'a> {
+    /// The `n_rep` query heads of the group, `[n_rep, t, d]`.
+    q: &'a [f32],
+    /// Storage slot of each cached position of the row.
+    slots: &'a [u32],
+    /// Position of the first query.
+    start: usize,
+    t: usize,
+    d: usize,
+    n_rep: usize,
+    /// Offset of the KV head inside a storage row, and the row width.
+    off: usize,
+    width: usize,
+    scale: f32,
+}
+
+impl GroupJob<'_> {
+    /// Attention of the group's queries, written to `out` (`[n_rep, t, d]`, zeroed): scores of every cached key
+    /// against all `n_rep` queries, softmax, then the probability-weighted sum of the values.
+    #[inline(always)]
+    fn run<const FMA: bool>(&self, k: &[f32], v: &[f32], out: &mut [f32]) {
+        let (t, d, n_rep) = (self.t, self.d, self.n_rep);
+        let mut scores = vec![0f32; n_rep * (self.start + t)];
+        for i in 0..t {
+            let len = self.start + i + 1;
+            for (j, &s) in self.slots[..len].iter().enumerate() {
+                let key = &k[s as usize * self.width + self.off..][..d];
+                for rep in 0..n_rep {
+                    let query = &self.q[(rep * t + i) * d..][..d];
+                    scores[rep * len + j] = dot::<FMA>(query, key) * self.scale;
+                }
+            }
+            for rep in 0..n_rep {
+                let row = &mut scores[rep * len..][..len];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in row.iter_mut() {
+                    *x /= sum;
+                }
+            }
+            for (j, &s) in self.slots[..len].iter().enumerate() {
+                let value = &v[s as usize * self.width + self.off..][..d];
+                for rep in 0..n_rep {
+                    let p = scores[rep * len + j];
+                    let o = &mut out[(rep * t + i) * d..][..d];
+                    for (o, &x) in o.iter_mut().zip(value) {
+                        *o = madd::<FMA>(p, x, *o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`GroupJob::run`] compiled for AVX2 + FMA (the default x86-64 target has neither; candle's gemm picks
+    /// them at run time the same way).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, k: &[f32], v: &[f32], out: &mut [f32]) {
+        self.run::<true>(k, v, out)
+    }
+
+    fn run_best(&self, k: &[f32], v: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: both features were just detected.
+            return unsafe { self.run_avx2(k, v, out) };
+        }
+        self.run::<false>(k, v, out)
+    }
 }
 
 impl candle_core::CustomOp3 for PagedAttention<'_> {
@@ -209,42 +300,18 @@ impl candle_core::CustomOp3 for PagedAttention<'_> {
             .enumerate()
             .for_each(|(job, out)| {
                 let (r, g) = (job / kv, job % kv);
-                let slots = &self.slots[r];
-                let off = g * d;
-                let q_group = &q[(r * h + g * n_rep) * t * d..][..n_rep * t * d];
-                let mut scores = vec![0f32; n_rep * (self.starts[r] + t)];
-                for i in 0..t {
-                    let len = self.starts[r] + i + 1;
-                    let query = |rep: usize| &q_group[(rep * t + i) * d..][..d];
-                    for (j, &s) in slots[..len].iter().enumerate() {
-                        let key = &k[s as usize * width + off..][..d];
-                        for rep in 0..n_rep {
-                            scores[rep * len + j] = dot(query(rep), key) * self.scale;
-                        }
-                    }
-                    for rep in 0..n_rep {
-                        let row = &mut scores[rep * len..][..len];
-                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0f32;
-                        for x in row.iter_mut() {
-                            *x = (*x - max).exp();
-                            sum += *x;
-                        }
-                        for x in row.iter_mut() {
-                            *x /= sum;
-                        }
-                    }
-                    for (j, &s) in slots[..len].iter().enumerate() {
-                        let value = &v[s as usize * width + off..][..d];
-                        for rep in 0..n_rep {
-                            let p = scores[rep * len + j];
-                            let o = &mut out[(rep * t + i) * d..][..d];
-                            for (o, x) in o.iter_mut().zip(value) {
-                                *o += p * x;
-                            }
-                        }
-                    }
+                GroupJob {
+                    q: &q[(r * h + g * n_rep) * t * d..][..n_rep * t * d],
+                    slots: &self.slots[r],
+                    start: self.starts[r],
+                    t,
+                    d,
+                    n_rep,
+                    off: g * d,
+                    width,
+                    scale: self.scale,
                 }
+                .run_best(k, v, out)
             });
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
     }
