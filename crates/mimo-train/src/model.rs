@@ -317,6 +317,9 @@ fn inv_freq(theta: f64, head_dim: usize, device: Device) -> Tensor {
     Tensor::from_slice(&inv).to_device(device)
 }
 
+/// Serialises seeded random initialisation (see [`TrainModel::new`]).
+static RANDOM_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl TrainModel {
     /// Builds the model from `DIR/config.json` + weights ([`Init::Dir`]) or from a config file with fresh
     /// weights ([`Init::Random`], `config` is then the path of a `config.json` or of a directory holding one).
@@ -327,6 +330,10 @@ impl TrainModel {
             config.to_path_buf()
         };
         let (cfg, config_json) = read_config(&cfg_path)?;
+        // libtorch's generator is process-global: hold a lock from seeding to the last random tensor so that
+        // two models initialised at once (threads, tests) each get exactly their seed's weights.
+        let _seeded = matches!(init, Init::Random { .. })
+            .then(|| RANDOM_INIT.lock().unwrap_or_else(|e| e.into_inner()));
         let (store, std) = match init {
             Init::Dir(dir) => {
                 let store = WeightStore::open(dir)?;
