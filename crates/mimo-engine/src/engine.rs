@@ -162,6 +162,9 @@ impl Sequence {
     }
 }
 
+/// Most prompt tokens (padding included) in one batched prefill forward.
+const PREFILL_TOKENS: usize = 2048;
+
 /// The inference engine over one model.
 pub struct Engine {
     model: Arc<MimoModel>,
@@ -366,7 +369,7 @@ impl Engine {
             let Some(front) = self.waiting.front() else {
                 break;
             };
-            let total = front.prompt_len + front.max_tokens + self.cfg.mtp_drafts + 1;
+            let total = self.reservation(front);
             if self.kv.blocks_for(total) > self.kv.free_blocks() {
                 break;
             }
@@ -375,8 +378,10 @@ impl Engine {
             };
             seq.slot = self.kv.add_sequence();
             self.kv.reserve(seq.slot, total)?;
-            outputs.push(self.prefill(&mut seq)?);
             fresh.push(seq);
+        }
+        for group in self.prefill_groups(&fresh) {
+            outputs.extend(self.prefill(&mut fresh, &group)?);
         }
         if !self.running.is_empty() {
             if self.drafts() > 0 {
@@ -447,23 +452,94 @@ impl Engine {
         (r.token, lp)
     }
 
-    fn prefill(&mut self, seq: &mut Sequence) -> Result<StepOutput, EngineError> {
-        let ids = Tensor::new(seq.tokens.as_slice(), self.model.device())?.unsqueeze(0)?;
-        let rows = [seq.slot];
+    /// KV positions a sequence reserves at admission: prompt, completion and room for MTP drafts.
+    fn reservation(&self, seq: &Sequence) -> usize {
+        seq.prompt_len + seq.max_tokens + self.cfg.mtp_drafts + 1
+    }
+
+    /// Splits newly admitted sequences (indices into `fresh`) into groups prefilled by one forward each:
+    /// prompts of similar length, padded to the group's longest with at most 25 % padding, at most
+    /// [`PREFILL_TOKENS`] tokens, and no padding beyond a sequence's KV reservation.
+    fn prefill_groups(&self, fresh: &[Sequence]) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..fresh.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(fresh[i].prompt_len));
+        let mut groups: Vec<Vec<usize>> = vec![];
+        let mut longest = 0;
+        let mut real = 0;
+        for i in order {
+            let len = fresh[i].prompt_len;
+            let fits = groups.last().is_some_and(|g| {
+                let padded = (g.len() + 1) * longest;
+                padded <= PREFILL_TOKENS
+                    && 4 * padded <= 5 * (real + len)
+                    && self.reservation(&fresh[i]) >= longest
+            });
+            match groups.last_mut() {
+                Some(g) if fits => {
+                    g.push(i);
+                    real += len;
+                }
+                _ => {
+                    groups.push(vec![i]);
+                    longest = len;
+                    real = len;
+                }
+            }
+        }
+        groups
+    }
+
+    /// Prefills the sequences `group` of `fresh` with one forward (prompts right-padded to the longest; the
+    /// padding's keys/values sit after each prompt, where the causal mask hides them and decoding overwrites
+    /// them) and samples each one's first token.
+    fn prefill(
+        &mut self,
+        fresh: &mut [Sequence],
+        group: &[usize],
+    ) -> Result<Vec<StepOutput>, EngineError> {
+        let longest = group
+            .iter()
+            .map(|&i| fresh[i].prompt_len)
+            .max()
+            .unwrap_or(0);
+        let mut ids = Vec::with_capacity(group.len() * longest);
+        for &i in group {
+            ids.extend_from_slice(&fresh[i].tokens);
+            ids.resize(ids.len() + longest - fresh[i].tokens.len(), 0);
+        }
+        let ids = Tensor::from_vec(ids, (group.len(), longest), self.model.device())?;
+        let rows: Vec<usize> = group.iter().map(|&i| fresh[i].slot).collect();
         let out = self
             .model
-            .forward_rows(&ids, &[0], &mut self.kv.view(&rows))?;
-        if self.drafts() > 0 {
-            let h = self.model.mtp_input_hidden(&out.hidden)?;
-            seq.hidden = (0..seq.tokens.len())
-                .map(|i| h.narrow(1, i, 1))
-                .collect::<Result<_, _>>()?;
-            seq.hidden_base = 0;
-            seq.mtp_len = vec![0; self.model.num_mtp_layers()];
+            .forward_rows(&ids, &vec![0; group.len()], &mut self.kv.view(&rows))?;
+        let hidden = if self.drafts() > 0 {
+            Some(self.model.mtp_input_hidden(&out.hidden)?)
+        } else {
+            None
+        };
+        let mut outputs = Vec::with_capacity(group.len());
+        for (r, &i) in group.iter().enumerate() {
+            let len = fresh[i].prompt_len;
+            if len < longest {
+                // Forget the padding: keep the prompt's positions, then restore the full reservation.
+                let total = self.reservation(&fresh[i]);
+                self.kv.shrink(fresh[i].slot, len);
+                self.kv.reserve(fresh[i].slot, total)?;
+            }
+            let seq = &mut fresh[i];
+            if let Some(h) = &hidden {
+                let h = h.narrow(0, r, 1)?;
+                seq.hidden = (0..len)
+                    .map(|p| h.narrow(1, p, 1))
+                    .collect::<Result<_, _>>()?;
+                seq.hidden_base = 0;
+                seq.mtp_len = vec![0; self.model.num_mtp_layers()];
+            }
+            let logits = Self::row(&out.logits, r, len - 1)?;
+            let s = Self::sample(seq, &logits);
+            outputs.push(self.push_tokens(seq, &[s]));
         }
-        let logits = Self::row(&out.logits, 0, seq.tokens.len() - 1)?;
-        let s = Self::sample(seq, &logits);
-        Ok(self.push_tokens(seq, &[s]))
+        Ok(outputs)
     }
 
     /// One batched decode step over every running sequence (rows at different positions).
