@@ -174,6 +174,9 @@ impl Worker {
                 reply,
             } => {
                 let r = self.submit(engine, seqs, events);
+                // Gauges show the new sequences before the client hears back (a /metrics read right after a
+                // reply must not see an idle engine).
+                self.update_gauges(engine);
                 let _ = reply.send(r);
                 false
             }
