@@ -97,8 +97,8 @@ struct Attention {
 }
 
 impl Attention {
-    /// One batched attention over rows at different positions (continuous batching): the cache writes each
-    /// row's keys/values and returns the batch padded to the longest row, and a mask hides the padding.
+    /// One batched attention over rows at different positions (continuous batching): the cache stores each
+    /// row's new keys/values and hands back what attention reads (paged storage or a padded batch).
     fn forward(
         &self,
         x: &Tensor,
