@@ -152,8 +152,8 @@ fn continuous_batching_equals_single_runs() {
     }
 }
 
-/// Requests admitted together are prefilled in padded groups (one with a reservation too short for the padding
-/// goes alone); each output equals the same request run alone.
+/// Requests admitted together are prefilled in padded groups (one with a reservation shorter than the padding
+/// starts a group of its own); each output equals the same request run alone.
 #[test]
 fn batched_prefill_equals_single_runs() {
     let r = reference("mimo-untied");
