@@ -48,13 +48,20 @@ pub struct RolloutBenchCli {
     #[arg(long, required_unless_present = "simulate")]
     data: Option<PathBuf>,
     /// Model a GPU-like device instead of this CPU: a decode step costs --step-ms whatever the batch, a reward
-    /// --reward-ms on one of 4 workers; problems: 30 % always fail, 20 % always pass, the rest half the time.
+    /// --reward-ms on one of 4 workers; problems: --always-fail and --always-pass of them always fail and
+    /// always pass, the rest pass half the time.
     #[arg(long)]
     simulate: bool,
     #[arg(long, default_value_t = 2.0)]
     step_ms: f64,
     #[arg(long, default_value_t = 20.0)]
     reward_ms: f64,
+    /// Share of simulated problems that always fail (`mimo pipeline` uses the share its RL stage measured).
+    #[arg(long, default_value_t = 0.3)]
+    always_fail: f64,
+    /// Share of simulated problems that always pass.
+    #[arg(long, default_value_t = 0.2)]
+    always_pass: f64,
     /// Problem kinds to draw (default: all in the file).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
@@ -170,8 +177,20 @@ pub fn rollout_bench(a: RolloutBenchCli) -> Result<()> {
             let dev = mimo_rl::bench::SimDevice {
                 step_ms: a.step_ms,
                 reward_ms: a.reward_ms,
+                always_fail: a.always_fail,
+                always_pass: a.always_pass,
                 ..Default::default()
             };
+            if !(a.always_fail >= 0.0
+                && a.always_pass >= 0.0
+                && a.always_fail + a.always_pass < 1.0)
+            {
+                return Err(crate::UsageError(format!(
+                    "--always-fail {} and --always-pass {} must be >= 0 and leave some problems that sometimes pass",
+                    a.always_fail, a.always_pass
+                ))
+                .into());
+            }
             mimo_rl::bench::rollout_bench_simulated(&bench, dev, a.seed)?
         }
         (Some(model), Some(data), false) => {

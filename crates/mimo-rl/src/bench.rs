@@ -165,6 +165,29 @@ pub struct SimDevice {
     pub problems: usize,
 }
 
+impl SimDevice {
+    /// The default cost model with the problem mix measured in real rollouts: the shares of finished groups
+    /// that were all-fail and all-pass over `stats` (e.g. the RL stage's steps). Falls back to the default
+    /// mix when `stats` saw no finished group.
+    pub fn with_measured_mix<'a>(stats: impl IntoIterator<Item = &'a RolloutStats>) -> Self {
+        let (mut fail, mut pass, mut finished) = (0usize, 0usize, 0usize);
+        for s in stats {
+            fail += s.groups_all_fail;
+            pass += s.groups_all_pass;
+            finished += s.tasks_finished;
+        }
+        let d = Self::default();
+        if finished == 0 {
+            return d;
+        }
+        Self {
+            always_fail: fail as f64 / finished as f64,
+            always_pass: pass as f64 / finished as f64,
+            ..d
+        }
+    }
+}
+
 impl Default for SimDevice {
     fn default() -> Self {
         Self {
@@ -311,4 +334,24 @@ pub fn rollout_bench_simulated(
         same &= batches[0] == batches[1];
     }
     Ok((out.0, out.1, same))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measured_mix_is_the_share_of_degenerate_groups() {
+        let st = |finished, fail, pass| RolloutStats {
+            tasks_finished: finished,
+            groups_all_fail: fail,
+            groups_all_pass: pass,
+            ..Default::default()
+        };
+        let d = SimDevice::with_measured_mix(&[st(10, 6, 1), st(30, 18, 5)]);
+        assert!((d.always_fail - 0.6).abs() < 1e-12);
+        assert!((d.always_pass - 0.15).abs() < 1e-12);
+        assert_eq!(d.step_ms, SimDevice::default().step_ms);
+        assert_eq!(SimDevice::with_measured_mix(&[]), SimDevice::default());
+    }
 }

@@ -122,6 +122,8 @@ pub struct PipelineReport {
     pub rollout_speedup: f64,
     /// The same schedulers on [`SimDevice`]'s GPU-like cost model (a decode step costs the same at any batch).
     pub rollout_speedup_simulated: f64,
+    /// The simulated device's cost model and problem mix (measured in the RL stage).
+    pub simulated_device: SimDevice,
     pub minutes: f64,
     pub final_checkpoint: PathBuf,
     pub seed: u64,
@@ -556,8 +558,15 @@ pub fn run_pipeline(
         steps: args.bench.steps.max(3),
         ..args.bench.clone()
     };
+    // The simulated problems fail, pass or split in the proportions the RL stage's groups did.
+    let sim_dev = SimDevice::with_measured_mix(rl_steps.iter().map(|m| &m.rollout));
+    log(&format!(
+        "  simulated problem mix from the RL stage: {:.0} % always fail, {:.0} % always pass",
+        100.0 * sim_dev.always_fail,
+        100.0 * sim_dev.always_pass
+    ));
     let (sim_seamless, sim_naive, sim_same) =
-        rollout_bench_simulated(&sim_bench, SimDevice::default(), args.seed)?;
+        rollout_bench_simulated(&sim_bench, sim_dev, args.seed)?;
     let sim_speedup = wall(&sim_naive) / wall(&sim_seamless).max(1e-9);
     log(&format!(
         "  speedup {sim_speedup:.2}× on the simulated GPU-like device (identical batches: {sim_same})"
@@ -570,6 +579,7 @@ pub fn run_pipeline(
         mtp_acceptance_sft: mtp_sft,
         rollout_speedup: speedup,
         rollout_speedup_simulated: sim_speedup,
+        simulated_device: sim_dev,
         minutes: t0.elapsed().as_secs_f64() / 60.0,
         final_checkpoint: rl.model.clone(),
         seed: args.seed,
@@ -588,7 +598,16 @@ pub fn run_pipeline(
             same,
         },
         BenchRun {
-            device: "simulated GPU-like device (2 ms per decode step at any batch, 20 ms rewards on 4 workers)",
+            device: &format!(
+                "simulated GPU-like device ({} ms per decode step at any batch, {} ms rewards on {} workers; \
+                 problems {:.0} % always fail, {:.0} % always pass as the RL stage's groups, the rest pass half \
+                 the time)",
+                sim_dev.step_ms,
+                sim_dev.reward_ms,
+                sim_dev.reward_workers,
+                100.0 * sim_dev.always_fail,
+                100.0 * sim_dev.always_pass
+            ),
             seamless: &sim_seamless,
             naive: &sim_naive,
             same: sim_same,

@@ -187,6 +187,12 @@ pub struct RolloutStats {
     /// Launch-order indices of the aborted tasks.
     pub aborted: Vec<usize>,
     pub valid_groups: usize,
+    /// Finished groups whose rewards were all 0 (nothing to learn, dropped by dynamic sampling).
+    #[serde(default)]
+    pub groups_all_fail: usize,
+    /// Finished groups whose rewards were all 1 (dropped too; the problem joins the easy pool).
+    #[serde(default)]
+    pub groups_all_pass: usize,
     /// Mean reward over every finished group (the step's pass rate for 0/1 rewards).
     pub mean_reward: f64,
     pub tokens_generated: usize,
@@ -684,6 +690,9 @@ impl RolloutEngine {
             .filter(|t| matches!(t.state, TaskState::Done { .. }))
             .collect();
         st.tasks_finished = finished.len();
+        let all = |t: &Task, v: f64| !t.rewards.is_empty() && t.rewards.iter().all(|&r| r == v);
+        st.groups_all_fail = finished.iter().filter(|t| all(t, 0.0)).count();
+        st.groups_all_pass = finished.iter().filter(|t| all(t, 1.0)).count();
         st.valid_groups = selected.len();
         st.mean_reward = if finished.is_empty() {
             0.0

@@ -177,6 +177,7 @@ fn invalid_groups_are_dropped_and_perfect_ones_join_the_easy_pool() {
     let (groups, st) = e.collect(&mut g).unwrap();
     assert_eq!(groups.len(), 4);
     assert!(st.tasks_finished >= 4);
+    assert!(st.groups_all_fail + st.groups_all_pass + st.valid_groups <= st.tasks_finished);
     // With a fair coin and G = 4, P(all right) = 1/16 per group: over several steps some problem becomes easy.
     for _ in 0..20 {
         let mut g = Scripted::new(16);
@@ -213,4 +214,8 @@ fn a_batch_that_cannot_fill_is_reported_short() {
     assert!(groups.is_empty());
     assert!(st.short);
     assert_eq!(st.tasks_launched, 5);
+    // Every finished group failed on every rollout.
+    assert!(st.tasks_finished > 0);
+    assert_eq!(st.groups_all_fail, st.tasks_finished);
+    assert_eq!(st.groups_all_pass, 0);
 }
