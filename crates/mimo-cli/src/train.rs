@@ -59,6 +59,9 @@ pub struct SynthCli {
     heldout: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Share of math responses that state the result without the worked steps.
+    #[arg(long, default_value_t = 0.0)]
+    terse_fraction: f64,
     #[arg(long)]
     force: bool,
 }
@@ -70,6 +73,7 @@ pub fn synth(a: SynthCli) -> Result<()> {
         train: a.train,
         heldout: a.heldout,
         seed: a.seed,
+        terse_fraction: a.terse_fraction,
         force: a.force,
         ..Default::default()
     };

@@ -41,6 +41,9 @@ pub struct SynthSection {
     pub max_depth: usize,
     /// Problem families to generate.
     pub kinds: Vec<SynthKind>,
+    /// Share of math responses that state the result without the worked steps (`mimo data synth`).
+    #[serde(default)]
+    pub terse_fraction: f64,
 }
 
 /// `[tokenizer]`.
@@ -351,6 +354,7 @@ pub fn run_pipeline(
         max_digits: args.synth.max_digits,
         max_depth: args.synth.max_depth,
         kinds: args.synth.kinds.clone(),
+        terse_fraction: args.synth.terse_fraction,
         force: true,
         ..Default::default()
     };

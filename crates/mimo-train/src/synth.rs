@@ -53,6 +53,10 @@ pub struct SynthArgs {
     pub max_depth: usize,
     /// One prompt hash in `heldout_every` goes to the held-out split.
     pub heldout_every: u64,
+    /// Share of math problems whose response is terse: the question restated, then the result stated without
+    /// the worked steps (a distilled corpus mixes short and long chains of thought the same way). Picked per
+    /// prompt hash, so it does not change which problems are drawn.
+    pub terse_fraction: f64,
     pub force: bool,
 }
 
@@ -67,6 +71,7 @@ impl Default for SynthArgs {
             max_digits: 3,
             max_depth: 3,
             heldout_every: 10,
+            terse_fraction: 0.0,
             force: false,
         }
     }
@@ -115,6 +120,14 @@ impl Rng {
     fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.0.below(xs.len() as u64) as usize]
     }
+}
+
+/// A math problem with its worked reasoning and its terse form (the result stated without the steps).
+struct Solved {
+    prompt: String,
+    work: String,
+    terse: String,
+    answer: String,
 }
 
 fn boxed(think: &str, answer: &str) -> String {
@@ -215,23 +228,26 @@ fn times_digit(a: i64, k: i64) -> String {
     format!("{}. {a} × {k} = {}", steps.join("; "), a * k)
 }
 
-fn arithmetic(r: &mut Rng, max_digits: u32) -> (String, String, String) {
+fn arithmetic(r: &mut Rng, max_digits: u32) -> Solved {
     let n_digits = r.range(1, max_digits.max(1) as i64) as u32;
     let hi = 10i64.pow(n_digits) - 1;
     let a = r.range(2, hi.max(2));
     let b = r.range(2, hi.max(2));
     match r.range(0, 2) {
-        0 => {
-            let think = format!("Add {a} and {b} column by column: {}.", column_add(a, b));
-            (format!("What is {a} + {b}?"), think, (a + b).to_string())
-        }
+        0 => Solved {
+            prompt: format!("What is {a} + {b}?"),
+            work: format!("{a} + {b} column by column: {}.", column_add(a, b)),
+            terse: format!("{a} + {b} = {}.", a + b),
+            answer: (a + b).to_string(),
+        },
         1 => {
             let (x, y) = (a.max(b), a.min(b));
-            let think = format!(
-                "Subtract {y} from {x} column by column: {}.",
-                column_sub(x, y)
-            );
-            (format!("What is {x} - {y}?"), think, (x - y).to_string())
+            Solved {
+                prompt: format!("What is {x} - {y}?"),
+                work: format!("{x} - {y} column by column: {}.", column_sub(x, y)),
+                terse: format!("{x} - {y} = {}.", x - y),
+                answer: (x - y).to_string(),
+            }
         }
         _ => {
             // Split the second factor into its decimal parts: a·b = Σ a·(d·10^i).
@@ -265,13 +281,20 @@ fn arithmetic(r: &mut Rng, max_digits: u32) -> (String, String, String) {
                 }
                 total += v;
             }
-            let think = format!("Multiply {a} by each digit of {b}. {}.", steps.join(". "));
-            (format!("What is {a} × {b}?"), think, (a * b).to_string())
+            Solved {
+                prompt: format!("What is {a} × {b}?"),
+                work: format!(
+                    "{a} × {b}: {a} times each digit of {b}. {}.",
+                    steps.join(". ")
+                ),
+                terse: format!("{a} × {b} = {}.", a * b),
+                answer: (a * b).to_string(),
+            }
         }
     }
 }
 
-fn linear(r: &mut Rng) -> (String, String, String) {
+fn linear(r: &mut Rng) -> Solved {
     let x = r.range(-20, 20);
     let a = *r.pick(&[2i64, 3, 4, 5, 6, 7, 8, 9, -2, -3, -4, -5]);
     let b = r.range(-30, 30);
@@ -286,16 +309,17 @@ fn linear(r: &mut Rng) -> (String, String, String) {
         c - b,
         c - b
     );
-    (
-        format!("Solve for x: {a}x {bs} = {c}."),
-        think,
-        x.to_string(),
-    )
+    Solved {
+        prompt: format!("Solve for x: {a}x {bs} = {c}."),
+        work: think,
+        terse: format!("x = {x}."),
+        answer: x.to_string(),
+    }
 }
 
 /// Countdown: combine the numbers (each at most once) with +, −, × to reach the target. The target is built
 /// from a random expression, so a solution exists; the chain of thought states it step by step.
-fn countdown(r: &mut Rng) -> (String, String, String) {
+fn countdown(r: &mut Rng) -> Solved {
     let nums: Vec<i64> = (0..4).map(|_| r.range(1, 12)).collect();
     let mut acc = nums[0];
     let mut steps = vec![];
@@ -320,18 +344,21 @@ fn countdown(r: &mut Rng) -> (String, String, String) {
         "Combine left to right: {}. That reaches {acc} using every number once.",
         steps.join("; ")
     );
-    (
-        format!("Using the numbers {list} each exactly once with +, - and *, reach {acc}. Give the expression."),
-        think,
-        expr,
-    )
+    Solved {
+        prompt: format!(
+            "Using the numbers {list} each exactly once with +, - and *, reach {acc}. Give the expression."
+        ),
+        work: think,
+        terse: format!("{expr} = {acc}."),
+        answer: expr,
+    }
 }
 
 const NAMES: [&str; 8] = ["Ana", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana"];
 const ITEMS: [&str; 6] = ["apples", "marbles", "stamps", "coins", "books", "shells"];
 
 /// A word problem from a chain of operations over people's counts (depth = number of operations).
-fn word(r: &mut Rng, max_depth: usize) -> (String, String, String) {
+fn word(r: &mut Rng, max_depth: usize) -> Solved {
     let depth = r.range(1, max_depth.max(1) as i64) as usize;
     let item = *r.pick(&ITEMS);
     let start = r.range(2, 30);
@@ -339,6 +366,7 @@ fn word(r: &mut Rng, max_depth: usize) -> (String, String, String) {
     let first = names.remove(r.0.below(names.len() as u64) as usize);
     let mut sentences = vec![format!("{first} has {start} {item}.")];
     let mut think = vec![format!("{first} has {start}.")];
+    let mut terse = think.clone();
     let (mut prev, mut value) = (first, start);
     for _ in 0..depth {
         let who = names.remove(r.0.below(names.len() as u64) as usize);
@@ -361,12 +389,18 @@ fn word(r: &mut Rng, max_depth: usize) -> (String, String, String) {
             ),
         };
         think.push(format!("{s} {work}. So {who} has {v}."));
+        terse.push(format!("{s} So {who} has {v}."));
         sentences.push(s);
         prev = who;
         value = v;
     }
     sentences.push(format!("How many {item} does {prev} have?"));
-    (sentences.join(" "), think.join(" "), value.to_string())
+    Solved {
+        prompt: sentences.join(" "),
+        work: think.join(" "),
+        terse: terse.join(" "),
+        answer: value.to_string(),
+    }
 }
 
 /// A small Python function task with asserts.
@@ -409,25 +443,37 @@ fn code(r: &mut Rng) -> (String, String, String, Vec<String>) {
     (prompt, response, name.to_string(), tests)
 }
 
+/// A math response: the reasoning opens by restating the question, then works it.
+///
+/// With the question restated, each later mention of an operand or a name follows the same words as a recent
+/// occurrence, so the model copies it the way induction heads copy (find the previous occurrence of the current
+/// token, emit what followed). Without it, "Add 19 and 61" after "What is 19 + 61?" needs a learned positional
+/// lookup into the prompt, which a model of a few million parameters had not learned after the pipeline's
+/// pretraining: it copied the second operand with probability 0.3 and the first name of a word problem at
+/// chance.
+fn math_response(question: &str, work: &str, answer: &str) -> String {
+    boxed(&format!("{question}\n{work}"), answer)
+}
+
+/// A uniform number in [0, 1) from the prompt and seed, independent of the problem RNG's stream.
+fn unit_hash(prompt: &str, seed: u64) -> f64 {
+    let mut r = SplitMix64(prompt_hash(prompt) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// One problem of `kind` from the RNG (split fields left empty).
 fn problem(r: &mut Rng, kind: SynthKind, a: &SynthArgs) -> Problem {
+    let math = |p: Solved| {
+        let terse = unit_hash(&p.prompt, a.seed) < a.terse_fraction;
+        let work = if terse { &p.terse } else { &p.work };
+        let response = math_response(&p.prompt, work, &p.answer);
+        (p.prompt, response, p.answer, vec![])
+    };
     let (prompt, response, answer, tests) = match kind {
-        SynthKind::Arithmetic => {
-            let (p, t, ans) = arithmetic(r, a.max_digits);
-            (p, boxed(&t, &ans), ans, vec![])
-        }
-        SynthKind::Linear => {
-            let (p, t, ans) = linear(r);
-            (p, boxed(&t, &ans), ans, vec![])
-        }
-        SynthKind::Countdown => {
-            let (p, t, ans) = countdown(r);
-            (p, boxed(&t, &ans), ans, vec![])
-        }
-        SynthKind::Word => {
-            let (p, t, ans) = word(r, a.max_depth);
-            (p, boxed(&t, &ans), ans, vec![])
-        }
+        SynthKind::Arithmetic => math(arithmetic(r, a.max_digits)),
+        SynthKind::Linear => math(linear(r)),
+        SynthKind::Countdown => math(countdown(r)),
+        SynthKind::Word => math(word(r, a.max_depth)),
         SynthKind::Code => code(r),
     };
     Problem {
@@ -447,6 +493,12 @@ pub fn generate(args: &SynthArgs) -> Result<(Vec<Problem>, Vec<Problem>, usize)>
         return Err(TrainError::Config(
             "synth: kinds must be non-empty and heldout_every >= 2".into(),
         ));
+    }
+    if !(0.0..=1.0).contains(&args.terse_fraction) {
+        return Err(TrainError::Config(format!(
+            "synth: terse_fraction = {} (need 0 <= terse_fraction <= 1)",
+            args.terse_fraction
+        )));
     }
     let mut r = Rng(SplitMix64(args.seed));
     let (mut train, mut held) = (vec![], vec![]);
@@ -538,6 +590,10 @@ mod tests {
                 assert_eq!(p.tests.len(), 3);
             } else {
                 assert!(p.response.contains(&format!("\\boxed{{{}}}", p.answer)));
+                assert!(
+                    p.response.starts_with(&format!("<think>\n{}\n", p.prompt)),
+                    "the reasoning restates the question: {p:?}"
+                );
             }
         }
         let kinds: HashSet<SynthKind> = t1.iter().map(|p| p.kind).collect();
@@ -547,10 +603,53 @@ mod tests {
     }
 
     #[test]
+    fn terse_responses_state_the_result_without_the_work() {
+        let a = SynthArgs {
+            train: 400,
+            heldout: 40,
+            kinds: vec![SynthKind::Arithmetic, SynthKind::Word],
+            ..SynthArgs::default()
+        };
+        let half = SynthArgs {
+            terse_fraction: 0.5,
+            ..a.clone()
+        };
+        let (worked, _, _) = generate(&a).unwrap();
+        let (mixed, _, _) = generate(&half).unwrap();
+        // Same problems, only some responses differ.
+        assert!(worked
+            .iter()
+            .zip(&mixed)
+            .all(|(x, y)| x.prompt == y.prompt && x.answer == y.answer));
+        let terse: Vec<&Problem> = mixed
+            .iter()
+            .zip(&worked)
+            .filter(|(m, w)| m.response != w.response)
+            .map(|(m, _)| m)
+            .collect();
+        let share = terse.len() as f64 / mixed.len() as f64;
+        assert!((0.4..0.6).contains(&share), "terse share {share}");
+        for p in terse {
+            assert!(p.response.starts_with(&format!("<think>\n{}\n", p.prompt)));
+            assert!(p.response.contains(&format!("\\boxed{{{}}}", p.answer)));
+            assert!(!p.response.contains("ones "), "{}", p.response);
+        }
+        assert!(generate(&SynthArgs {
+            terse_fraction: 1.5,
+            ..a
+        })
+        .is_err());
+    }
+
+    #[test]
     fn answers_are_right() {
         let mut r = Rng(SplitMix64(3));
         for _ in 0..200 {
-            let (p, _, ans) = linear(&mut r);
+            let Solved {
+                prompt: p,
+                answer: ans,
+                ..
+            } = linear(&mut r);
             // "Solve for x: {a}x {+|-} {b} = {c}."
             let body = p.trim_start_matches("Solve for x: ").trim_end_matches('.');
             let (lhs, c) = body.split_once(" = ").unwrap();
