@@ -41,7 +41,9 @@ pub struct SynthSection {
     pub max_depth: usize,
     /// Problem families to generate.
     pub kinds: Vec<SynthKind>,
-    /// Share of math responses that state the result without the worked steps (`mimo data synth`).
+    /// Share of the SFT set's math responses that state the result without the worked steps (`mimo data
+    /// synth --terse-fraction`). The pretraining sources (the stage-3 reasoning corpus) keep every worked
+    /// response.
     #[serde(default)]
     pub terse_fraction: f64,
 }
@@ -132,6 +134,8 @@ pub struct PipelineReport {
     pub seed: u64,
     pub stage_minutes: BTreeMap<String, f64>,
     pub boxed_compliance: BTreeMap<String, f64>,
+    /// Mean completion tokens of the held-out samples per stage (RL lengthens reasoning, spec §3.3).
+    pub response_tokens: BTreeMap<String, f64>,
     pub eval_problems: usize,
     pub eval_k: usize,
     pub rollout_bench: Vec<RolloutStats>,
@@ -226,14 +230,14 @@ fn eval_engine(dir: &Path, mtp: usize, max_num_seqs: usize) -> Result<(Engine, M
     Ok((engine, text))
 }
 
-/// Held-out pass@1 (and the fraction of samples with a `\boxed{}` answer).
+/// Held-out pass@1, the fraction of samples with a `\boxed{}` answer and their mean completion tokens.
 fn eval_model(
     dir: &Path,
     problems: &[Problem],
     e: &EvalSection,
     seed: u64,
     samples_out: &Path,
-) -> Result<(EvalReport, f64)> {
+) -> Result<(EvalReport, f64, f64)> {
     let (mut engine, text) = eval_engine(dir, 0, 64)?;
     let opts = EvalOptions {
         k: e.k,
@@ -257,7 +261,13 @@ fn eval_model(
         .filter(|s| s.text.contains("\\boxed{"))
         .count() as f64
         / report.samples.len().max(1) as f64;
-    Ok((report, boxed))
+    let tokens = report
+        .samples
+        .iter()
+        .map(|s| s.completion_tokens as f64)
+        .sum::<f64>()
+        / report.samples.len().max(1) as f64;
+    Ok((report, boxed, tokens))
 }
 
 /// Greedy MTP (k = 1) acceptance over held-out prompts.
@@ -359,7 +369,12 @@ pub fn run_pipeline(
         ..Default::default()
     };
     mimo_train::synth::synth(&synth_args)?;
-    let (train_problems, _, _) = mimo_train::synth::generate(&synth_args)?;
+    // The same problems with every response worked (terse responses are picked per prompt hash, so the
+    // problem draw does not change).
+    let (train_problems, _, _) = mimo_train::synth::generate(&SynthArgs {
+        terse_fraction: 0.0,
+        ..synth_args.clone()
+    })?;
     let corpus = data.join("corpus");
     write_sources(&train_problems, &corpus)?;
     lap("synth", &mut since, &mut minutes);
@@ -482,13 +497,15 @@ pub fn run_pipeline(
     ));
     let mut pass = BTreeMap::new();
     let mut boxed = BTreeMap::new();
+    let mut lengths = BTreeMap::new();
     for (name, dir) in [("base", &base_dir), ("sft", &sft_dir)] {
         let samples = out.join(format!("eval-{name}.jsonl"));
-        let (r, b) = eval_model(dir, &heldout, &args.eval, args.seed, &samples)?;
+        let (r, b, n) = eval_model(dir, &heldout, &args.eval, args.seed, &samples)?;
         pass.insert(name.to_string(), r.pass_at_1);
         boxed.insert(name.to_string(), b);
+        lengths.insert(name.to_string(), n);
         log(&format!(
-            "  {name}: pass@1 {:.3}, \\boxed compliance {:.3}",
+            "  {name}: pass@1 {:.3}, \\boxed compliance {:.3}, {n:.0} response tokens",
             r.pass_at_1, b
         ));
     }
@@ -522,7 +539,7 @@ pub fn run_pipeline(
     lap("rl", &mut since, &mut minutes);
 
     // 8. Evaluation of the RL model, MTP acceptance, rollout benchmark.
-    let (r, b) = eval_model(
+    let (r, b, n) = eval_model(
         &rl.model,
         &heldout,
         &args.eval,
@@ -531,8 +548,9 @@ pub fn run_pipeline(
     )?;
     pass.insert("rl".into(), r.pass_at_1);
     boxed.insert("rl".into(), b);
+    lengths.insert("rl".into(), n);
     log(&format!(
-        "  rl: pass@1 {:.3}, \\boxed compliance {:.3}",
+        "  rl: pass@1 {:.3}, \\boxed compliance {:.3}, {n:.0} response tokens",
         r.pass_at_1, b
     ));
     let mtp_rl = mtp_acceptance(
@@ -589,6 +607,7 @@ pub fn run_pipeline(
         seed: args.seed,
         stage_minutes: minutes,
         boxed_compliance: boxed,
+        response_tokens: lengths,
         eval_problems: heldout.len(),
         eval_k: args.eval.k,
         rollout_bench: seamless.iter().chain(&naive).cloned().collect(),
@@ -800,14 +819,15 @@ fn write_report(
         r.final_checkpoint.display()
     ));
     md.push_str(&format!(
-        "## Held-out pass@1 ({} problems × {} samples, temperature 0.6, top-p 0.95)\n\n| stage | pass@1 | \\boxed{{}} compliance |\n|---|---|---|\n",
+        "## Held-out pass@1 ({} problems × {} samples, temperature 0.6, top-p 0.95)\n\n| stage | pass@1 | \\boxed{{}} compliance | mean response tokens |\n|---|---|---|---|\n",
         r.eval_problems, r.eval_k
     ));
     for k in order {
         md.push_str(&format!(
-            "| {k} | {:.3} | {:.3} |\n",
+            "| {k} | {:.3} | {:.3} | {:.0} |\n",
             r.pass_at_1.get(k).copied().unwrap_or(0.0),
-            r.boxed_compliance.get(k).copied().unwrap_or(0.0)
+            r.boxed_compliance.get(k).copied().unwrap_or(0.0),
+            r.response_tokens.get(k).copied().unwrap_or(0.0)
         ));
     }
     md.push_str(&format!(

@@ -93,6 +93,32 @@ fn micro_pipeline_runs_every_stage_and_writes_a_loadable_checkpoint() {
             json[key]
         );
     }
+    for key in ["base", "sft", "rl"] {
+        let v = json["response_tokens"][key].as_f64().unwrap();
+        assert!(v > 0.0, "response_tokens.{key} = {v}");
+    }
+    // The SFT set mixes terse responses in (the default terse_fraction); the stage-3 reasoning corpus keeps
+    // every response worked digit by digit ("ones …" steps).
+    let math_responses = |path: &Path, field: &str| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("kind").is_none_or(|k| k != "code"))
+            .map(|v| v[field].as_str().unwrap().to_string())
+            .filter(|t| t.contains("\\boxed{"))
+            .collect()
+    };
+    let sft_set = math_responses(&out.join("data/synth/train.jsonl"), "response");
+    let terse = sft_set.iter().filter(|t| !t.contains("ones ")).count();
+    assert!(
+        terse > 0 && terse < sft_set.len(),
+        "{terse} terse of {}",
+        sft_set.len()
+    );
+    let cot = math_responses(&out.join("data/corpus/cot.jsonl"), "text");
+    assert!(!cot.is_empty());
+    assert!(cot.iter().all(|t| t.contains("ones ")), "a terse response in the corpus");
     let ckpt = PathBuf::from(json["final_checkpoint"].as_str().unwrap());
     assert_eq!(ckpt, report.final_checkpoint);
     assert!(out.join("report.md").is_file());
