@@ -767,6 +767,19 @@ fn write_report(
         "RL step",
         "reward",
     );
+    plot(
+        "response_length.png",
+        vec![c(
+            "mean response tokens of the trained rollouts",
+            RGBColor(0, 120, 0),
+            rl_steps
+                .iter()
+                .map(|m| (m.step as f64, m.mean_response_tokens))
+                .collect(),
+        )],
+        "RL step",
+        "tokens",
+    );
     let order = ["base", "sft", "rl"];
     plot(
         "pass_at_1.png",
