@@ -118,7 +118,10 @@ fn micro_pipeline_runs_every_stage_and_writes_a_loadable_checkpoint() {
     );
     let cot = math_responses(&out.join("data/corpus/cot.jsonl"), "text");
     assert!(!cot.is_empty());
-    assert!(cot.iter().all(|t| t.contains("ones ")), "a terse response in the corpus");
+    assert!(
+        cot.iter().all(|t| t.contains("ones ")),
+        "a terse response in the corpus"
+    );
     let ckpt = PathBuf::from(json["final_checkpoint"].as_str().unwrap());
     assert_eq!(ckpt, report.final_checkpoint);
     assert!(out.join("report.md").is_file());
