@@ -134,7 +134,7 @@ pub struct PipelineReport {
     pub seed: u64,
     pub stage_minutes: BTreeMap<String, f64>,
     pub boxed_compliance: BTreeMap<String, f64>,
-    /// Mean completion tokens of the held-out samples per stage (RL lengthens reasoning, spec §3.3).
+    /// Mean completion tokens of the held-out samples per stage.
     pub response_tokens: BTreeMap<String, f64>,
     pub eval_problems: usize,
     pub eval_k: usize,
