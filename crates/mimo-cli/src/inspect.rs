@@ -20,6 +20,7 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
     let problems: Vec<String> = specs
         .iter()
         .filter_map(|s| store.check(s).err().map(|e| e.to_string()))
+        .chain(store.check_layer_counts(&cfg).err().map(|e| e.to_string()))
         .collect();
     let unused: Vec<&str> = store
         .names()

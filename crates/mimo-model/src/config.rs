@@ -284,7 +284,79 @@ impl ModelConfig {
         if cfg.vocab_size == 0 || cfg.intermediate_size == 0 {
             return Err(f.err("vocab_size", "vocab_size and intermediate_size must be > 0"));
         }
+        cfg.check_limits(&f)?;
         Ok(cfg)
+    }
+
+    /// Rejects values no real checkpoint has and that would make loading allocate absurd amounts or compute
+    /// nonsense: every size is bounded, the parameter count must fit in 2^40, and
+    /// `rms_norm_eps` must be a finite number in [0, 1).
+    fn check_limits(&self, f: &Fields) -> Result<()> {
+        // Well above every released model (vocabularies of 262k, 64k-wide layers, 10M-token contexts),
+        // far below what would exhaust memory while building the tensor list or the RoPE tables.
+        let limits = [
+            ("vocab_size", self.vocab_size, 1 << 23),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("num_attention_heads", self.num_attention_heads, 4096),
+            ("num_key_value_heads", self.num_key_value_heads, 4096),
+            ("head_dim", self.head_dim, 4096),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+            (
+                "num_nextn_predict_layers",
+                self.num_nextn_predict_layers,
+                64,
+            ),
+        ];
+        for (field, v, max) in limits {
+            if v > max {
+                return Err(f.err(field, format!("{v} exceeds the supported maximum {max}")));
+            }
+        }
+        if self.num_hidden_layers == 0 {
+            return Err(f.err("num_hidden_layers", "must be > 0"));
+        }
+        if !(self.rms_norm_eps.is_finite() && (0.0..1.0).contains(&self.rms_norm_eps)) {
+            return Err(f.err(
+                "rms_norm_eps",
+                format!("must be a number in [0, 1), got {}", self.rms_norm_eps),
+            ));
+        }
+        if !self.rope_theta.is_finite() {
+            return Err(f.err("rope_theta", "must be finite"));
+        }
+        let params = self.parameter_count_bound();
+        if params.is_none_or(|p| p > 1 << 40) {
+            return Err(f.err(
+                "hidden_size",
+                "the sizes imply more than 2^40 parameters; not a loadable checkpoint",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An upper bound on the parameter count implied by the sizes (None on overflow).
+    fn parameter_count_bound(&self) -> Option<u64> {
+        let (h, i, v) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
+        let q = (self.num_attention_heads as u64).checked_mul(self.head_dim as u64)?;
+        let kv = (self.num_key_value_heads as u64).checked_mul(self.head_dim as u64)?;
+        let attn = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
+        let mlp = h.checked_mul(i)?.checked_mul(3)?;
+        let layer = attn.checked_add(mlp)?.checked_add(h.checked_mul(2 * h)?)?;
+        let layers =
+            (self.num_hidden_layers as u64).checked_add(self.num_nextn_predict_layers as u64)?;
+        layer
+            .checked_mul(layers)?
+            .checked_add(v.checked_mul(h)?.checked_mul(2)?)
     }
 
     /// RoPE θ from `rope_parameters.rope_theta` (transformers 5) or top-level `rope_theta` (older layout).

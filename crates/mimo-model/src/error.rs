@@ -65,6 +65,17 @@ pub enum ModelError {
         name: String,
         msg: String,
     },
+    /// A weight holds NaN or infinite values (a corrupt or badly converted checkpoint).
+    #[error("{path}: tensor `{name}` holds {count} non-finite values (NaN or ±inf), first at flat index {first}")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        count: usize,
+        first: usize,
+    },
+    /// The checkpoint holds layers the config does not describe (the model would run partially).
+    #[error("{dir}: {msg}")]
+    ExtraLayers { dir: PathBuf, msg: String },
     /// Bad arguments to a model call (token id out of range, wrong MTP index, ...).
     #[error("{0}")]
     Input(String),

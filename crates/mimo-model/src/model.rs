@@ -363,6 +363,7 @@ impl MimoModel {
         device: &Device,
     ) -> Result<Self> {
         store.check_all(&expected_tensors(cfg))?;
+        store.check_layer_counts(cfg)?;
         Self::build(store, cfg, dtype, device)
     }
 

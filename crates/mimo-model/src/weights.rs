@@ -113,6 +113,42 @@ pub fn is_ignorable(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
 }
 
+/// Counts the NaN/±inf values of a little-endian float buffer: `Some((count, first index))` when there are any.
+/// A bit test on the exponent field, over the mapped bytes in parallel: one pass at memory speed, which
+/// loading reads anyway.
+pub fn non_finite(dtype: StDtype, data: &[u8]) -> Option<(usize, usize)> {
+    match dtype {
+        StDtype::F64 => scan_non_finite::<8>(data, 0x7ff0_0000_0000_0000),
+        StDtype::F32 => scan_non_finite::<4>(data, 0x7f80_0000),
+        StDtype::BF16 => scan_non_finite::<2>(data, 0x7f80),
+        StDtype::F16 => scan_non_finite::<2>(data, 0x7c00),
+        _ => None,
+    }
+}
+
+fn scan_non_finite<const W: usize>(data: &[u8], exp_mask: u64) -> Option<(usize, usize)> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let per_chunk: Vec<(usize, Option<usize>)> = data
+        .par_chunks(CHUNK * W)
+        .enumerate()
+        .map(|(ci, chunk)| {
+            let (mut count, mut first) = (0, None);
+            for (i, c) in chunk.chunks_exact(W).enumerate() {
+                let mut b = [0u8; 8];
+                b[..W].copy_from_slice(c);
+                if u64::from_le_bytes(b) & exp_mask == exp_mask {
+                    count += 1;
+                    first.get_or_insert(ci * CHUNK + i);
+                }
+            }
+            (count, first)
+        })
+        .collect();
+    let first = per_chunk.iter().find_map(|c| c.1)?;
+    Some((per_chunk.iter().map(|c| c.0).sum(), first))
+}
+
 /// Metadata of one stored tensor.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
@@ -310,6 +346,14 @@ impl WeightStore {
             msg: e.to_string(),
         };
         let view = st.get(&spec.name).map_err(wrap)?;
+        if let Some((count, first)) = non_finite(view.dtype(), view.data()) {
+            return Err(ModelError::NonFinite {
+                path: info.file.clone(),
+                name: spec.name.clone(),
+                count,
+                first,
+            });
+        }
         let t = view.load(&Device::Cpu).map_err(wrap)?;
         let t = t
             .to_dtype(dtype)
@@ -331,6 +375,45 @@ impl WeightStore {
         device: &Device,
     ) -> Result<Tensor> {
         self.load(&TensorSpec::new(name, shape), dtype, device)
+    }
+
+    /// Number of `PREFIX.{n}.` layers stored (one more than the highest index), 0 when none.
+    pub fn stored_layers(&self, prefix: &str) -> usize {
+        self.names()
+            .filter_map(|n| {
+                n.strip_prefix(prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .map(|l| l.saturating_add(1))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Errors when the checkpoint stores more decoder layers than `cfg` describes: the model would silently
+    /// run as a truncated network. Extra MTP layers are only a warning (dropping MTP is a legitimate choice).
+    pub fn check_layer_counts(&self, cfg: &ModelConfig) -> Result<()> {
+        let main = self.stored_layers("model.layers.");
+        if main > cfg.num_hidden_layers {
+            return Err(ModelError::ExtraLayers {
+                dir: self.dir.clone(),
+                msg: format!(
+                    "the checkpoint stores {main} decoder layers but config.json has num_hidden_layers = {}",
+                    cfg.num_hidden_layers
+                ),
+            });
+        }
+        let mtp = self.stored_layers("model.mtp_layers.");
+        if mtp > cfg.num_nextn_predict_layers {
+            tracing::warn!(
+                "{}: the checkpoint stores {mtp} MTP layers, config.json uses {} (num_nextn_predict_layers)",
+                self.dir.display(),
+                cfg.num_nextn_predict_layers
+            );
+        }
+        Ok(())
     }
 
     /// Stored tensors that were never loaded (derived buffers such as `rotary_emb.inv_freq` excluded).
