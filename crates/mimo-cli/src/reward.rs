@@ -1,4 +1,8 @@
 //! `mimo reward math|code`: JSONL in, JSONL out in the same order (the line formats are in mimo-reward's docs).
+//!
+//! Every non-blank input line is answered, a line that cannot be used with `{"line": N, "error": …}`
+//! (lines longer than `mimo_reward::jsonl::MAX_LINE_BYTES`, 16 MiB, included), so malformed lines still
+//! exit 0. Exit 2: bad options or an input that cannot be opened; exit 1: reading or writing failed.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -8,6 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use mimo_reward::jsonl::{CodeOptions, MathOptions};
+use mimo_reward::sandbox::MAX_CONCURRENCY;
+
+/// Longest `--timeout-s` of `mimo reward math`, in seconds.
+const MAX_MATH_TIMEOUT_S: f64 = 3600.0;
 
 /// `mimo reward` verbs.
 #[derive(Subcommand)]
@@ -17,7 +25,7 @@ pub enum RewardCmd {
         /// Input JSONL ("-" for stdin).
         #[arg(long)]
         input: PathBuf,
-        /// Per-case time bound in seconds.
+        /// Per-case time bound in seconds, in (0, 3600].
         #[arg(long, default_value_t = 5.0)]
         timeout_s: f64,
     },
@@ -27,7 +35,7 @@ pub enum RewardCmd {
         /// Input JSONL ("-" for stdin).
         #[arg(long)]
         input: PathBuf,
-        /// Concurrent sandbox runs (default: number of cores).
+        /// Concurrent sandbox runs, 1 to 1024 (default: number of cores).
         #[arg(long)]
         concurrency: Option<usize>,
     },
@@ -37,7 +45,11 @@ fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
-    let f = File::open(path).map_err(|e| crate::UsageError(format!("{}: {e}", path.display())))?;
+    let usage = |e: String| crate::UsageError(format!("{}: {e}", path.display()));
+    let f = File::open(path).map_err(|e| usage(e.to_string()))?;
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(usage("is a directory".into()).into());
+    }
     Ok(Box::new(BufReader::new(f)))
 }
 
@@ -46,10 +58,11 @@ pub fn run(cmd: RewardCmd) -> Result<()> {
     let out = BufWriter::new(std::io::stdout().lock());
     let stats = match cmd {
         RewardCmd::Math { input, timeout_s } => {
-            if !(timeout_s.is_finite() && timeout_s > 0.0) {
-                return Err(
-                    crate::UsageError(format!("--timeout-s must be > 0, got {timeout_s}")).into(),
-                );
+            if !(timeout_s.is_finite() && timeout_s > 0.0 && timeout_s <= MAX_MATH_TIMEOUT_S) {
+                return Err(crate::UsageError(format!(
+                    "--timeout-s must be in (0, {MAX_MATH_TIMEOUT_S}], got {timeout_s}"
+                ))
+                .into());
             }
             let opts = MathOptions {
                 timeout: Duration::from_secs_f64(timeout_s),
@@ -59,8 +72,17 @@ pub fn run(cmd: RewardCmd) -> Result<()> {
         RewardCmd::Code { input, concurrency } => {
             let mut opts = CodeOptions::default();
             if let Some(c) = concurrency {
-                opts.sandbox.concurrency = c.max(1);
+                if c == 0 || c > MAX_CONCURRENCY {
+                    return Err(crate::UsageError(format!(
+                        "--concurrency must be in 1..={MAX_CONCURRENCY}, got {c}"
+                    ))
+                    .into());
+                }
+                opts.sandbox.concurrency = c;
             }
+            opts.sandbox
+                .validate()
+                .map_err(|e| crate::UsageError(e.to_string()))?;
             mimo_reward::jsonl::run_code_jsonl(open_input(&input)?, out, &opts)
         }
     }

@@ -2,12 +2,11 @@
 //! trained with SGD (linearly decaying learning rate, seeded shuffling). Used for domain and quality tags.
 
 use crate::common::{
-    open_read, run_jsonl_stage, text_of, Decision, JsonlReader, Line, Report, SplitMix64,
+    read_text, run_jsonl_stage, text_of, BadLines, Decision, JsonlReader, Line, Report, SplitMix64,
 };
 use crate::DataError;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
@@ -165,10 +164,7 @@ impl Classifier {
 
     /// Loads a model written by [`classifier_train`].
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        let mut s = String::new();
-        open_read(path)?
-            .read_to_string(&mut s)
-            .map_err(DataError::io(path))?;
+        let s = read_text(path)?;
         let m: Classifier = serde_json::from_str(&s)
             .map_err(|e| DataError::parse(path, e.line() as u64, e.to_string()))?;
         if m.weights.len() != m.buckets * m.labels.len()
@@ -192,29 +188,30 @@ fn softmax(z: &[f32]) -> Vec<f32> {
     e.into_iter().map(|x| x / s).collect()
 }
 
+/// (text, label) pairs of JSONL files; lines without a label or not JSON are skipped and noted.
 fn read_labeled(
     files: &[PathBuf],
     tf: &str,
     lf: &str,
-) -> Result<(Vec<(String, String)>, u64), DataError> {
+) -> Result<(Vec<(String, String)>, BadLines), DataError> {
     let mut out = Vec::new();
-    let mut bad = 0;
+    let mut bad = BadLines::default();
     for p in files {
         let mut r = JsonlReader::open(p)?;
-        while let Some((_, l)) = r.next_line() {
+        while let Some((line, l)) = r.next_line() {
             match l {
                 Line::Doc(d) => {
                     let label = match d.get(lf) {
                         Some(serde_json::Value::String(s)) => s.clone(),
                         Some(v) if !v.is_null() => v.to_string(),
                         _ => {
-                            bad += 1;
+                            bad.note(&format!("{}:{line}: no label field {lf:?}", p.display()));
                             continue;
                         }
                     };
                     out.push((text_of(&d, tf).to_string(), label));
                 }
-                Line::Malformed(..) => bad += 1,
+                Line::Malformed(_, detail) => bad.note(&detail),
             }
         }
     }
@@ -301,8 +298,9 @@ pub fn classifier_train(args: &ClassifierTrainArgs) -> Result<Report, DataError>
         ok as f64 / d.len().max(1) as f64
     };
     let mut report = Report::new("classifier/train", 0, 1);
-    report.docs_in = train.len() as u64 + bad;
-    report.malformed = bad;
+    report.docs_in = train.len() as u64 + bad.count;
+    report.malformed = bad.count;
+    bad.record(&mut report.extra);
     report.extra.insert("labels".into(), json!(m.labels));
     report
         .extra

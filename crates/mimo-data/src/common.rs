@@ -181,11 +181,14 @@ pub(crate) fn open_read(path: &Path) -> Result<Box<dyn BufRead + Send>, DataErro
     }
 }
 
+/// Longest JSONL line read; a longer one is reported as malformed and skipped without buffering it.
+pub(crate) const MAX_LINE_BYTES: u64 = 64 << 20;
+
 /// One line of a JSONL file.
 pub(crate) enum Line {
     /// A JSON object.
     Doc(Doc),
-    /// Anything else, with the reason.
+    /// Anything else: the reason, and a detail that starts with `path:line:`.
     Malformed(String, String),
 }
 
@@ -207,64 +210,80 @@ impl JsonlReader {
         })
     }
 
+    fn malformed(&self, reason: &str, msg: impl std::fmt::Display) -> Option<(u64, Line)> {
+        let detail = format!("{}:{}: {msg}", self.path.display(), self.line);
+        Some((self.line, Line::Malformed(reason.into(), detail)))
+    }
+
     /// Next non-empty line as (1-based line number, parsed line). A read error mid-file (e.g. a truncated
     /// gzip stream) ends the file with one malformed line.
     pub(crate) fn next_line(&mut self) -> Option<(u64, Line)> {
         loop {
             self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
+            let read = (&mut self.reader)
+                .take(MAX_LINE_BYTES + 1)
+                .read_until(b'\n', &mut self.buf);
+            match read {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) => {
                     self.line += 1;
-                    let l = self.line;
                     // Make further calls return None.
                     self.reader = Box::new(std::io::empty());
-                    return Some((
-                        l,
-                        Line::Malformed(
-                            "read_error".into(),
-                            format!("{}: {e}", self.path.display()),
-                        ),
-                    ));
+                    return self.malformed("read_error", format!("read error: {e}"));
                 }
             }
             self.line += 1;
             let truncated = self.buf.last() != Some(&b'\n');
+            if truncated && self.buf.len() as u64 > MAX_LINE_BYTES {
+                self.buf.truncate(2000);
+                if let Err(e) = skip_line(&mut self.reader) {
+                    self.reader = Box::new(std::io::empty());
+                    return self.malformed("read_error", format!("read error: {e}"));
+                }
+                let msg = format!("line longer than {MAX_LINE_BYTES} bytes, skipped");
+                return self.malformed("line_too_long", msg);
+            }
             let bytes = trim_ascii(&self.buf);
             if bytes.is_empty() {
                 continue;
             }
             let text = match std::str::from_utf8(bytes) {
                 Ok(t) => t,
-                Err(e) => {
-                    return Some((
-                        self.line,
-                        Line::Malformed("invalid_utf8".into(), e.to_string()),
-                    ))
-                }
+                Err(e) => return self.malformed("invalid_utf8", e),
             };
-            return Some(match serde_json::from_str::<Value>(text) {
-                Ok(Value::Object(m)) => (self.line, Line::Doc(m)),
-                Ok(_) => (
-                    self.line,
-                    Line::Malformed("not_an_object".into(), "line is not a JSON object".into()),
-                ),
-                Err(e) => {
-                    let reason = if truncated {
-                        "truncated_json"
-                    } else {
-                        "invalid_json"
-                    };
-                    (self.line, Line::Malformed(reason.into(), e.to_string()))
-                }
-            });
+            return match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(m)) => Some((self.line, Line::Doc(m))),
+                Ok(_) => self.malformed("not_an_object", "line is not a JSON object"),
+                Err(e) if truncated => self.malformed("truncated_json", e),
+                Err(e) => self.malformed("invalid_json", e),
+            };
         }
     }
 
     pub(crate) fn raw_line(&self) -> String {
         let s = String::from_utf8_lossy(trim_ascii(&self.buf));
         s.chars().take(2000).collect()
+    }
+}
+
+/// Consumes the rest of the current line (through its newline) without buffering it.
+fn skip_line(r: &mut dyn BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                r.consume(n);
+            }
+        }
     }
 }
 
@@ -280,11 +299,62 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end.max(start)]
 }
 
-/// A file written under a temporary name and renamed into place by [`AtomicWriter::finish`].
+/// Reads a whole text file (gzip allowed); invalid UTF-8 is a parse error naming the line.
+pub(crate) fn read_text(path: &Path) -> Result<String, DataError> {
+    let mut b = Vec::new();
+    open_read(path)?
+        .read_to_end(&mut b)
+        .map_err(DataError::io(path))?;
+    String::from_utf8(b).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&c| c == b'\n').count() as u64 + 1;
+        DataError::parse(path, line, format!("invalid UTF-8 at byte {at}"))
+    })
+}
+
+/// 1-based line of a byte offset in `s`.
+pub(crate) fn line_of(s: &str, offset: usize) -> u64 {
+    s.as_bytes()[..offset.min(s.len())]
+        .iter()
+        .filter(|&&c| c == b'\n')
+        .count() as u64
+        + 1
+}
+
+/// Malformed lines a stage skipped: the count and the first few details (`path:line: why`).
+#[derive(Debug, Default)]
+pub(crate) struct BadLines {
+    pub(crate) count: u64,
+    samples: Vec<String>,
+}
+
+impl BadLines {
+    const SAMPLES: usize = 20;
+
+    pub(crate) fn note(&mut self, detail: &str) {
+        self.count += 1;
+        if self.samples.len() < Self::SAMPLES {
+            self.samples.push(detail.to_string());
+        }
+    }
+
+    /// Adds `bad_lines` (count) and `bad_line_samples` to a report's `extra` when there were any.
+    pub(crate) fn record(&self, extra: &mut BTreeMap<String, Value>) {
+        if self.count > 0 {
+            extra.insert("bad_lines".into(), Value::from(self.count));
+            extra.insert("bad_line_samples".into(), Value::from(self.samples.clone()));
+        }
+    }
+}
+
+/// A file written under a temporary name (`<name>.tmp<PID>`) and renamed into place by
+/// [`AtomicWriter::finish`]. Dropped unfinished (an error), it removes its temporary file. Creating one
+/// also removes the destination's temporaries left by processes that are no longer running on this host
+/// (crashed runs), so resumes do not pile them up; a temporary of a live process is left alone.
 pub(crate) struct AtomicWriter {
     tmp: PathBuf,
     dst: PathBuf,
-    w: BufWriter<File>,
+    w: Option<BufWriter<File>>,
 }
 
 impl AtomicWriter {
@@ -292,6 +362,7 @@ impl AtomicWriter {
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent).map_err(DataError::io(parent))?;
         }
+        remove_stale_temps(dst);
         let mut name = dst
             .file_name()
             .map(|s| s.to_os_string())
@@ -302,12 +373,21 @@ impl AtomicWriter {
         Ok(AtomicWriter {
             tmp,
             dst: dst.to_path_buf(),
-            w: BufWriter::with_capacity(1 << 20, f),
+            w: Some(BufWriter::with_capacity(1 << 20, f)),
+        })
+    }
+
+    fn writer(&mut self) -> Result<&mut BufWriter<File>, DataError> {
+        let tmp = &self.tmp;
+        self.w.as_mut().ok_or_else(|| DataError::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other("write after finish"),
         })
     }
 
     pub(crate) fn write_all(&mut self, b: &[u8]) -> Result<(), DataError> {
-        self.w.write_all(b).map_err(DataError::io(&self.tmp))
+        let r = self.writer()?.write_all(b);
+        r.map_err(DataError::io(&self.tmp))
     }
 
     pub(crate) fn write_json_line(&mut self, v: &impl Serialize) -> Result<(), DataError> {
@@ -317,16 +397,82 @@ impl AtomicWriter {
         self.write_all(&s)
     }
 
-    pub(crate) fn finish(self) -> Result<(), DataError> {
-        let AtomicWriter { tmp, dst, w } = self;
-        let f = w.into_inner().map_err(|e| DataError::Io {
-            path: tmp.clone(),
-            source: e.into_error(),
-        })?;
-        f.sync_all().map_err(DataError::io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &dst).map_err(DataError::io(&dst))
+    pub(crate) fn finish(mut self) -> Result<(), DataError> {
+        let tmp = self.tmp.clone();
+        let w = self.writer()?;
+        w.flush().map_err(DataError::io(&tmp))?;
+        w.get_ref().sync_all().map_err(DataError::io(&tmp))?;
+        self.w = None;
+        std::fs::rename(&self.tmp, &self.dst).map_err(|e| {
+            let _ = std::fs::remove_file(&self.tmp);
+            DataError::io(&self.dst)(e)
+        })
     }
+}
+
+impl Drop for AtomicWriter {
+    fn drop(&mut self) {
+        if self.w.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Directory listings taken by [`remove_stale_temps`]: file name → its `.tmp<PID>` siblings. One listing
+/// per directory and process, so writing many units into a large directory stays linear.
+type TempListing = BTreeMap<std::ffi::OsString, Vec<(PathBuf, u32)>>;
+
+static TEMP_LISTINGS: std::sync::Mutex<BTreeMap<PathBuf, TempListing>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Removes `dst`'s `<name>.tmp<PID>` siblings whose process is gone (see [`AtomicWriter`]).
+fn remove_stale_temps(dst: &Path) {
+    let (Some(dir), Some(name)) = (dst.parent(), dst.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let temps = {
+        let Ok(mut listings) = TEMP_LISTINGS.lock() else {
+            return;
+        };
+        let listing = listings
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| list_temps(dir));
+        listing.remove(name).unwrap_or_default()
+    };
+    let me = std::process::id();
+    for (path, pid) in temps {
+        if pid != me && !process_alive(pid) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn list_temps(dir: &Path) -> TempListing {
+    let mut out = TempListing::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(s) = file.to_str() else { continue };
+        let Some((base, pid)) = s.rsplit_once(".tmp") else {
+            continue;
+        };
+        if let Ok(pid) = pid.parse::<u32>() {
+            out.entry(base.into()).or_default().push((e.path(), pid));
+        }
+    }
+    out
+}
+
+/// Whether a process with this id runs on this host (`/proc`); without `/proc`, assumed gone.
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc/self").exists() && Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Writes `v` as pretty JSON to `path` atomically.
@@ -379,9 +525,40 @@ pub(crate) enum Decision {
     Drop(Doc, String, String),
 }
 
+/// Runs `unit(i)` for every unit `i` of `0..n` owned by this task and adds its report. A failing unit is
+/// logged to stderr and the others still run (their outputs and markers are written); the failures are
+/// then returned together as [`DataError::Units`].
+pub(crate) fn for_each_unit(
+    report: &mut Report,
+    n: usize,
+    mut unit: impl FnMut(usize) -> Result<ShardReport, DataError>,
+) -> Result<(), DataError> {
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for i in owned(n, report.task_index, report.num_tasks) {
+        total += 1;
+        match unit(i) {
+            Ok(sr) => report.add(sr),
+            Err(e) => {
+                eprintln!("mimo data {}: {e}", report.stage);
+                failures.push(e);
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let failed = failures.len();
+    Err(DataError::Units {
+        failed,
+        total,
+        first: Box::new(failures.swap_remove(0)),
+    })
+}
+
 /// Generic driver of a JSONL → JSONL stage: for every input shard owned by this task and without a
 /// completion marker, streams the documents through `f` and writes `<stem>.jsonl`,
-/// `<stem>.excluded.jsonl` and the marker `<stem>.done`.
+/// `<stem>.excluded.jsonl` and the marker `<stem>.done`. A shard that fails does not stop the others.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_jsonl_stage<F>(
     stage: &str,
@@ -400,69 +577,69 @@ where
     let start = Instant::now();
     let stems = stems(inputs)?;
     let mut report = Report::new(stage, task_index, num_tasks);
-    for i in owned(inputs.len(), task_index, num_tasks) {
-        let input = &inputs[i];
+    for_each_unit(&mut report, inputs.len(), |i| {
         let (out, exc, marker) = shard_outputs(output_dir, &stems[i], inputs.len());
         if !force {
             if let Some(mut m) = read_marker(&marker) {
                 m.resumed = true;
-                report.add(m);
-                continue;
+                return Ok(m);
             }
         }
-        let t0 = Instant::now();
-        let mut sr = ShardReport {
-            input: input.display().to_string(),
-            output: out.display().to_string(),
-            ..Default::default()
-        };
-        let mut r = JsonlReader::open(input)?;
-        let mut w = AtomicWriter::create(&out)?;
-        let mut x = AtomicWriter::create(&exc)?;
         let pb = bar(progress, 0, &format!("{stage} {}", stems[i]));
-        while let Some((line, l)) = r.next_line() {
-            sr.docs_in += 1;
-            pb.inc(1);
-            match l {
-                Line::Malformed(reason, detail) => {
-                    sr.malformed += 1;
-                    sr.exclude(&format!("malformed:{reason}"));
-                    let raw = Value::String(r.raw_line());
-                    x.write_json_line(&exclusion(
-                        input,
-                        line,
-                        &format!("malformed:{reason}"),
-                        &detail,
-                        raw,
-                    ))?;
-                }
-                Line::Doc(doc) => match f(i, input, line, doc)? {
-                    Decision::Keep(doc) => {
-                        sr.docs_out += 1;
-                        w.write_json_line(&doc)?;
-                    }
-                    Decision::Drop(doc, reason, detail) => {
-                        sr.exclude(&reason);
-                        x.write_json_line(&exclusion(
-                            input,
-                            line,
-                            &reason,
-                            &detail,
-                            Value::Object(doc),
-                        ))?;
-                    }
-                },
-            }
-        }
+        let sr = jsonl_shard(i, &inputs[i], (&out, &exc), &pb, &mut f)?;
         pb.finish_and_clear();
-        w.finish()?;
-        x.finish()?;
-        sr.seconds = t0.elapsed().as_secs_f64();
         write_json_file(&marker, &sr)?;
-        report.add(sr);
-    }
+        Ok(sr)
+    })?;
     report.finish(start);
     Ok(report)
+}
+
+/// One shard of [`run_jsonl_stage`]: writes the kept documents to `out.0` and the exclusions to `out.1`.
+fn jsonl_shard<F>(
+    i: usize,
+    input: &Path,
+    out: (&Path, &Path),
+    pb: &ProgressBar,
+    f: &mut F,
+) -> Result<ShardReport, DataError>
+where
+    F: FnMut(usize, &Path, u64, Doc) -> Result<Decision, DataError>,
+{
+    let t0 = Instant::now();
+    let mut sr = ShardReport {
+        input: input.display().to_string(),
+        output: out.0.display().to_string(),
+        ..Default::default()
+    };
+    let mut r = JsonlReader::open(input)?;
+    let mut w = AtomicWriter::create(out.0)?;
+    let mut x = AtomicWriter::create(out.1)?;
+    while let Some((line, l)) = r.next_line() {
+        sr.docs_in += 1;
+        pb.inc(1);
+        let (reason, detail, doc) = match l {
+            Line::Malformed(reason, detail) => {
+                sr.malformed += 1;
+                let raw = Value::String(r.raw_line());
+                (format!("malformed:{reason}"), detail, raw)
+            }
+            Line::Doc(doc) => match f(i, input, line, doc)? {
+                Decision::Keep(doc) => {
+                    sr.docs_out += 1;
+                    w.write_json_line(&doc)?;
+                    continue;
+                }
+                Decision::Drop(doc, reason, detail) => (reason, detail, Value::Object(doc)),
+            },
+        };
+        sr.exclude(&reason);
+        x.write_json_line(&exclusion(input, line, &reason, &detail, doc))?;
+    }
+    w.finish()?;
+    x.finish()?;
+    sr.seconds = t0.elapsed().as_secs_f64();
+    Ok(sr)
 }
 
 /// Output, exclusion and marker paths of a shard. `output` is a directory (`<stem>.jsonl`,

@@ -75,12 +75,14 @@ impl EvalIndex {
         for f in files {
             let mut r = JsonlReader::open(f)?;
             while let Some((line, l)) = r.next_line() {
-                let Line::Doc(d) = l else {
-                    return Err(DataError::parse(
-                        f,
-                        line,
-                        "evaluation set line is not a JSON object",
-                    ));
+                let d = match l {
+                    Line::Doc(d) => d,
+                    Line::Malformed(reason, detail) => {
+                        let at = format!("{}:{line}: ", f.display());
+                        let why = detail.strip_prefix(&at).unwrap_or(&detail);
+                        let msg = format!("evaluation set line is unusable ({reason}): {why}");
+                        return Err(DataError::parse(f, line, msg));
+                    }
                 };
                 records += 1;
                 for field in fields {

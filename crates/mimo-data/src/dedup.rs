@@ -15,7 +15,7 @@
 
 use crate::common::{
     check_task, owned, read_marker, run_jsonl_stage, text_of, write_json_file, AtomicWriter,
-    Decision, JsonlReader, Line, Report, ShardReport,
+    BadLines, Decision, JsonlReader, Line, Report, ShardReport,
 };
 use crate::minhash::{MinHashParams, MinHasher};
 use crate::DataError;
@@ -159,11 +159,15 @@ fn signatures(args: &DedupArgs) -> Result<Report, DataError> {
         };
         let mut per_band: Vec<Vec<(u64, u32)>> = vec![Vec::new(); nb + 1];
         let mut r = JsonlReader::open(input)?;
+        let mut bad = BadLines::default();
         while let Some((line, l)) = r.next_line() {
             sr.docs_in += 1;
-            let Line::Doc(doc) = l else {
-                sr.malformed += 1;
-                continue;
+            let doc = match l {
+                Line::Doc(doc) => doc,
+                Line::Malformed(_, detail) => {
+                    bad.note(&detail);
+                    continue;
+                }
             };
             let line = line as u32;
             if let Some(u) = doc.get(&args.url_field).and_then(|v| v.as_str()) {
@@ -182,6 +186,8 @@ fn signatures(args: &DedupArgs) -> Result<Report, DataError> {
             hash_secs += th.elapsed().as_secs_f64();
             sr.docs_out += 1;
         }
+        sr.malformed = bad.count;
+        bad.record(&mut sr.extra);
         for (b, mut recs) in per_band.into_iter().enumerate() {
             recs.sort_unstable();
             let mut w = AtomicWriter::create(&band_dir(args, b).join(format!("{shard:05}.bin")))?;

@@ -28,6 +28,16 @@ pub enum DataError {
     /// Arguments that cannot work together.
     #[error("bad usage: {0}")]
     Usage(String),
+    /// Some work units (shards, bands) failed; the others completed and have their markers.
+    #[error("{failed} of {total} units failed (see stderr); first: {first}")]
+    Units {
+        /// Units that failed.
+        failed: usize,
+        /// Units this task owned.
+        total: usize,
+        /// The first failure.
+        first: Box<DataError>,
+    },
     /// The tokenizer could not be loaded or failed on input.
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer {
@@ -42,6 +52,15 @@ impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DataError {
         let path = path.into();
         move |source| DataError::Io { path, source }
+    }
+
+    /// True for bad arguments or bad input files (exit code 2), false for failed jobs (I/O, …).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            DataError::Usage(_) | DataError::Parse { .. } => true,
+            DataError::Units { first, .. } => first.is_bad_input(),
+            DataError::Io { .. } | DataError::Tokenizer { .. } => false,
+        }
     }
 
     pub(crate) fn parse(path: impl Into<PathBuf>, line: u64, msg: impl Into<String>) -> DataError {

@@ -15,17 +15,46 @@
 //! ARIA landmarks, hidden elements and elements whose class/id names navigation, sidebars, cookie banners,
 //! ads, share bars etc. are removed; list/div/table blocks whose text is mostly link text are pruned.
 
+use ego_tree::iter::Edge;
 use ego_tree::NodeRef;
 use scraper::node::Element;
 use scraper::{Html, Node};
 
+pub use crate::mathml::mathml_to_tex;
+
+/// Element depth past which structure is flattened: deeper elements keep their text (and math and code
+/// handling) but add no block breaks, list markers, table separators or link-density pruning. The tree
+/// is walked with an explicit stack, so no depth can overflow the call stack; the bound only keeps
+/// absurd nesting (5,000 unclosed `<li>`) from turning into thousands of marker lines.
+pub const MAX_STRUCTURE_DEPTH: usize = 512;
+
+/// Text of a document with the figures the extract stage reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HtmlText {
+    /// The extracted text.
+    pub text: String,
+    /// Deepest element nesting in the parsed tree (the document node is depth 0).
+    pub max_depth: usize,
+    /// Elements past [`MAX_STRUCTURE_DEPTH`] whose structure was dropped (their text is kept).
+    pub flattened: usize,
+}
+
 /// Extracts the main text of an HTML document, math as `$…$` LaTeX and code in fenced blocks.
 pub fn html_to_text(html: &str) -> String {
+    extract_text(html).text
+}
+
+/// [`html_to_text`] with nesting figures.
+pub fn extract_text(html: &str) -> HtmlText {
     let doc = Html::parse_document(html);
     let mut r = Renderer::default();
-    r.walk(doc.tree.root());
+    r.run(doc.tree.root());
     let out = finish(&r.out);
-    convert_tex_delimiters(&out)
+    HtmlText {
+        text: convert_tex_delimiters(&out),
+        max_depth: r.max_depth,
+        flattened: r.flattened,
+    }
 }
 
 #[derive(Default)]
@@ -38,6 +67,36 @@ struct Renderer {
     link_chars: usize,
     list_stack: Vec<Option<usize>>,
     cell_index: Vec<usize>,
+    max_depth: usize,
+    flattened: usize,
+}
+
+/// One entry of the walker's explicit stack.
+enum Step<'a> {
+    /// Visit a node at a depth.
+    Enter(NodeRef<'a, Node>, usize),
+    /// All children of an element are done.
+    Leave(Open<'a>),
+}
+
+/// What the walker does with an element.
+enum Visit<'a> {
+    /// Handled whole (math, code, skipped): children are not walked.
+    Consumed,
+    /// Past the depth bound: children are walked as plain text.
+    Flat,
+    /// Children are walked, then [`Renderer::leave`] runs.
+    Open(Open<'a>),
+}
+
+/// State of an open element needed once its children are done.
+struct Open<'a> {
+    name: &'a str,
+    block: bool,
+    para: bool,
+    main: bool,
+    /// (output length, text chars, link chars) when the element was entered.
+    start: (usize, usize, usize),
 }
 
 const SKIP_TAGS: &[&str] = &[
@@ -80,6 +139,29 @@ const BLOCK_TAGS: &[&str] = &[
     "thead",
     "tfoot",
     "body",
+];
+
+/// Blocks separated by a blank line (the others by a line break).
+const PARA_TAGS: &[&str] = &[
+    "p",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "dl",
+    "table",
+    "blockquote",
+    "pre",
+    "figure",
+    "section",
+    "article",
+    "main",
+    "header",
+    "details",
 ];
 
 /// Tokens in class/id names that mark boilerplate.
@@ -224,76 +306,102 @@ impl Renderer {
         }
     }
 
-    fn walk(&mut self, node: NodeRef<'_, Node>) {
-        match node.value() {
-            Node::Text(t) => self.push_str(t),
-            Node::Element(el) => self.element(node, el),
-            Node::Document | Node::Fragment => {
-                for c in node.children() {
-                    self.walk(c);
-                }
+    /// Walks the tree with an explicit stack (no recursion, so any nesting depth is safe).
+    fn run(&mut self, root: NodeRef<'_, Node>) {
+        let mut stack = vec![Step::Enter(root, 0)];
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Leave(open) => self.leave(open),
+                Step::Enter(node, depth) => self.enter(node, depth, &mut stack),
             }
-            _ => {}
         }
     }
 
-    fn element(&mut self, node: NodeRef<'_, Node>, el: &Element) {
+    fn enter<'a>(&mut self, node: NodeRef<'a, Node>, depth: usize, stack: &mut Vec<Step<'a>>) {
+        let descend = match node.value() {
+            Node::Text(t) => {
+                self.push_str(t);
+                false
+            }
+            Node::Document | Node::Fragment => true,
+            Node::Element(el) => {
+                self.max_depth = self.max_depth.max(depth);
+                match self.open(node, el, depth) {
+                    Visit::Consumed => false,
+                    Visit::Flat => {
+                        self.flattened += 1;
+                        true
+                    }
+                    Visit::Open(o) => {
+                        stack.push(Step::Leave(o));
+                        true
+                    }
+                }
+            }
+            _ => false,
+        };
+        if descend {
+            stack.extend(node.children().rev().map(|c| Step::Enter(c, depth + 1)));
+        }
+    }
+
+    /// Handles what comes before an element's children.
+    fn open<'a>(&mut self, node: NodeRef<'a, Node>, el: &'a Element, depth: usize) -> Visit<'a> {
         let name = el.name();
         // Math first: some math carriers are hidden or are scripts.
-        if self.math(node, el) {
-            return;
-        }
-        if SKIP_TAGS.contains(&name) || name == "title" {
-            return;
-        }
-        if name == "header" && self.in_main == 0 {
-            return;
-        }
-        if is_boilerplate(el) {
-            return;
+        if self.math(node, el) || self.skipped(el) {
+            return Visit::Consumed;
         }
         match name {
-            "pre" => return self.pre(node, el),
-            "code" | "kbd" | "samp" | "tt" => return self.inline_code(node),
+            "pre" => {
+                self.pre(node, el);
+                return Visit::Consumed;
+            }
+            "code" | "kbd" | "samp" | "tt" => {
+                self.inline_code(node);
+                return Visit::Consumed;
+            }
             "br" => {
                 self.newline(1);
-                return;
+                return Visit::Consumed;
             }
-            "img" => {
-                return;
-            }
+            "img" => return Visit::Consumed,
             _ => {}
         }
+        if depth > MAX_STRUCTURE_DEPTH {
+            return Visit::Flat;
+        }
         let block = BLOCK_TAGS.contains(&name);
-        let para = matches!(
-            name,
-            "p" | "h1"
-                | "h2"
-                | "h3"
-                | "h4"
-                | "h5"
-                | "h6"
-                | "ul"
-                | "ol"
-                | "dl"
-                | "table"
-                | "blockquote"
-                | "pre"
-                | "figure"
-                | "section"
-                | "article"
-                | "main"
-                | "header"
-                | "details"
-        );
+        let para = PARA_TAGS.contains(&name);
         if block {
             self.newline(if para { 2 } else { 1 });
         }
-        let start = (self.out.len(), self.text_chars, self.link_chars);
         let main = matches!(name, "main" | "article") || el.attr("role") == Some("main");
         if main {
             self.in_main += 1;
         }
+        let start = (self.out.len(), self.text_chars, self.link_chars);
+        self.open_structure(name, el);
+        Visit::Open(Open {
+            name,
+            block,
+            para,
+            main,
+            start,
+        })
+    }
+
+    /// Elements dropped with their subtree: skipped tags, site headers outside main content, boilerplate.
+    fn skipped(&self, el: &Element) -> bool {
+        let name = el.name();
+        SKIP_TAGS.contains(&name)
+            || name == "title"
+            || (name == "header" && self.in_main == 0)
+            || is_boilerplate(el)
+    }
+
+    /// List, table and link state on entering an element.
+    fn open_structure(&mut self, name: &str, el: &Element) {
         match name {
             "a" => self.in_link += 1,
             "ul" => self.list_stack.push(None),
@@ -305,7 +413,7 @@ impl Renderer {
             "li" => {
                 let marker = match self.list_stack.last_mut() {
                     Some(Some(n)) => {
-                        *n += 1;
+                        *n = n.saturating_add(1);
                         format!("{}. ", *n - 1)
                     }
                     _ => "- ".to_string(),
@@ -323,11 +431,12 @@ impl Renderer {
             }
             _ => {}
         }
-        for c in node.children() {
-            self.walk(c);
-        }
-        match name {
-            "a" => self.in_link -= 1,
+    }
+
+    /// Handles what comes after an element's children.
+    fn leave(&mut self, o: Open<'_>) {
+        match o.name {
+            "a" => self.in_link = self.in_link.saturating_sub(1),
             "ul" | "ol" => {
                 self.list_stack.pop();
             }
@@ -336,21 +445,22 @@ impl Renderer {
             }
             _ => {}
         }
-        if main {
-            self.in_main -= 1;
+        if o.main {
+            self.in_main = self.in_main.saturating_sub(1);
         }
         // Link-density pruning of navigation-like blocks.
-        if matches!(name, "ul" | "ol" | "div" | "table" | "section" | "dl") {
-            let text = self.text_chars - start.1;
-            let links = self.link_chars - start.2;
+        if matches!(o.name, "ul" | "ol" | "div" | "table" | "section" | "dl") {
+            let (out_len, text0, links0) = o.start;
+            let text = self.text_chars - text0;
+            let links = self.link_chars - links0;
             if text > 0 && links * 10 > text * 6 {
-                self.out.truncate(start.0);
-                self.text_chars = start.1;
-                self.link_chars = start.2;
+                self.out.truncate(out_len);
+                self.text_chars = text0;
+                self.link_chars = links0;
             }
         }
-        if block {
-            self.newline(if para { 2 } else { 1 });
+        if o.block {
+            self.newline(if o.para { 2 } else { 1 });
         }
     }
 
@@ -574,310 +684,44 @@ fn code_lang(el: &Element) -> String {
     String::new()
 }
 
-/// Text of a subtree with whitespace kept; `<br>` becomes a newline; line-number gutters are skipped.
-fn raw_text(node: NodeRef<'_, Node>, out: &mut String) {
-    for c in node.children() {
-        match c.value() {
-            Node::Text(t) => out.push_str(t),
-            Node::Element(e) => {
-                if e.name() == "br" {
+/// Text of a subtree with whitespace kept; `<br>` becomes a newline; line-number gutters, scripts and
+/// styles below `node` are skipped. Iterative (ego-tree's edge traversal), so any depth is safe.
+pub(crate) fn raw_text(node: NodeRef<'_, Node>, out: &mut String) {
+    raw_text_limited(node, usize::MAX, out);
+}
+
+/// The raw text of a subtree of at most `max_nodes` nodes; `None` for a larger one.
+pub(crate) fn short_text(node: NodeRef<'_, Node>, max_nodes: usize) -> Option<String> {
+    let mut s = String::new();
+    raw_text_limited(node, max_nodes, &mut s).then_some(s)
+}
+
+/// [`raw_text`] that stops after visiting `max_nodes` nodes; returns false when it stopped early.
+fn raw_text_limited(node: NodeRef<'_, Node>, max_nodes: usize, out: &mut String) -> bool {
+    let mut skip = None;
+    for (visited, edge) in node.traverse().enumerate() {
+        if visited / 2 > max_nodes {
+            return false;
+        }
+        match edge {
+            Edge::Open(n) if skip.is_none() && n != node => match n.value() {
+                Node::Text(t) => out.push_str(t),
+                Node::Element(e) if e.name() == "br" => {
                     out.push('\n');
-                } else if !(has_class(e, "linenos")
-                    || has_class(e, "lineno")
-                    || e.name() == "script"
-                    || e.name() == "style")
-                {
-                    raw_text(c, out);
+                    skip = Some(n.id());
                 }
-            }
+                Node::Element(e) if raw_text_skips(e) => skip = Some(n.id()),
+                _ => {}
+            },
+            Edge::Close(n) if skip == Some(n.id()) => skip = None,
             _ => {}
         }
     }
+    true
 }
 
-/// Converts presentation MathML (without a TeX annotation) to LaTeX.
-pub fn mathml_to_tex(node: NodeRef<'_, Node>) -> String {
-    let mut s = String::new();
-    ml(node, &mut s);
-    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    // Keep a space only where it separates two alphanumerics (`\phi x`), not in `\phi =`.
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = String::with_capacity(s.len());
-    for (i, &c) in chars.iter().enumerate() {
-        if c == ' ' {
-            let prev = i
-                .checked_sub(1)
-                .and_then(|j| chars.get(j))
-                .is_some_and(|p| p.is_alphanumeric());
-            let next = chars.get(i + 1).is_some_and(|n| n.is_alphanumeric());
-            if !(prev && next) {
-                continue;
-            }
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn el_children<'a>(node: NodeRef<'a, Node>) -> Vec<NodeRef<'a, Node>> {
-    node.children()
-        .filter(|c| matches!(c.value(), Node::Element(_)))
-        .collect()
-}
-
-fn ml_group(node: Option<NodeRef<'_, Node>>, out: &mut String) {
-    out.push('{');
-    if let Some(n) = node {
-        ml(n, out);
-    }
-    out.push('}');
-}
-
-fn ml(node: NodeRef<'_, Node>, out: &mut String) {
-    let el = match node.value() {
-        Node::Element(e) => e,
-        Node::Text(t) => {
-            out.push_str(t.trim());
-            return;
-        }
-        _ => return,
-    };
-    let kids = el_children(node);
-    let k = |i: usize| kids.get(i).copied();
-    match el.name() {
-        "annotation" | "annotation-xml" | "mphantom" | "none" | "mprescripts" => {}
-        "semantics" => {
-            if let Some(first) = k(0) {
-                ml(first, out);
-            }
-        }
-        "mi" | "mn" | "mo" | "ms" => {
-            let mut t = String::new();
-            raw_text(node, &mut t);
-            let t = t.trim();
-            let mut chars = t.chars();
-            let single = chars.next().filter(|_| chars.next().is_none());
-            match single.and_then(symbol) {
-                Some(cmd) => {
-                    out.push_str(cmd);
-                    out.push(' ');
-                }
-                None if el.name() == "mi"
-                    && t.chars().count() > 1
-                    && t.chars().all(|c| c.is_ascii_alphabetic()) =>
-                {
-                    if [
-                        "sin", "cos", "tan", "log", "ln", "exp", "lim", "max", "min", "det", "sup",
-                        "inf",
-                    ]
-                    .contains(&t)
-                    {
-                        out.push('\\');
-                        out.push_str(t);
-                        out.push(' ');
-                    } else {
-                        out.push_str(&format!("\\mathrm{{{t}}}"));
-                    }
-                }
-                None => {
-                    for c in t.chars() {
-                        match symbol(c) {
-                            Some(cmd) => {
-                                out.push_str(cmd);
-                                out.push(' ');
-                            }
-                            None => out.push(c),
-                        }
-                    }
-                }
-            }
-        }
-        "mtext" => {
-            let mut t = String::new();
-            raw_text(node, &mut t);
-            if !t.trim().is_empty() {
-                out.push_str(&format!("\\text{{{}}}", t.trim()));
-            }
-        }
-        "mspace" => out.push(' '),
-        "mfrac" => {
-            out.push_str("\\frac");
-            ml_group(k(0), out);
-            ml_group(k(1), out);
-        }
-        "msqrt" => {
-            out.push_str("\\sqrt{");
-            for c in &kids {
-                ml(*c, out);
-            }
-            out.push('}');
-        }
-        "mroot" => {
-            out.push_str("\\sqrt[");
-            if let Some(i) = k(1) {
-                ml(i, out);
-            }
-            out.push(']');
-            ml_group(k(0), out);
-        }
-        "msup" => {
-            ml_group(k(0), out);
-            out.push('^');
-            ml_group(k(1), out);
-        }
-        "msub" => {
-            ml_group(k(0), out);
-            out.push('_');
-            ml_group(k(1), out);
-        }
-        "msubsup" => {
-            ml_group(k(0), out);
-            out.push('_');
-            ml_group(k(1), out);
-            out.push('^');
-            ml_group(k(2), out);
-        }
-        "munder" => {
-            ml_group(k(0), out);
-            out.push('_');
-            ml_group(k(1), out);
-        }
-        "mover" => {
-            let mut accent = String::new();
-            if let Some(a) = k(1) {
-                raw_text(a, &mut accent);
-            }
-            let cmd = match accent.trim() {
-                "^" | "\u{302}" | "ˆ" => Some("\\hat"),
-                "¯" | "\u{304}" | "‾" | "_" | "\u{305}" => Some("\\bar"),
-                "→" | "\u{20d7}" => Some("\\vec"),
-                "~" | "˜" | "\u{303}" => Some("\\tilde"),
-                "." | "˙" | "\u{307}" => Some("\\dot"),
-                _ => None,
-            };
-            match cmd {
-                Some(c) => {
-                    out.push_str(c);
-                    ml_group(k(0), out);
-                }
-                None => {
-                    ml_group(k(0), out);
-                    out.push('^');
-                    ml_group(k(1), out);
-                }
-            }
-        }
-        "munderover" => {
-            ml_group(k(0), out);
-            out.push('_');
-            ml_group(k(1), out);
-            out.push('^');
-            ml_group(k(2), out);
-        }
-        "mfenced" => {
-            let open = el.attr("open").unwrap_or("(");
-            let close = el.attr("close").unwrap_or(")");
-            out.push_str(&format!("\\left{open}"));
-            for (i, c) in kids.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                ml(*c, out);
-            }
-            out.push_str(&format!("\\right{close}"));
-        }
-        "mtable" => {
-            out.push_str("\\begin{matrix}");
-            for (i, row) in kids.iter().enumerate() {
-                if i > 0 {
-                    out.push_str("\\\\");
-                }
-                for (j, cell) in el_children(*row).iter().enumerate() {
-                    if j > 0 {
-                        out.push('&');
-                    }
-                    ml(*cell, out);
-                }
-            }
-            out.push_str("\\end{matrix}");
-        }
-        _ => {
-            for c in node.children() {
-                ml(c, out);
-            }
-        }
-    }
-}
-
-fn symbol(c: char) -> Option<&'static str> {
-    Some(match c {
-        'α' => "\\alpha",
-        'β' => "\\beta",
-        'γ' => "\\gamma",
-        'δ' => "\\delta",
-        'ε' | 'ϵ' => "\\epsilon",
-        'ζ' => "\\zeta",
-        'η' => "\\eta",
-        'θ' => "\\theta",
-        'ι' => "\\iota",
-        'κ' => "\\kappa",
-        'λ' => "\\lambda",
-        'μ' => "\\mu",
-        'ν' => "\\nu",
-        'ξ' => "\\xi",
-        'π' => "\\pi",
-        'ρ' => "\\rho",
-        'σ' => "\\sigma",
-        'τ' => "\\tau",
-        'φ' | 'ϕ' => "\\phi",
-        'χ' => "\\chi",
-        'ψ' => "\\psi",
-        'ω' => "\\omega",
-        'Γ' => "\\Gamma",
-        'Δ' => "\\Delta",
-        'Θ' => "\\Theta",
-        'Λ' => "\\Lambda",
-        'Π' => "\\Pi",
-        'Σ' => "\\Sigma",
-        'Φ' => "\\Phi",
-        'Ψ' => "\\Psi",
-        'Ω' => "\\Omega",
-        '∑' => "\\sum",
-        '∏' => "\\prod",
-        '∫' => "\\int",
-        '∮' => "\\oint",
-        '∞' => "\\infty",
-        '≤' => "\\leq",
-        '≥' => "\\geq",
-        '≠' => "\\neq",
-        '≈' => "\\approx",
-        '≡' => "\\equiv",
-        '±' => "\\pm",
-        '∓' => "\\mp",
-        '×' => "\\times",
-        '÷' => "\\div",
-        '·' | '⋅' => "\\cdot",
-        '→' => "\\to",
-        '←' => "\\leftarrow",
-        '⇒' => "\\Rightarrow",
-        '⇔' => "\\Leftrightarrow",
-        '∈' => "\\in",
-        '∉' => "\\notin",
-        '⊂' => "\\subset",
-        '⊆' => "\\subseteq",
-        '∪' => "\\cup",
-        '∩' => "\\cap",
-        '∅' => "\\emptyset",
-        '∀' => "\\forall",
-        '∃' => "\\exists",
-        '∂' => "\\partial",
-        '∇' => "\\nabla",
-        '√' => "\\sqrt",
-        '−' => "-",
-        '\u{2061}' | '\u{2062}' | '\u{2063}' => "",
-        '…' | '⋯' => "\\cdots",
-        _ => return None,
-    })
+fn raw_text_skips(e: &Element) -> bool {
+    has_class(e, "linenos") || has_class(e, "lineno") || e.name() == "script" || e.name() == "style"
 }
 
 /// Collapses runs of blank lines and trims line ends.

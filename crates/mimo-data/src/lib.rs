@@ -22,9 +22,11 @@ mod error;
 pub mod extract;
 pub mod filter;
 pub mod html;
+mod mathml;
 pub mod minhash;
 pub mod pack;
 pub mod packed;
+mod stream;
 pub mod warc;
 
 pub use classifier::{

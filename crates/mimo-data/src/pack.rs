@@ -24,7 +24,8 @@
 //! Task i of N tokenizes every N-th document (index ≡ i mod N) of each source and aims at `tokens / N`.
 
 use crate::common::{
-    check_task, read_marker, text_of, write_json_file, AtomicWriter, JsonlReader, Line, Report,
+    check_task, line_of, read_marker, read_text, text_of, write_json_file, AtomicWriter, BadLines,
+    JsonlReader, Line, Report,
     ShardReport, SplitMix64,
 };
 use crate::DataError;
@@ -73,12 +74,9 @@ pub struct MixtureSpec {
 impl MixtureSpec {
     /// Parses and validates a TOML spec; relative file paths are resolved against its directory.
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        let s = std::fs::read_to_string(path).map_err(DataError::io(path))?;
+        let s = read_text(path)?;
         let mut m: MixtureSpec = toml::from_str(&s).map_err(|e| {
-            let line = e
-                .span()
-                .map(|sp| s[..sp.start.min(s.len())].matches('\n').count() as u64 + 1)
-                .unwrap_or(0);
+            let line = e.span().map_or(0, |sp| line_of(&s, sp.start));
             DataError::parse(path, line, e.message().to_string())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -227,7 +225,7 @@ impl SourceStream {
         &mut self,
         task: usize,
         n: usize,
-        malformed: &mut u64,
+        bad: &mut BadLines,
     ) -> Result<Option<String>, DataError> {
         loop {
             if self.reader.is_none() {
@@ -242,7 +240,7 @@ impl SourceStream {
             };
             match r.next_line() {
                 None => self.reader = None,
-                Some((_, Line::Malformed(..))) => *malformed += 1,
+                Some((_, Line::Malformed(_, detail))) => bad.note(&detail),
                 Some((_, Line::Doc(d))) => {
                     let mine = self.doc_counter % n as u64 == task as u64;
                     self.doc_counter += 1;
@@ -421,6 +419,7 @@ fn pack_task(
     let mut buf: Vec<u8> = Vec::new();
     let mut shard_docs = 0u64;
     let mut total = 0u64;
+    let mut bad = BadLines::default();
     let pb = crate::common::bar(
         args.progress,
         target.unwrap_or(0),
@@ -465,7 +464,7 @@ fn pack_task(
         }
         let s = &mut streams[pick].0;
         let text = loop {
-            match s.next_text(args.task_index, args.num_tasks, &mut sr.malformed)? {
+            match s.next_text(args.task_index, args.num_tasks, &mut bad)? {
                 Some(t) => break t,
                 None => {
                     if target.is_none() || !s.produced_this_epoch {
@@ -482,12 +481,15 @@ fn pack_task(
             sr.exclude("empty_text");
             continue;
         }
-        let enc = tok
-            .encode(text.as_str(), false)
-            .map_err(|e| DataError::Tokenizer {
-                path: args.tokenizer.clone(),
-                msg: e.to_string(),
-            })?;
+        let enc = match tok.encode(text.as_str(), false) {
+            Ok(enc) => enc,
+            Err(e) => {
+                // One document the tokenizer rejects is excluded, not fatal to the task.
+                sr.exclude("tokenizer_error");
+                bad.note(&format!("{}: tokenizer: {e}", s.name));
+                continue;
+            }
+        };
         let ids = enc.get_ids();
         for id in ids {
             buf.extend_from_slice(&id.to_le_bytes());
@@ -506,6 +508,8 @@ fn pack_task(
     }
     flush(&mut buf, &mut shard_docs, &mut shards)?;
     pb.finish_and_clear();
+    sr.malformed = bad.count;
+    bad.record(&mut sr.extra);
     sr.seconds = t0.elapsed().as_secs_f64();
     let source_tokens: BTreeMap<String, u64> = streams
         .iter()

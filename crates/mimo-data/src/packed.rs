@@ -1,7 +1,7 @@
 //! Reader of packed token shards (see [`crate::pack`] for the format): fixed-length windows, optionally in a
 //! deterministic seeded shuffle, optionally split across data-parallel ranks.
 
-use crate::common::SplitMix64;
+use crate::common::{read_text, SplitMix64};
 use crate::pack::PackedIndex;
 use crate::DataError;
 use memmap2::Mmap;
@@ -21,7 +21,7 @@ impl PackedDataset {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, DataError> {
         let dir = dir.as_ref().to_path_buf();
         let ip = dir.join("index.json");
-        let s = std::fs::read_to_string(&ip).map_err(DataError::io(&ip))?;
+        let s = read_text(&ip)?;
         let index: PackedIndex = serde_json::from_str(&s)
             .map_err(|e| DataError::parse(&ip, e.line() as u64, e.to_string()))?;
         if index.dtype != "u32" {

@@ -54,15 +54,20 @@ pub fn load_problems(path: &Path) -> Result<Vec<Problem>, EvalError> {
     let file = std::fs::File::open(path).map_err(io)?;
     let mut out = vec![];
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io)?;
-        if line.trim().is_empty() {
-            continue;
-        }
         let bad = |msg: String| EvalError::Data {
             path: path.to_path_buf(),
             line: i + 1,
             msg,
         };
+        let line = match line {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(bad("invalid UTF-8".into()))
+            }
+            other => other.map_err(io)?,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
         let v: serde_json::Value =
             serde_json::from_str(&line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let question = v
@@ -328,6 +333,13 @@ mod tests {
         std::fs::write(&f, "{\"question\": \"q\"}\n").unwrap();
         let e = load_problems(&f).unwrap_err().to_string();
         assert!(e.contains(":1:") && e.contains("answer"), "{e}");
+        std::fs::write(
+            &f,
+            b"{\"question\": \"q\", \"answer\": 1}\n{\"question\": \"\xff\"}\n",
+        )
+        .unwrap();
+        let e = load_problems(&f).unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
         let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/eval");
         for (name, n) in [
             ("gsm8k.jsonl", 1319),

@@ -45,14 +45,18 @@ pub struct TestLevels {
     pub weights: Vec<f64>,
 }
 
-/// Linear-interpolated quantile of ascending-sorted data.
+/// Most levels a [`TestLevels`] may have (weights given beyond it are a configuration error).
+pub const MAX_LEVELS: usize = 1024;
+
+/// Linear-interpolated quantile of ascending-sorted data (`q` clamped to [0, 1]; NaN reads as 0).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
+    let Some(last) = sorted.len().checked_sub(1) else {
         return 0.0;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
+    };
+    let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 1.0) };
+    let pos = q * last as f64;
+    let lo = (pos.floor() as usize).min(last);
+    let hi = (pos.ceil() as usize).min(last);
     let frac = pos - lo as f64;
     sorted[lo] + (sorted[hi] - sorted[lo]) * frac
 }
@@ -101,7 +105,14 @@ impl TestLevels {
 
     /// Uses given levels (0 = easiest) and weights; empty levels are dropped and the remaining weights
     /// rescaled so they keep the original total.
+    /// At most [`MAX_LEVELS`] weights, each finite and >= 0 with a finite sum.
     pub fn from_levels(level_of: Vec<usize>, weights: Vec<f64>) -> Result<Self, RewardError> {
+        if weights.len() > MAX_LEVELS {
+            return Err(RewardError::Config(format!(
+                "{} level weights given, at most {MAX_LEVELS} allowed",
+                weights.len()
+            )));
+        }
         if let Some(l) = level_of.iter().find(|&&l| l >= weights.len()) {
             return Err(RewardError::Config(format!(
                 "level {l} has no weight ({} weights)",
@@ -114,26 +125,47 @@ impl TestLevels {
             ));
         }
         let total: f64 = weights.iter().sum();
-        let used: Vec<usize> = (0..weights.len())
-            .filter(|l| level_of.contains(l))
-            .collect();
+        if !total.is_finite() {
+            return Err(RewardError::Config(
+                "level weights must have a finite sum".into(),
+            ));
+        }
+        let mut present = vec![false; weights.len()];
+        for &l in &level_of {
+            present[l] = true;
+        }
+        // old level → new (dense) level, for the levels that have tests
+        let mut remap = vec![0usize; weights.len()];
+        let mut used = Vec::new();
+        for (l, _) in present.iter().enumerate().filter(|(_, &p)| p) {
+            remap[l] = used.len();
+            used.push(l);
+        }
         let used_total: f64 = used.iter().map(|&l| weights[l]).sum();
         let scale = if used_total > 0.0 {
             total / used_total
         } else {
             0.0
         };
-        let remap = |l: usize| used.iter().position(|&u| u == l).unwrap_or(0);
+        let weights: Vec<f64> = used.iter().map(|&l| weights[l] * scale).collect();
+        if weights.iter().any(|w| !w.is_finite()) {
+            return Err(RewardError::Config(
+                "level weights too large to rescale".into(),
+            ));
+        }
         Ok(TestLevels {
-            level_of: level_of.iter().map(|&l| remap(l)).collect(),
-            weights: used.iter().map(|&l| weights[l] * scale).collect(),
+            level_of: level_of.iter().map(|&l| remap[l]).collect(),
+            weights,
         })
     }
 
+    /// Tests per level (entries of `level_of` without a weight are ignored).
     fn counts(&self) -> Vec<usize> {
-        let mut c = vec![0; self.weights.len()];
+        let mut c = vec![0usize; self.weights.len()];
         for &l in &self.level_of {
-            c[l] += 1;
+            if let Some(n) = c.get_mut(l) {
+                *n += 1;
+            }
         }
         c
     }
@@ -159,6 +191,7 @@ pub fn strict(passed: &[bool], levels: &TestLevels) -> f64 {
 }
 
 /// Soft reward: each level's weight split equally over its tests, summed over passed tests.
+/// A test whose level has no weight (possible only in a hand-built [`TestLevels`]) earns nothing.
 pub fn soft(passed: &[bool], levels: &TestLevels) -> f64 {
     let counts = levels.counts();
     levels
@@ -166,7 +199,10 @@ pub fn soft(passed: &[bool], levels: &TestLevels) -> f64 {
         .iter()
         .enumerate()
         .filter(|(i, _)| passed.get(*i).copied().unwrap_or(false))
-        .map(|(_, &l)| levels.weights[l] / counts[l] as f64)
+        .filter_map(|(_, &l)| match (levels.weights.get(l), counts.get(l)) {
+            (Some(w), Some(&n)) if n > 0 => Some(w / n as f64),
+            _ => None,
+        })
         .sum()
 }
 
@@ -252,5 +288,41 @@ mod tests {
         assert!(TestLevels::from_pass_rates(&[0.1], &bad).is_err());
         assert!(TestLevels::from_pass_rates(&[1.5], &LevelConfig::default()).is_err());
         assert!(TestLevels::from_levels(vec![3], vec![1.0]).is_err());
+        assert!(TestLevels::from_levels(vec![0], vec![1.0; MAX_LEVELS + 1]).is_err());
+        assert!(TestLevels::from_levels(vec![0, 1], vec![f64::MAX, f64::MAX]).is_err());
+        assert!(TestLevels::from_levels(vec![0], vec![f64::NAN]).is_err());
+        let bad_q = LevelConfig {
+            split: Split::Quantiles(vec![f64::NAN]),
+            weights: vec![0.5; 2],
+        };
+        assert!(TestLevels::from_pass_rates(&[0.1, 0.2], &bad_q).is_err());
+        assert!(TestLevels::from_pass_rates(&[f64::NAN], &LevelConfig::default()).is_err());
+    }
+
+    #[test]
+    fn hand_built_levels_do_not_panic() {
+        let lv = TestLevels {
+            level_of: vec![0, 5, 1],
+            weights: vec![0.5, 0.5],
+        };
+        assert!(close(soft(&[true, true, true], &lv), 1.0));
+        assert!(close(strict(&[true, true, true], &lv), 1.0));
+        let empty = TestLevels {
+            level_of: vec![],
+            weights: vec![],
+        };
+        assert_eq!(soft(&[], &empty), 0.0);
+        assert_eq!(strict(&[], &empty), 0.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+        assert_eq!(quantile(&[1.0, 2.0], 7.0), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0], f64::NAN), 1.0);
+    }
+
+    #[test]
+    fn sparse_levels_are_dense_after_remap() {
+        let lv = TestLevels::from_levels(vec![7, 0, 7, 3], vec![0.125; 8]).unwrap();
+        assert_eq!(lv.level_of, vec![2, 0, 2, 1]);
+        assert_eq!(lv.weights.len(), 3);
+        assert!(close(lv.weights.iter().sum(), 1.0));
     }
 }

@@ -1,9 +1,10 @@
 //! Sandboxed execution of untrusted, model-written programs (Python first; see [`Language`]).
 //!
 //! Every run is a fresh process tree:
-//! * `pre_exec` (in the forked child, before exec): rlimits (CPU seconds, address space, processes, file
-//!   size, open files), a per-run unprivileged host uid/gid (so `RLIMIT_NPROC` is per run and nothing on the
-//!   host is writable), parent-death signal;
+//! * `pre_exec` (in the forked child, before exec): every inherited descriptor above 2 marked close-on-exec
+//!   (so fds the launching process got without `O_CLOEXEC` never reach the program), rlimits (CPU seconds,
+//!   address space, processes, file size, open files), a per-run unprivileged host uid/gid (so
+//!   `RLIMIT_NPROC` is per run and nothing on the host is writable), parent-death signal;
 //! * util-linux `unshare` creates new user, PID, network, mount, IPC and UTS namespaces (the user namespace
 //!   maps root inside to that unprivileged uid; the network namespace has only a downed loopback);
 //! * a small `/bin/sh` setup script (pid 1 of the new PID namespace) builds a new root on a tmpfs with the
@@ -21,6 +22,7 @@
 //! Using the util-linux tools instead of raw `unshare(2)`/`pivot_root(2)` keeps the PID-namespace double
 //! fork and mount plumbing out of `pre_exec`, where only async-signal-safe calls are allowed.
 
+use crate::RewardError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -140,10 +142,74 @@ impl Default for SandboxConfig {
             .map(PathBuf::from)
             .collect(),
             uid_base: 3_000_000,
-            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            concurrency: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(MAX_CONCURRENCY),
             work_root: std::env::temp_dir(),
         }
     }
+}
+
+/// Most concurrent runs [`SandboxConfig::concurrency`] may ask for (also the size of the uid range used).
+pub const MAX_CONCURRENCY: usize = 1024;
+/// Longest wall-clock limit [`SandboxConfig::validate`] accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Largest per-stream output cap [`SandboxConfig::validate`] accepts (each run buffers up to this much of
+/// stdout and of stderr).
+pub const MAX_OUTPUT_BYTES: usize = 1 << 30;
+
+impl SandboxConfig {
+    /// Checks that every limit is set and bounded: timeout in (0, [`MAX_TIMEOUT`]], rlimits and the tmpfs
+    /// size non-zero and below `RLIM_INFINITY`, output cap in 1..=[`MAX_OUTPUT_BYTES`], concurrency in
+    /// 1..=[`MAX_CONCURRENCY`], and a uid range `uid_base..uid_base + MAX_SLOTS` that avoids uid 0 and
+    /// `u32::MAX` (which `setresuid` reads as "unchanged").
+    pub fn validate(&self) -> Result<(), RewardError> {
+        let bad = |m: String| Err(RewardError::Config(m));
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return bad(format!(
+                "sandbox timeout {:?} outside (0, {:?}]",
+                self.timeout, MAX_TIMEOUT
+            ));
+        }
+        for (name, v) in [
+            ("cpu_seconds", self.cpu_seconds.max(1)),
+            ("memory_bytes", self.memory_bytes),
+            ("max_processes", self.max_processes),
+            ("max_file_bytes", self.max_file_bytes),
+            ("max_open_files", self.max_open_files),
+            ("tmp_bytes", self.tmp_bytes),
+        ] {
+            if v == 0 || v >= u64::MAX / 2 {
+                return bad(format!("sandbox {name} = {v} must be in 1..2^63"));
+            }
+        }
+        if self.max_output_bytes == 0 || self.max_output_bytes > MAX_OUTPUT_BYTES {
+            return bad(format!(
+                "sandbox max_output_bytes = {} must be in 1..={MAX_OUTPUT_BYTES}",
+                self.max_output_bytes
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return bad(format!(
+                "sandbox concurrency = {} must be in 1..={MAX_CONCURRENCY}",
+                self.concurrency
+            ));
+        }
+        if run_uid(self.uid_base, 0).is_none() || run_uid(self.uid_base, MAX_SLOTS - 1).is_none() {
+            return bad(format!(
+                "sandbox uid_base = {} leaves no room for {MAX_SLOTS} run uids",
+                self.uid_base
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Host uid of run slot `slot`: `uid_base + slot`, or `None` when that is root, overflows or is
+/// `u32::MAX` (`(uid_t)-1`, "leave unchanged" to `setresuid`, which would keep the run as root).
+fn run_uid(uid_base: u32, slot: usize) -> Option<u32> {
+    let uid = uid_base.checked_add(u32::try_from(slot).ok()?)?;
+    (uid != 0 && uid != u32::MAX).then_some(uid)
 }
 
 /// Raw result of one program run.
@@ -361,11 +427,81 @@ fn looks_like_oom(stderr: &str) -> bool {
         || stderr.contains("out of memory")
 }
 
+/// Upper bound (exclusive) for the `fcntl` fallback of [`cloexec_above_stdio`], computed in the parent
+/// (reading a directory allocates, which the forked child must not): one past the highest fd now open and
+/// at least the soft `RLIMIT_NOFILE` (capped at 2^20, the kernel's default `nr_open`). Descriptors opened
+/// later by this process come from std and are close-on-exec already.
+fn fd_scan_bound() -> libc::c_int {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::c_int>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall writing into a local struct.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur.min(1 << 20) as libc::c_int
+    } else {
+        1 << 20
+    };
+    highest.saturating_add(1).max(soft)
+}
+
+/// Marks every descriptor above 2 close-on-exec, so none of them survives the exec of `unshare` (and so
+/// none reaches the sandboxed program): `close_range(3, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11), else
+/// `fcntl(F_SETFD)` on each fd in `3..bound`. Marking rather than closing keeps std's own exec-status pipe
+/// working until the exec. Async-signal-safe (raw syscalls only): called between fork and exec.
+fn cloexec_above_stdio(bound: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: raw syscalls on this process's own descriptor table, no memory is touched.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return Ok(());
+        }
+    }
+    cloexec_by_fcntl(bound)
+}
+
+/// The fallback of [`cloexec_above_stdio`]: `fcntl(F_SETFD, FD_CLOEXEC)` on every open fd in `3..bound`.
+fn cloexec_by_fcntl(bound: libc::c_int) -> std::io::Result<()> {
+    for fd in 3..bound {
+        // SAFETY: raw syscalls on this process's own descriptor table, no memory is touched.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0
+                && flags & libc::FD_CLOEXEC == 0
+                && libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `code` once with `stdin`, under the limits of `cfg`.
 pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig) -> RunOutput {
     let started = Instant::now();
     let slot = SlotGuard::acquire();
-    let uid = cfg.uid_base.saturating_add(slot.0 as u32);
+    let Some(uid) = run_uid(cfg.uid_base, slot.0) else {
+        return sandbox_error(
+            format!(
+                "no usable uid for slot {} from uid_base {}",
+                slot.0, cfg.uid_base
+            ),
+            started,
+        );
+    };
     let tmp = match make_temp(cfg, uid, lang, code) {
         Ok(t) => t,
         Err(e) => return sandbox_error(format!("temp dir: {e}"), started),
@@ -409,20 +545,22 @@ pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig
     let cpu = if cfg.cpu_seconds > 0 {
         cfg.cpu_seconds
     } else {
-        cfg.timeout.as_secs() + 2
+        cfg.timeout.as_secs().saturating_add(2)
     };
+    let fd_bound = fd_scan_bound();
     let limits = [
-        (libc::RLIMIT_CPU, cpu, cpu + 1),
+        (libc::RLIMIT_CPU, cpu, cpu.saturating_add(1)),
         (libc::RLIMIT_AS, cfg.memory_bytes, cfg.memory_bytes),
         (libc::RLIMIT_NPROC, cfg.max_processes, cfg.max_processes),
         (libc::RLIMIT_FSIZE, cfg.max_file_bytes, cfg.max_file_bytes),
         (libc::RLIMIT_NOFILE, cfg.max_open_files, cfg.max_open_files),
         (libc::RLIMIT_CORE, 0, 0),
     ];
-    // SAFETY: the closure only makes async-signal-safe syscalls (setrlimit, setgroups, setres[ug]id, prctl)
-    // on stack data, as required between fork and exec.
+    // SAFETY: the closure only makes async-signal-safe syscalls (close_range/fcntl, setrlimit, setgroups,
+    // setres[ug]id, prctl) on stack data, as required between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            cloexec_above_stdio(fd_bound)?;
             for (res, soft, hard) in limits {
                 let rl = libc::rlimit {
                     rlim_cur: soft as libc::rlim_t,
@@ -553,7 +691,7 @@ pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig
 
 fn pool(cfg: &SandboxConfig) -> Option<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.concurrency.max(1))
+        .num_threads(cfg.concurrency.clamp(1, MAX_CONCURRENCY))
         .build()
         .ok()
 }
@@ -674,5 +812,55 @@ pub fn probe(cfg: &SandboxConfig) -> Result<(), String> {
             r.detail.unwrap_or_default(),
             r.stderr
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Descriptors listed in a child's `/proc/self/fd` when `hook` runs before its exec.
+    fn child_fds(hook: fn(libc::c_int) -> std::io::Result<()>) -> Vec<i32> {
+        let bound = fd_scan_bound();
+        let mut cmd = Command::new("/bin/ls");
+        cmd.arg("/proc/self/fd").stdout(Stdio::piped());
+        // SAFETY: the hook only makes raw fcntl/close_range syscalls.
+        unsafe {
+            cmd.pre_exec(move || hook(bound));
+        }
+        let out = cmd.output().map(|o| o.stdout).unwrap_or_default();
+        String::from_utf8_lossy(&out)
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn inherited_fds_are_marked_cloexec_by_both_paths() {
+        if !Path::new("/proc/self/fd").exists() || !Path::new("/bin/ls").exists() {
+            eprintln!("SKIP: no /proc or /bin/ls");
+            return;
+        }
+        let mut p = [0i32; 2];
+        // SAFETY: pipe(2) creates two descriptors without FD_CLOEXEC; F_DUPFD a third, above 100.
+        let high = unsafe {
+            assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+            libc::fcntl(p[0], libc::F_DUPFD, 100)
+        };
+        let leaked = [p[0], p[1], high];
+        let plain = child_fds(|_| Ok(()));
+        let by_range = child_fds(cloexec_above_stdio);
+        let by_fcntl = child_fds(cloexec_by_fcntl);
+        // SAFETY: closing the descriptors this test created.
+        unsafe {
+            for fd in leaked {
+                libc::close(fd);
+            }
+        }
+        assert!(leaked.iter().all(|fd| plain.contains(fd)), "{plain:?}");
+        for got in [by_range, by_fcntl] {
+            // ls sees 0, 1, 2 and the directory it is reading
+            assert!(got.iter().all(|&fd| fd <= 3), "{got:?}");
+        }
     }
 }

@@ -339,3 +339,223 @@ fn code_jsonl_end_to_end() {
     assert_eq!(st.correct, 2);
     assert_clean(&cfg);
 }
+
+/// Descriptors this test process leaked on purpose (no `FD_CLOEXEC`); closed or re-marked on drop so that
+/// a failing assertion does not leave them open for the other tests.
+struct LeakedFds {
+    /// Plain duplicates to close.
+    dups: Vec<i32>,
+    /// The file's own descriptor, whose close-on-exec flag is restored.
+    original: i32,
+}
+
+impl Drop for LeakedFds {
+    fn drop(&mut self) {
+        // SAFETY: plain syscalls on descriptors this test created.
+        unsafe {
+            for &fd in &self.dups {
+                libc::close(fd);
+            }
+            libc::fcntl(self.original, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// Defect class A: descriptors inherited without `O_CLOEXEC` (as from a launching shell's `7<file`) must
+/// not reach the sandboxed program, wherever they sit (low, middle, above the run's `RLIMIT_NOFILE`).
+#[test]
+fn hostile_inherited_fds() {
+    use std::os::fd::AsRawFd;
+    let Some(cfg) = cfg("fds") else { return };
+    let host = std::env::temp_dir().join(format!(
+        "mimo-reward-test-{}-fds-host.txt",
+        std::process::id()
+    ));
+    std::fs::write(&host, b"host secret\n").unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&host)
+        .unwrap();
+    let mut pipe = [0i32; 2];
+    // SAFETY: plain syscalls; `pipe(2)` (not pipe2) and F_DUPFD create descriptors without FD_CLOEXEC.
+    let leaked = unsafe {
+        assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0);
+        let ffd = file.as_raw_fd();
+        assert_eq!(libc::fcntl(ffd, libc::F_SETFD, 0), 0);
+        let mut dups = vec![pipe[0], pipe[1]];
+        for min in [40, 300] {
+            let fd = libc::fcntl(ffd, libc::F_DUPFD, min);
+            if fd >= 0 {
+                dups.push(fd);
+            }
+        }
+        let fd = libc::fcntl(pipe[1], libc::F_DUPFD, 50);
+        if fd >= 0 {
+            dups.push(fd);
+        }
+        // the reader must not block when the (hopefully empty) pipe is checked
+        libc::fcntl(
+            pipe[0],
+            libc::F_SETFL,
+            libc::fcntl(pipe[0], libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+        LeakedFds {
+            dups,
+            original: ffd,
+        }
+    };
+    let mut probe_fds: Vec<i32> = (3..=64).collect();
+    probe_fds.extend(leaked.dups.iter().copied().filter(|&fd| fd > 64));
+    probe_fds.push(leaked.original);
+    let code = format!(
+        "import os\n\
+         print('FDS', sorted(int(x) for x in os.listdir('/proc/self/fd')))\n\
+         hits = []\n\
+         for fd in {probe_fds:?}:\n\
+         \x20   try:\n\
+         \x20       hits.append(('read', fd, os.read(fd, 100)))\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   try:\n\
+         \x20       os.write(fd, b'pwned\\n')\n\
+         \x20       hits.append(('write', fd))\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         print('HITS', hits)\n"
+    );
+    let r = py(&code, &cfg);
+    assert_eq!(r.status, Status::Ok, "{r:?}");
+    let fds_line = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("FDS "))
+        .unwrap_or_default();
+    let listed: Vec<i32> = fds_line
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
+    // 0, 1, 2 and the descriptor listdir itself opened
+    assert!(
+        listed.len() <= 4 && listed.iter().all(|&fd| fd <= 3) && listed.starts_with(&[0, 1, 2]),
+        "fds visible in the sandbox: {listed:?} ({r:?})"
+    );
+    assert!(r.stdout.contains("HITS []"), "{}", r.stdout);
+    assert_eq!(std::fs::read(&host).unwrap(), b"host secret\n");
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into a local buffer from the non-blocking pipe this test created.
+    let n = unsafe { libc::read(pipe[0], buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        n <= 0,
+        "the sandbox wrote into a host pipe: {:?}",
+        &buf[..n as usize]
+    );
+    drop(leaked);
+    let _ = std::fs::remove_file(&host);
+    assert_clean(&cfg);
+}
+
+/// A uid range that would reach `u32::MAX` (`setresuid`'s "unchanged", i.e. root) or uid 0 is refused
+/// before anything runs, by `validate` and by `run_program` itself.
+#[test]
+fn unusable_uid_range_is_refused() {
+    for base in [0, u32::MAX, u32::MAX - 100] {
+        let cfg = SandboxConfig {
+            uid_base: base,
+            ..SandboxConfig::default()
+        };
+        assert!(cfg.validate().is_err(), "uid_base {base}");
+    }
+    let cfg = SandboxConfig {
+        uid_base: u32::MAX,
+        ..SandboxConfig::default()
+    };
+    let r = py("print('ran')", &cfg);
+    assert_eq!(r.status, Status::SandboxError, "{r:?}");
+    assert!(!r.stdout.contains("ran"));
+}
+
+#[test]
+fn config_limits_are_validated() {
+    assert!(SandboxConfig::default().validate().is_ok());
+    let bad = [
+        SandboxConfig {
+            concurrency: 0,
+            ..SandboxConfig::default()
+        },
+        SandboxConfig {
+            concurrency: 1 << 40,
+            ..SandboxConfig::default()
+        },
+        SandboxConfig {
+            timeout: Duration::ZERO,
+            ..SandboxConfig::default()
+        },
+        SandboxConfig {
+            timeout: Duration::MAX,
+            ..SandboxConfig::default()
+        },
+        SandboxConfig {
+            memory_bytes: u64::MAX,
+            ..SandboxConfig::default()
+        },
+        SandboxConfig {
+            max_open_files: 0,
+            ..SandboxConfig::default()
+        },
+        SandboxConfig {
+            max_output_bytes: usize::MAX,
+            ..SandboxConfig::default()
+        },
+    ];
+    for c in bad {
+        assert!(c.validate().is_err(), "{c:?}");
+    }
+}
+
+/// Defect class B end to end: invalid UTF-8, an 8-TB `test_levels` entry and a huge `timeout_s` are
+/// answered in place, and the valid lines around them still run.
+#[test]
+fn code_jsonl_bad_lines_do_not_stop_the_run() {
+    use mimo_reward::jsonl::{run_code_jsonl, CodeOptions};
+    let Some(cfg) = cfg("jsonl-bad") else { return };
+    let good = r#"{"code": "print(2*int(input()))", "tests": [{"stdin": "2", "stdout": "4"}], "test_levels": [0]}"#;
+    let mut input = Vec::new();
+    input.extend_from_slice(good.as_bytes());
+    input.extend_from_slice(b"\n{\"code\": \"\xc3\x28\"}\n");
+    input.extend_from_slice(
+        br#"{"code": "print(1)", "tests": [{"stdin": "", "stdout": "1"}], "test_levels": [1000000000000]}"#,
+    );
+    input.extend_from_slice(b"\n\n");
+    input.extend_from_slice(br#"{"code": "print(1)", "test_program": "pass", "timeout_s": 1e300}"#);
+    input.push(b'\n');
+    input.extend_from_slice(good.as_bytes());
+    let mut out = Vec::new();
+    let st = run_code_jsonl(
+        &input[..],
+        &mut out,
+        &CodeOptions {
+            sandbox: cfg.clone(),
+            ..CodeOptions::default()
+        },
+    )
+    .unwrap();
+    let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(v.len(), 5);
+    for i in [0, 4] {
+        assert_eq!(v[i]["passed"], serde_json::json!([true]), "{}", v[i]);
+        assert_eq!(v[i]["strict"], 1.0);
+    }
+    assert_eq!(v[1]["line"], 2);
+    assert!(v[1]["error"].as_str().unwrap().contains("invalid UTF-8"));
+    assert_eq!(v[2]["line"], 3);
+    assert!(v[2]["error"].as_str().unwrap().contains("test_levels"));
+    assert_eq!(v[3]["line"], 5);
+    assert!(v[3]["error"].as_str().unwrap().contains("timeout_s"));
+    assert_eq!((st.lines, st.malformed, st.correct), (5, 3, 2));
+    assert_clean(&cfg);
+}

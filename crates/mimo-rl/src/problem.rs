@@ -59,7 +59,15 @@ fn string_field(v: &serde_json::Value, keys: &[&str]) -> Option<String> {
 /// Reads problems from JSONL; `kinds` (if non-empty) keeps only those families. Bad lines are errors naming the
 /// line: RL data is small and curated, silently dropping a problem would change the run.
 pub fn load_problems(path: &Path, kinds: &[String]) -> Result<Vec<RlProblem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| RlError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        // Which line is at fault, not just "stream did not contain valid UTF-8".
+        std::io::ErrorKind::InvalidData => RlError::Data(format!(
+            "{}:{}: invalid UTF-8",
+            path.display(),
+            first_bad_utf8_line(path)
+        )),
+        _ => RlError::io(path, e),
+    })?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -122,4 +130,33 @@ pub fn load_problems(path: &Path, kinds: &[String]) -> Result<Vec<RlProblem>> {
         )));
     }
     Ok(out)
+}
+
+/// 1-based line of the first invalid UTF-8 byte of `path` (0 when it cannot be read again).
+fn first_bad_utf8_line(path: &Path) -> usize {
+    let Ok(bytes) = std::fs::read(path) else {
+        return 0;
+    };
+    let at = std::str::from_utf8(&bytes)
+        .err()
+        .map_or(0, |e| e.valid_up_to());
+    bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.jsonl");
+        std::fs::write(
+            &f,
+            b"{\"prompt\": \"a\", \"answer\": \"1\"}\n\n{\"prompt\": \"\xc3\"}\n",
+        )
+        .unwrap();
+        let e = load_problems(&f, &[]).unwrap_err().to_string();
+        assert!(e.contains("p.jsonl:3: invalid UTF-8"), "{e}");
+    }
 }

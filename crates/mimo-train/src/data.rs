@@ -260,7 +260,15 @@ pub fn read_sft_jsonl(
     chat_template: bool,
     vocab_size: usize,
 ) -> Result<Vec<SftSample>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        // Which line is at fault, not just "stream did not contain valid UTF-8".
+        std::io::ErrorKind::InvalidData => TrainError::Data(format!(
+            "{}:{}: invalid UTF-8",
+            path.display(),
+            first_bad_utf8_line(path)
+        )),
+        _ => TrainError::io(path, e),
+    })?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -325,6 +333,17 @@ pub fn read_sft_jsonl(
         )));
     }
     Ok(out)
+}
+
+/// 1-based line of the first invalid UTF-8 byte of `path` (0 when it cannot be read again).
+fn first_bad_utf8_line(path: &Path) -> usize {
+    let Ok(bytes) = std::fs::read(path) else {
+        return 0;
+    };
+    let at = std::str::from_utf8(&bytes)
+        .err()
+        .map_or(0, |e| e.valid_up_to());
+    bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]

@@ -342,33 +342,49 @@ impl Expr {
         found
     }
 
-    /// Collects free symbols into `out` (sorted, deduplicated by caller).
+    /// Collects free symbols into `out` in order of first appearance, without duplicates.
     pub fn symbols(&self, out: &mut Vec<String>) {
+        let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
         self.walk(&mut |e| {
             if let Expr::Sym(s) = e {
-                if !out.contains(s) {
+                if seen.insert(s.clone()) {
                     out.push(s.clone());
                 }
             }
         });
     }
 
-    /// Pre-order traversal.
+    /// Pre-order traversal (iterative, so any depth is safe).
     pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
-        f(self);
+        let mut stack = vec![self];
+        while let Some(e) = stack.pop() {
+            f(e);
+            let at = stack.len();
+            e.each_child(&mut |c| stack.push(c));
+            stack[at..].reverse();
+        }
+    }
+
+    /// Calls `f` on each direct child, left to right.
+    pub fn each_child<'a>(&'a self, f: &mut dyn FnMut(&'a Expr)) {
         match self {
-            Expr::Add(v) | Expr::Mul(v) => v.iter().for_each(|e| e.walk(f)),
-            Expr::Neg(a) | Expr::Func(_, a) | Expr::Fact(a) | Expr::Percent(a) => a.walk(f),
+            Expr::Add(v) | Expr::Mul(v) => v.iter().for_each(f),
+            Expr::Neg(a) | Expr::Func(_, a) | Expr::Fact(a) | Expr::Percent(a) => f(a),
             Expr::Div(a, b)
             | Expr::Pow(a, b)
             | Expr::Log(a, b)
             | Expr::Root(a, b)
             | Expr::Binom(a, b) => {
-                a.walk(f);
-                b.walk(f);
+                f(a);
+                f(b);
             }
             _ => {}
         }
+    }
+
+    /// Height of the tree (a leaf is 1), computed without recursion.
+    pub fn depth(&self) -> usize {
+        tree_depth(Item::E(self))
     }
 
     /// Replaces `x%` by `x` everywhere.
@@ -405,4 +421,57 @@ impl Expr {
     pub fn is_zero_lit(&self) -> bool {
         matches!(self, Expr::Num(r, _) if r.is_zero())
     }
+}
+
+impl Node {
+    /// Height of the tree including the expressions inside (a leaf is 1), computed without recursion.
+    pub fn depth(&self) -> usize {
+        tree_depth(Item::N(self))
+    }
+
+    /// Short name of the answer form, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Expr(_) => "an expression",
+            Node::Tuple(_) => "a tuple",
+            Node::Set(_) => "a set",
+            Node::List(_) => "a list",
+            Node::Interval(..) => "an interval",
+            Node::Union(_) => "a union",
+            Node::Matrix(_) => "a matrix",
+            Node::Rel(..) => "a relation",
+            Node::Text(_) => "text",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    N(&'a Node),
+    E(&'a Expr),
+}
+
+fn tree_depth(root: Item<'_>) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((item, d)) = stack.pop() {
+        max = max.max(d);
+        let mut push = |it| stack.push((it, d + 1));
+        match item {
+            Item::E(e) => e.each_child(&mut |c| push(Item::E(c))),
+            Item::N(n) => match n {
+                Node::Expr(e) => push(Item::E(e)),
+                Node::Tuple(v) | Node::Set(v) | Node::List(v) | Node::Union(v) | Node::Rel(v, _) => {
+                    v.iter().for_each(|c| push(Item::N(c)))
+                }
+                Node::Interval(a, b, ..) => {
+                    push(Item::N(a));
+                    push(Item::N(b));
+                }
+                Node::Matrix(rows) => rows.iter().flatten().for_each(|c| push(Item::N(c))),
+                Node::Text(_) => {}
+            },
+        }
+    }
+    max
 }

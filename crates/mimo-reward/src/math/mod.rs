@@ -9,7 +9,10 @@
 //!   matrices, equations and inequalities (`x = 2` matches a bare gold `2`; `x > 2` matches `(2, \infty)`).
 //!
 //! Every comparison runs under a deadline checked inside the parser and evaluator loops, so a case always
-//! finishes in about the given time from any thread (no signals).
+//! finishes in about the given time from any thread (no signals). Input never drives unbounded recursion
+//! (nesting is capped at [`parse::MAX_NESTING`], trees at [`parse::MAX_TREE_DEPTH`]), work is linear in the
+//! input before the first deadline check, and values that cannot be decided exactly (beyond
+//! [`eval::MAX_BITS`], f64 overflow/underflow) never compare equal: such inputs give `correct = false`.
 
 pub mod ast;
 pub mod eval;
@@ -44,6 +47,17 @@ pub enum MathError {
     Timeout,
     #[error("parse error: {0}")]
     Parse(String),
+    /// The input exceeds a safety bound (nesting depth, literal length, exponent size).
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl MathError {
+    /// Whether the answer was refused (timeout or bound) rather than merely unparsable: the lenient
+    /// string comparison must not then decide the case.
+    fn refused(&self) -> bool {
+        matches!(self, MathError::Timeout | MathError::Limit(_))
+    }
 }
 
 /// A deadline checked cooperatively in loops.
@@ -73,6 +87,8 @@ type R<T> = Result<T, MathError>;
 
 /// Inputs longer than this are cut to their tail before extraction (answers are at the end).
 const MAX_PRED_CHARS: usize = 20_000;
+/// Printed forms in a verdict are cut after this many bytes.
+const MAX_PRINTED: usize = 4096;
 
 /// Verifies a model response `pred` against the reference answer `gold` within `timeout`.
 ///
@@ -81,12 +97,15 @@ const MAX_PRED_CHARS: usize = 20_000;
 pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
     let dl = Deadline::after(timeout);
     let mut errors = Vec::new();
+    // the lenient string comparison is allowed only when nothing was refused
+    let mut lenient = true;
 
     let gold_src = normalize::last_boxed(gold).unwrap_or_else(|| gold.to_string());
     let gold_norm = normalize::normalize(&gold_src);
     let gold_node = match parse_norm(&gold_norm, &dl) {
         Ok(n) => Some(n),
         Err(e) => {
+            lenient &= !e.refused();
             errors.push(format!("gold: {e}"));
             None
         }
@@ -98,30 +117,17 @@ pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
         errors.push("pred: no answer found".into());
         return MathVerdict {
             correct: false,
-            gold_parsed: gold_node.map(|n| n.to_string()),
+            gold_parsed: gold_node.as_ref().map(printed),
             pred_parsed: None,
             error: Some(errors.join("; ")),
         };
     }
-    let mut pred_node = None;
-    let mut pred_norm_first = None;
-    for c in &cands {
-        let n = normalize::normalize(c);
-        if pred_norm_first.is_none() {
-            pred_norm_first = Some(n.clone());
-        }
-        match parse_norm(&n, &dl) {
-            Ok(node) => {
-                pred_node = Some(node);
-                break;
-            }
-            Err(MathError::Timeout) => break,
-            Err(_) => {}
-        }
-    }
-    let pred_norm_first = pred_norm_first.unwrap_or_default();
+    let (pred_node, pred_norm_first) = parse_candidates(&cands, &dl, &mut lenient);
     if pred_node.is_none() {
-        errors.push(format!("pred: could not parse {pred_norm_first:?}"));
+        errors.push(format!(
+            "pred: could not parse {:?}",
+            parse::clip(&pred_norm_first, 200)
+        ));
     }
 
     let correct = match (&gold_node, &pred_node) {
@@ -133,17 +139,67 @@ pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
             }
         },
         // string fallback when either side is unparsable
-        _ => {
+        _ if lenient => {
             let gk = normalize::text_key(&gold_norm);
             !gk.is_empty() && gk == normalize::text_key(&pred_norm_first)
         }
+        _ => false,
     };
     MathVerdict {
         correct,
-        gold_parsed: gold_node.map(|n| n.to_string()),
-        pred_parsed: pred_node.map(|n| n.to_string()),
+        gold_parsed: gold_node.as_ref().map(printed),
+        pred_parsed: pred_node.as_ref().map(printed),
         error: (!errors.is_empty()).then(|| errors.join("; ")),
     }
+}
+
+/// Parses the first candidate that parses; returns it with the normalised first candidate. A refused
+/// candidate (timeout or bound) clears `lenient`; a timeout stops the search.
+fn parse_candidates(cands: &[String], dl: &Deadline, lenient: &mut bool) -> (Option<Node>, String) {
+    let mut first = None;
+    for c in cands {
+        let n = normalize::normalize(c);
+        let res = parse_norm(&n, dl);
+        if first.is_none() {
+            first = Some(n);
+        }
+        match res {
+            Ok(node) => return (Some(node), first.unwrap_or_default()),
+            Err(e) => {
+                *lenient &= !e.refused();
+                if matches!(e, MathError::Timeout) {
+                    break;
+                }
+            }
+        }
+    }
+    (None, first.unwrap_or_default())
+}
+
+/// `n` printed, cut after [`MAX_PRINTED`] bytes (the cut stops the formatting early, so a huge answer
+/// costs no more than the cap).
+fn printed(n: &Node) -> String {
+    use std::fmt::Write;
+    struct Capped(String);
+    impl Write for Capped {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if self.0.len() + s.len() > MAX_PRINTED {
+                let mut k = MAX_PRINTED.saturating_sub(self.0.len()).min(s.len());
+                while !s.is_char_boundary(k) {
+                    k -= 1;
+                }
+                self.0.push_str(&s[..k]);
+                return Err(std::fmt::Error);
+            }
+            self.0.push_str(s);
+            Ok(())
+        }
+    }
+    let mut out = Capped(String::new());
+    if write!(out, "{n}").is_err() {
+        out.0.push('…');
+    }
+    out.0
 }
 
 fn tail_chars(s: &str, n: usize) -> &str {
@@ -289,7 +345,7 @@ pub fn expr_equiv(a: &Expr, b: &Expr, dl: &Deadline) -> R<bool> {
     let mut syms = Vec::new();
     a.symbols(&mut syms);
     b.symbols(&mut syms);
-    syms.sort();
+    syms.sort_unstable();
     let mut pts = Points(0x5EED ^ syms.len() as u64);
     let rounds = if syms.is_empty() {
         1

@@ -1,10 +1,23 @@
 //! String-level LaTeX normalisation and answer extraction.
+//!
+//! Everything here is iterative and linear in the input (no pass re-scans the string once per match), so
+//! it is safe on arbitrarily long or deeply nested text before the parser's deadline checks begin.
 
 use regex::Regex;
+use std::collections::HashMap;
 use std::sync::LazyLock;
+
+/// Most layers of `$…$`, `\(…\)`, `\boxed{…}` peeled off one answer.
+const MAX_UNWRAP: usize = 8;
+/// Most trailing unit words stripped from one answer.
+const MAX_UNIT_WORDS: usize = 4;
 
 /// Finds the argument of the last `\boxed{…}` / `\fbox{…}` (balanced braces), if any.
 pub fn last_boxed(s: &str) -> Option<String> {
+    last_boxed_str(s).map(str::to_string)
+}
+
+fn last_boxed_str(s: &str) -> Option<&str> {
     let mut best: Option<usize> = None;
     for pat in ["\\boxed", "\\fbox"] {
         if let Some(k) = s.rfind(pat) {
@@ -18,14 +31,14 @@ pub fn last_boxed(s: &str) -> Option<String> {
     let rest = &s[start..];
     let trimmed = rest.trim_start();
     if let Some(inner) = trimmed.strip_prefix('{') {
-        return balanced(inner).map(|x| x.to_string());
+        return balanced(inner);
     }
     // `\boxed 5` form: up to the next `$` or whitespace
     let end = trimmed
         .find(|c: char| c == '$' || c.is_whitespace())
         .unwrap_or(trimmed.len());
     let v = &trimmed[..end];
-    (!v.is_empty()).then(|| v.to_string())
+    (!v.is_empty()).then_some(v)
 }
 
 /// Given the text right after an opening `{`, returns the content up to its matching `}`.
@@ -157,60 +170,90 @@ const KNOWN_WORDS: &[&str] = &[
     "arctan", "sinh", "cosh", "tanh", "oo", "inf", "infty", "and", "or",
 ];
 
+/// Byte offsets of matching `{`/`}` pairs (escaped braces skipped as in [`balanced`]), in one pass.
+fn brace_pairs(s: &str) -> HashMap<usize, usize> {
+    let mut open = Vec::new();
+    let mut pairs = HashMap::new();
+    let mut prev_backslash = false;
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '{' if !prev_backslash => open.push(i),
+            '}' if !prev_backslash => {
+                if let Some(o) = open.pop() {
+                    pairs.insert(o, i);
+                }
+            }
+            _ => {}
+        }
+        prev_backslash = ch == '\\' && !prev_backslash;
+    }
+    pairs
+}
+
 /// Removes `\cmd{…}` groups (balanced), calling `f(content)` to get the replacement.
 fn replace_cmd_groups(s: &str, cmd: &str, f: &dyn Fn(&str) -> String) -> String {
+    if !s.contains(cmd) {
+        return s.to_string();
+    }
+    let pairs = brace_pairs(s);
     let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(k) = rest.find(cmd) {
-        let after = &rest[k + cmd.len()..];
-        // make sure it is the whole command name (\text vs \textbf)
-        if after.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            out.push_str(&rest[..k + cmd.len()]);
-            rest = after;
-            continue;
-        }
-        let a = after.trim_start();
-        if let Some(inner) = a.strip_prefix('{') {
-            if let Some(content) = balanced(inner) {
-                out.push_str(&rest[..k]);
-                out.push_str(&f(content));
-                rest = &inner[content.len() + 1..];
-                continue;
+    let mut pos = 0;
+    while let Some(k) = s[pos..].find(cmd) {
+        let (at, after) = (pos + k, pos + k + cmd.len());
+        // the whole command name only (\text vs \textbf)
+        let rest = &s[after..];
+        let open = after + (rest.len() - rest.trim_start().len());
+        let close = (!rest.starts_with(|c: char| c.is_ascii_alphabetic()))
+            .then(|| pairs.get(&open))
+            .flatten()
+            .filter(|_| s[open..].starts_with('{'));
+        match close {
+            Some(&close) => {
+                out.push_str(&s[pos..at]);
+                out.push_str(&f(&s[open + 1..close]));
+                pos = close + 1;
+            }
+            None => {
+                out.push_str(&s[pos..after]);
+                pos = after;
             }
         }
-        out.push_str(&rest[..k + cmd.len()]);
-        rest = after;
     }
-    out.push_str(rest);
+    out.push_str(&s[pos..]);
     out
+}
+
+/// Peels surrounding math delimiters and a leading `\boxed{…}` (at most [`MAX_UNWRAP`] layers).
+fn unwrap_delims(mut s: &str) -> &str {
+    for _ in 0..MAX_UNWRAP {
+        let before = s.len();
+        for (a, b) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")] {
+            if s.len() >= a.len() + b.len() && s.starts_with(a) && s.ends_with(b) {
+                s = s[a.len()..s.len() - b.len()].trim();
+            }
+        }
+        if s.starts_with("\\boxed") || s.starts_with("\\fbox") {
+            if let Some(b) = last_boxed_str(s) {
+                s = b;
+            }
+        }
+        if s.len() == before {
+            break;
+        }
+    }
+    s
 }
 
 /// Normalises one answer string (already extracted) to the form the parser expects.
 pub fn normalize(ans: &str) -> String {
-    let mut s = ans.trim().to_string();
-    // strip surrounding math delimiters
-    loop {
-        let before = s.clone();
-        for (a, b) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")] {
-            if s.len() >= a.len() + b.len() && s.starts_with(a) && s.ends_with(b) {
-                s = s[a.len()..s.len() - b.len()].trim().to_string();
-            }
-        }
-        if let Some(b) = last_boxed(&s) {
-            if s.trim_start().starts_with("\\boxed") || s.trim_start().starts_with("\\fbox") {
-                s = b;
-            }
-        }
-        if s == before {
-            break;
-        }
-    }
-    s = s.replace("\\left.", "").replace("\\right.", "");
+    let s = unwrap_delims(ans.trim());
+    let mut s = s.replace("\\left.", "").replace("\\right.", "");
     // thousands separated by thin spaces: 1\,000
-    while let Some(m) = THIN_THOUSANDS.find(&s) {
-        let r = m.as_str().replace("\\,", "").replace("\\ ", "");
-        s.replace_range(m.range(), &r);
-    }
+    s = THIN_THOUSANDS
+        .replace_all(&s, |c: &regex::Captures<'_>| {
+            c[0].replace("\\,", "").replace("\\ ", "")
+        })
+        .into_owned();
     // protect matrix row separators from the spacing-command rule
     s = s.replace("\\\\", "\u{2}");
     s = SPACING.replace_all(&s, " ").into_owned();
@@ -285,7 +328,10 @@ pub fn normalize(ans: &str) -> String {
         s = s.replace(',', "");
     }
     // trailing plain-text units ("5 cm", "12 dollars")
-    while let Some(c) = UNIT_TAIL.captures(&s) {
+    for _ in 0..MAX_UNIT_WORDS {
+        let Some(c) = UNIT_TAIL.captures(&s) else {
+            break;
+        };
         let word = c[2].trim_end_matches(|ch: char| !ch.is_ascii_alphabetic());
         if KNOWN_WORDS.contains(&word.to_ascii_lowercase().as_str()) {
             break;

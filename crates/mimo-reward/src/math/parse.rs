@@ -10,6 +10,37 @@ use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::{Num, Zero};
 
+/// Deepest nesting the parser accepts: brackets, braces, `\frac`/`\sqrt`/function arguments, signs and
+/// exponents each count one level. Legitimate answers stay far below it; it keeps the recursive parser
+/// (and every later tree walk) well inside a 256 KiB stack.
+pub const MAX_NESTING: usize = 64;
+/// Tallest expression tree the parser returns (loops such as `a/b/c/…` or `x!!!…` deepen a tree without
+/// nesting); every tree walk after parsing recurses at most this deep.
+pub const MAX_TREE_DEPTH: usize = 160;
+/// Longest number literal accepted, in digits (longer ones are refused rather than parsed in quadratic time).
+pub const MAX_DIGITS: usize = 5000;
+/// Largest `e`/`E` exponent of a scientific literal.
+const MAX_SCI_EXP: u64 = 400;
+
+fn limit<T>(m: impl Into<String>) -> R<T> {
+    Err(MathError::Limit(m.into()))
+}
+
+/// At most `n` characters of `s`, marking a cut with `…` (error messages quote input).
+pub fn clip(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((k, _)) => format!("{}…", &s[..k]),
+        None => s.to_string(),
+    }
+}
+
+fn show(t: &Tok) -> String {
+    match t {
+        Tok::Num(s) | Tok::Ident(s) | Tok::Cmd(s) => format!("{:?}", clip(s, 40)),
+        t => format!("{t:?}"),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     /// Decimal literal text (digits, optional point, optional exponent).
@@ -265,20 +296,25 @@ pub fn parse_answer(s: &str, dl: &Deadline) -> Result<Node, MathError> {
     if toks.is_empty() {
         return Err(MathError::Parse("empty answer".into()));
     }
-    let mut p = Parser { t: toks, i: 0, dl };
+    let mut p = Parser {
+        t: toks,
+        i: 0,
+        depth: 0,
+        dl,
+    };
     let n = p.top()?;
-    if p.i < p.t.len() {
-        return Err(MathError::Parse(format!(
-            "unexpected token {:?} at position {}",
-            p.t[p.i], p.i
-        )));
+    if let Some(t) = p.t.get(p.i) {
+        return perr(format!("unexpected token {} at position {}", show(t), p.i));
     }
+    check_tree(n.depth())?;
     Ok(n)
 }
 
 struct Parser<'a> {
     t: Vec<Tok>,
     i: usize,
+    /// Current nesting level (see [`MAX_NESTING`]).
+    depth: usize,
     dl: &'a Deadline,
 }
 
@@ -292,11 +328,30 @@ fn as_expr(n: Node) -> R<Expr> {
     match n {
         Node::Expr(e) => Ok(e),
         Node::Tuple(mut v) | Node::List(mut v) if v.len() == 1 => as_expr(v.remove(0)),
-        other => perr(format!("expected a scalar expression, found {other}")),
+        other => perr(format!("expected a scalar expression, found {}", other.kind())),
     }
 }
 
+/// Refuses a tree taller than [`MAX_TREE_DEPTH`].
+fn check_tree(depth: usize) -> R<()> {
+    if depth > MAX_TREE_DEPTH {
+        return limit(format!("expression nested deeper than {MAX_TREE_DEPTH}"));
+    }
+    Ok(())
+}
+
 impl Parser<'_> {
+    /// Runs `f` one nesting level deeper, refusing input nested beyond [`MAX_NESTING`].
+    fn nested<T>(&mut self, f: fn(&mut Self) -> R<T>) -> R<T> {
+        if self.depth >= MAX_NESTING {
+            return limit(format!("expression nested deeper than {MAX_NESTING}"));
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+
     fn peek(&self) -> Option<&Tok> {
         self.t.get(self.i)
     }
@@ -312,7 +367,8 @@ impl Parser<'_> {
         if self.eat(&t) {
             Ok(())
         } else {
-            perr(format!("expected {t:?}, found {:?}", self.peek()))
+            let found = self.peek().map_or_else(|| "end of input".into(), show);
+            perr(format!("expected {t:?}, found {found}"))
         }
     }
 
@@ -397,7 +453,8 @@ impl Parser<'_> {
 
     fn term(&mut self) -> R<Node> {
         let first = self.unary()?;
-        let mut acc: Option<Expr> = None;
+        // the product/quotient so far and its tree depth
+        let mut acc: Option<(Expr, usize)> = None;
         let mut first = Some(first);
         loop {
             self.dl.check()?;
@@ -410,42 +467,44 @@ impl Parser<'_> {
             } else {
                 break;
             };
-            let lhs = match acc.take() {
-                Some(e) => e,
-                None => as_expr(
-                    first
-                        .take()
-                        .ok_or_else(|| MathError::Parse("term".into()))?,
-                )?,
+            let (lhs, ld) = match acc.take() {
+                Some(x) => x,
+                None => {
+                    let e = as_expr(
+                        first
+                            .take()
+                            .ok_or_else(|| MathError::Parse("term".into()))?,
+                    )?;
+                    let d = e.depth();
+                    (e, d)
+                }
             };
             let rhs = as_expr(self.unary()?)?;
-            acc = Some(match op {
-                '*' => match lhs {
-                    Expr::Mul(mut v) => {
-                        v.push(rhs);
-                        Expr::Mul(v)
-                    }
-                    l => Expr::Mul(vec![l, rhs]),
-                },
-                _ => Expr::Div(Box::new(lhs), Box::new(rhs)),
-            });
+            let rd = rhs.depth();
+            let next = match (op, lhs) {
+                ('*', Expr::Mul(mut v)) => {
+                    v.push(rhs);
+                    (Expr::Mul(v), ld.max(rd + 1))
+                }
+                ('*', l) => (Expr::Mul(vec![l, rhs]), 1 + ld.max(rd)),
+                (_, l) => (Expr::Div(Box::new(l), Box::new(rhs)), 1 + ld.max(rd)),
+            };
+            check_tree(next.1)?;
+            acc = Some(next);
         }
         match acc {
-            Some(e) => Ok(Node::Expr(e)),
+            Some((e, _)) => Ok(Node::Expr(e)),
             None => first.ok_or_else(|| MathError::Parse("term".into())),
         }
     }
 
     fn unary(&mut self) -> R<Node> {
         if self.eat(&Tok::Minus) {
-            let inner = as_expr(self.unary()?)?;
-            return Ok(Node::Expr(match inner {
-                Expr::Inf => Expr::Neg(Box::new(Expr::Inf)),
-                e => Expr::Neg(Box::new(e)),
-            }));
+            let inner = as_expr(self.nested(Self::unary)?)?;
+            return Ok(Node::Expr(Expr::Neg(Box::new(inner))));
         }
         if self.eat(&Tok::Plus) {
-            return self.unary();
+            return self.nested(Self::unary);
         }
         self.power()
     }
@@ -462,17 +521,18 @@ impl Parser<'_> {
             }
             let exp = self.exponent()?;
             let b = as_expr(base)?;
-            let mut n = Node::Expr(Expr::Pow(Box::new(b), Box::new(exp)));
-            while self.eat(&Tok::Bang) {
-                n = Node::Expr(Expr::Fact(Box::new(as_expr(n)?)));
-            }
-            return Ok(n);
+            let n = Node::Expr(Expr::Pow(Box::new(b), Box::new(exp)));
+            return self.postfix_ops(n, false);
         }
         Ok(base)
     }
 
     /// Exponent after `^`: a braced group, or a single token (LaTeX), or a signed primary (plain text).
     fn exponent(&mut self) -> R<Expr> {
+        self.nested(Self::exponent_at)
+    }
+
+    fn exponent_at(&mut self) -> R<Expr> {
         if self.eat(&Tok::Minus) {
             return Ok(Expr::Neg(Box::new(self.exponent()?)));
         }
@@ -493,15 +553,26 @@ impl Parser<'_> {
     }
 
     fn postfix(&mut self) -> R<Node> {
-        let mut n = self.primary()?;
+        let n = self.primary()?;
+        self.postfix_ops(n, true)
+    }
+
+    /// Applies trailing `!` (and `%` when `percent`), bounding the depth the chain adds.
+    fn postfix_ops(&mut self, mut n: Node, percent: bool) -> R<Node> {
+        let mut depth = None;
         loop {
-            if self.eat(&Tok::Bang) {
-                n = Node::Expr(Expr::Fact(Box::new(as_expr(n)?)));
-            } else if self.eat(&Tok::Percent) {
-                n = Node::Expr(Expr::Percent(Box::new(as_expr(n)?)));
+            let wrap: fn(Box<Expr>) -> Expr = if self.eat(&Tok::Bang) {
+                Expr::Fact
+            } else if percent && self.eat(&Tok::Percent) {
+                Expr::Percent
             } else {
                 return Ok(n);
-            }
+            };
+            let e = as_expr(n)?;
+            let d = 1 + depth.unwrap_or_else(|| e.depth());
+            check_tree(d)?;
+            depth = Some(d);
+            n = Node::Expr(wrap(Box::new(e)));
         }
     }
 
@@ -526,6 +597,10 @@ impl Parser<'_> {
     }
 
     fn primary(&mut self) -> R<Node> {
+        self.nested(Self::primary_at)
+    }
+
+    fn primary_at(&mut self) -> R<Node> {
         self.dl.check()?;
         let Some(t) = self.peek().cloned() else {
             return perr("unexpected end of input");
@@ -663,7 +738,7 @@ impl Parser<'_> {
                 }
                 Ok(Node::Tuple(items))
             }
-            other => perr(format!("unexpected token {other:?}")),
+            other => perr(format!("unexpected token {}", show(&other))),
         }
     }
 
@@ -756,28 +831,35 @@ fn tok_text(t: &Tok) -> String {
 }
 
 /// Parses a decimal literal (with optional exponent) to an exact rational, flagged as decimal when it
-/// has a fractional part or exponent.
+/// has a fractional part or exponent. Literals beyond [`MAX_DIGITS`] digits or a `10^±400` exponent are
+/// refused with [`MathError::Limit`].
 pub fn num_from_str(s: &str) -> R<Expr> {
     let (mant, exp) = match s.find(['e', 'E']) {
-        Some(k) => (&s[..k], s[k + 1..].parse::<i64>().ok()),
+        Some(k) => (&s[..k], Some(&s[k + 1..])),
         None => (s, None),
     };
-    let (ip, fp) = match mant.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (mant, ""),
-    };
-    let digits = format!("{ip}{fp}");
-    let digits = if digits.is_empty() {
+    let (ip, fp) = mant.split_once('.').unwrap_or((mant, ""));
+    if ip.len() + fp.len() > MAX_DIGITS {
+        return limit(format!("number with more than {MAX_DIGITS} digits"));
+    }
+    let digits = if ip.is_empty() && fp.is_empty() {
         "0".to_string()
     } else {
-        digits
+        format!("{ip}{fp}")
     };
-    let n = BigInt::from_str_radix(&digits, 10)
-        .map_err(|_| MathError::Parse(format!("bad number {s:?}")))?;
+    let bad = || MathError::Parse(format!("bad number {:?}", clip(s, 40)));
+    let n = BigInt::from_str_radix(&digits, 10).map_err(|_| bad())?;
     let mut r = BigRational::new(n, BigInt::from(10u32).pow(fp.len() as u32));
     if let Some(e) = exp {
-        if e.unsigned_abs() > 400 {
-            return perr(format!("exponent too large in {s:?}"));
+        let e: i64 = match e.parse() {
+            Ok(e) => e,
+            Err(_) if e.trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit()) => {
+                return limit(format!("exponent too large in {:?}", clip(s, 40)))
+            }
+            Err(_) => return Err(bad()),
+        };
+        if e.unsigned_abs() > MAX_SCI_EXP {
+            return limit(format!("exponent too large in {:?}", clip(s, 40)));
         }
         let p = BigRational::from_integer(BigInt::from(10u32).pow(e.unsigned_abs() as u32));
         r = if e >= 0 { r * p } else { r / p };
