@@ -74,7 +74,7 @@ struct Rendered {
     line: Value,
     /// Exclusion reason, `None` for a document with text.
     reason: Option<String>,
-    /// Elements whose structure was flattened (past [`MAX_STRUCTURE_DEPTH`](crate::html::MAX_STRUCTURE_DEPTH)).
+    /// Elements or tags whose structure was dropped (past [`MAX_STRUCTURE_DEPTH`](crate::html::MAX_STRUCTURE_DEPTH)).
     flattened: usize,
 }
 
@@ -321,9 +321,12 @@ fn render(item: &Item) -> Rendered {
         Ok(t) if t.text.trim().is_empty() => (
             json!({"url": url, "error": "no text extracted"}),
             Some("no_text".to_string()),
-            t.flattened,
+            t.flattened + t.dropped_tags,
         ),
-        Ok(t) => (json!({"url": url, "text": t.text}), None, t.flattened),
+        Ok(t) => {
+            let flat = t.flattened + t.dropped_tags;
+            (json!({"url": url, "text": t.text}), None, flat)
+        }
         Err(_) => (
             json!({"url": url, "error": "extractor panicked"}),
             Some("internal_error".to_string()),

@@ -22,10 +22,13 @@ use scraper::{Html, Node};
 
 pub use crate::mathml::mathml_to_tex;
 
-/// Element depth past which structure is flattened: deeper elements keep their text (and math and code
-/// handling) but add no block breaks, list markers, table separators or link-density pruning. The tree
-/// is walked with an explicit stack, so no depth can overflow the call stack; the bound only keeps
-/// absurd nesting (5,000 unclosed `<li>`) from turning into thousands of marker lines.
+/// Nesting bound (the one browsers use for their DOM). Before parsing, tags that would open elements
+/// deeper than this are dropped and their text kept (`<pre>`, `<code>` and math carriers get a few extra
+/// levels); so are formatting elements past 32 active ones, which html5ever would otherwise rebuild at
+/// every block. This keeps html5ever's work linear (its scope checks scan the open-element stack). The
+/// walker then flattens whatever still lies deeper (elements html5ever adds itself): their text, math
+/// and code are kept, without block breaks, list markers, table separators or link-density pruning.
+/// Every walk uses an explicit stack, so no depth can overflow the call stack.
 pub const MAX_STRUCTURE_DEPTH: usize = 512;
 
 /// Text of a document with the figures the extract stage reports.
@@ -35,8 +38,10 @@ pub struct HtmlText {
     pub text: String,
     /// Deepest element nesting in the parsed tree (the document node is depth 0).
     pub max_depth: usize,
-    /// Elements past [`MAX_STRUCTURE_DEPTH`] whose structure was dropped (their text is kept).
+    /// Elements past [`MAX_STRUCTURE_DEPTH`] whose structure the walker dropped (their text is kept).
     pub flattened: usize,
+    /// Tags removed before parsing for nesting past the bounds (their text is kept).
+    pub dropped_tags: usize,
 }
 
 /// Extracts the main text of an HTML document, math as `$…$` LaTeX and code in fenced blocks.
@@ -46,7 +51,8 @@ pub fn html_to_text(html: &str) -> String {
 
 /// [`html_to_text`] with nesting figures.
 pub fn extract_text(html: &str) -> HtmlText {
-    let doc = Html::parse_document(html);
+    let limited = crate::nesting::limit(html);
+    let doc = Html::parse_document(&limited.html);
     let mut r = Renderer::default();
     r.run(doc.tree.root());
     let out = finish(&r.out);
@@ -54,6 +60,7 @@ pub fn extract_text(html: &str) -> HtmlText {
         text: convert_tex_delimiters(&out),
         max_depth: r.max_depth,
         flattened: r.flattened,
+        dropped_tags: limited.dropped,
     }
 }
 
@@ -724,7 +731,7 @@ fn raw_text_skips(e: &Element) -> bool {
     has_class(e, "linenos") || has_class(e, "lineno") || e.name() == "script" || e.name() == "style"
 }
 
-/// Collapses runs of blank lines and trims line ends.
+/// Collapses runs of blank lines and trims line ends (and the text's end).
 fn finish(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank = 0;
@@ -748,6 +755,8 @@ fn finish(s: &str) -> String {
         blank = 0;
         out.push_str(l);
     }
+    // An unclosed fence keeps its blank lines; none may trail the text.
+    out.truncate(out.trim_end().len());
     out
 }
 

@@ -24,6 +24,7 @@ pub mod filter;
 pub mod html;
 mod mathml;
 pub mod minhash;
+mod nesting;
 pub mod pack;
 pub mod packed;
 mod stream;

@@ -199,7 +199,9 @@ fn token(node: NodeRef<'_, Node>, el: &Element, out: &mut String) {
     if let Some(cmd) = single.and_then(symbol) {
         out.push_str(cmd);
         out.push(' ');
-    } else if el.name() == "mi" && t.chars().count() > 1 && t.chars().all(|c| c.is_ascii_alphabetic())
+    } else if el.name() == "mi"
+        && t.chars().count() > 1
+        && t.chars().all(|c| c.is_ascii_alphabetic())
     {
         if FUNCTIONS.contains(&t) {
             out.push('\\');
@@ -291,4 +293,3 @@ fn symbol(c: char) -> Option<&'static str> {
         _ => return None,
     })
 }
-

@@ -25,12 +25,11 @@
 
 use crate::common::{
     check_task, line_of, read_marker, read_text, text_of, write_json_file, AtomicWriter, BadLines,
-    JsonlReader, Line, Report,
-    ShardReport, SplitMix64,
+    JsonlReader, Line, Report, ShardReport, SplitMix64,
 };
 use crate::DataError;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -322,28 +321,9 @@ pub fn pack(args: &PackArgs) -> Result<Report, DataError> {
         report.add(sr);
     }
     // Index once every task is done.
-    let mut shards = Vec::new();
-    let mut sources: BTreeMap<String, u64> = BTreeMap::new();
-    let mut complete = true;
-    for t in 0..args.num_tasks {
-        match read_marker(&args.output.join(format!("task-{t:05}.done"))) {
-            Some(m) => {
-                if let Some(v) = m.extra.get("shards") {
-                    let s: Vec<ShardEntry> = serde_json::from_value(v.clone()).unwrap_or_default();
-                    shards.extend(s);
-                }
-                if let Some(v) = m.extra.get("source_tokens") {
-                    let s: BTreeMap<String, u64> =
-                        serde_json::from_value(v.clone()).unwrap_or_default();
-                    for (k, v) in s {
-                        *sources.entry(k).or_default() += v;
-                    }
-                }
-            }
-            None => complete = false,
-        }
-    }
-    if complete {
+    let gathered = gather_markers(&args.output, args.num_tasks)?;
+    let complete = gathered.is_some();
+    if let Some((shards, sources)) = gathered {
         let dst = args.output.join("tokenizer.json");
         let bytes = std::fs::read(&args.tokenizer).map_err(DataError::io(&args.tokenizer))?;
         let mut w = AtomicWriter::create(&dst)?;
@@ -374,6 +354,33 @@ pub fn pack(args: &PackArgs) -> Result<Report, DataError> {
         json!(tokens as f64 / report.seconds.max(1e-9)),
     );
     Ok(report)
+}
+
+/// Shards and tokens per source gathered from the task markers.
+type Gathered = (Vec<ShardEntry>, BTreeMap<String, u64>);
+
+/// Shards and per-source token counts from every task's marker; `None` while a task is unfinished.
+/// A marker whose figures do not parse is an error naming it.
+fn gather_markers(dir: &Path, num_tasks: usize) -> Result<Option<Gathered>, DataError> {
+    let mut shards = Vec::new();
+    let mut sources: BTreeMap<String, u64> = BTreeMap::new();
+    for t in 0..num_tasks {
+        let path = dir.join(format!("task-{t:05}.done"));
+        let Some(m) = read_marker(&path) else {
+            return Ok(None);
+        };
+        let field = |k: &str| m.extra.get(k).cloned().unwrap_or(Value::Null);
+        let bad = |k: &str, e: serde_json::Error| DataError::parse(&path, 0, format!("{k}: {e}"));
+        let s: Option<Vec<ShardEntry>> =
+            serde_json::from_value(field("shards")).map_err(|e| bad("shards", e))?;
+        shards.extend(s.unwrap_or_default());
+        let st: Option<BTreeMap<String, u64>> =
+            serde_json::from_value(field("source_tokens")).map_err(|e| bad("source_tokens", e))?;
+        for (k, v) in st.unwrap_or_default() {
+            *sources.entry(k).or_default() += v;
+        }
+    }
+    Ok(Some((shards, sources)))
 }
 
 fn pack_task(

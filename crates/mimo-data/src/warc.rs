@@ -6,7 +6,7 @@
 //! - a payload over [`WarcLimits::max_record_bytes`] (16 MiB by default, measured after decompression)
 //!   is streamed past without being buffered and counted as oversized; if a record header turns up
 //!   inside the claimed payload, the length was bogus and reading resumes there;
-//! - gzip input is decoded member by member ([`crate::stream::GzMembers`]): corrupt members are skipped to
+//! - gzip input is decoded member by member (`stream::GzMembers`): corrupt members are skipped to
 //!   the next gzip header, and a member expanding past the record cap at more than
 //!   [`WarcLimits::max_gzip_ratio`]× is abandoned as a decompression bomb;
 //! - a truncated final record yields one error.
@@ -25,7 +25,8 @@ pub struct WarcLimits {
     pub max_record_bytes: u64,
     /// Largest header block; a longer one is malformed and skipped.
     pub max_header_bytes: usize,
-    /// Gzip members may expand past `max_record_bytes` only below this ratio.
+    /// Gzip members may expand past `max_record_bytes` only below this ratio (decompressed/compressed);
+    /// WARC text compresses 3–10×, a run of one byte ~1000×.
     pub max_gzip_ratio: u64,
 }
 
@@ -34,7 +35,7 @@ impl Default for WarcLimits {
         WarcLimits {
             max_record_bytes: 16 << 20,
             max_header_bytes: 64 << 10,
-            max_gzip_ratio: 256,
+            max_gzip_ratio: 100,
         }
     }
 }
@@ -155,7 +156,11 @@ pub fn read_warc(r: impl Read, limits: &WarcLimits, mut f: impl FnMut(WarcDoc)) 
             Ok(Next::Nothing) => {}
             Err(e) => {
                 rd.stats.malformed += 1;
-                f(err(None, WarcErrorKind::Io, format!("WARC read error: {e}")));
+                f(err(
+                    None,
+                    WarcErrorKind::Io,
+                    format!("WARC read error: {e}"),
+                ));
                 break;
             }
         }
@@ -206,8 +211,9 @@ impl Headers {
     /// True when the record would be yielded as HTML (`http_head` is the start of the payload).
     fn is_html(&self, http_head: &[u8]) -> bool {
         match self.wtype.as_str() {
-            "response" if self.ctype.contains("application/http") => http_content_type(http_head)
-                .is_some_and(|(ct, _, _)| ct.contains("html")),
+            "response" if self.ctype.contains("application/http") => {
+                http_content_type(http_head).is_some_and(|(ct, _, _)| ct.contains("html"))
+            }
             "resource" | "response" => self.ctype.contains("html"),
             _ => false,
         }
@@ -335,8 +341,16 @@ impl<R: Read> Reader<'_, R> {
                     return Ok(Err(Next::Doc(d)));
                 }
                 LineRead::TooLong => {
-                    let d = format!("WARC header longer than {} bytes", self.limits.max_header_bytes);
-                    return Ok(Err(self.resync(h.url, WarcErrorKind::BadHeader, &d, false)?));
+                    let d = format!(
+                        "WARC header longer than {} bytes",
+                        self.limits.max_header_bytes
+                    );
+                    return Ok(Err(self.resync(
+                        h.url,
+                        WarcErrorKind::BadHeader,
+                        &d,
+                        false,
+                    )?));
                 }
             };
             room = room.saturating_sub(line.len());
@@ -392,8 +406,19 @@ impl<R: Read> Reader<'_, R> {
     fn length_mismatch(&mut self, url: Option<String>, len: u64, body: &[u8]) -> io::Result<Next> {
         self.stats.malformed += 1;
         self.stats.resyncs += 1;
-        match find_record_start(body) {
+        let start = if is_record_start(body) {
+            Some(0)
+        } else {
+            find_record_start(body)
+        };
+        // A body ending in the first bytes of a record start ("WAR") is resumed there too.
+        let line = body.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+        match start {
             Some(i) => self.p.unread(&body[i..]),
+            None if body.len() - line < 6 => {
+                self.p.unread(&body[line..]);
+                scan_to_record(&mut self.p, u64::MAX, true)?;
+            }
             None => {
                 scan_to_record(&mut self.p, u64::MAX, false)?;
             }
@@ -408,7 +433,14 @@ impl<R: Read> Reader<'_, R> {
         let html = h.is_html(head);
         match scan_to_record(&mut self.p, len, true)? {
             Scan::Limit if self.at_boundary()? => {}
-            Scan::Limit => return self.resync(h.url, WarcErrorKind::BadLength, "oversized WARC record does not end at a record boundary", false),
+            Scan::Limit => {
+                return self.resync(
+                    h.url,
+                    WarcErrorKind::BadLength,
+                    "oversized WARC record does not end at a record boundary",
+                    false,
+                )
+            }
             Scan::Found => {
                 self.stats.malformed += 1;
                 self.stats.resyncs += 1;
@@ -487,7 +519,11 @@ fn read_line<R: Read>(p: &mut Peek<R>, max: usize) -> io::Result<LineRead> {
 
 /// Consumes input until a line that starts a record (left unread), `limit` bytes, or the end.
 /// `line_start`: whether the current position is at the start of a line.
-fn scan_to_record<R: Read>(p: &mut Peek<R>, mut limit: u64, mut line_start: bool) -> io::Result<Scan> {
+fn scan_to_record<R: Read>(
+    p: &mut Peek<R>,
+    mut limit: u64,
+    mut line_start: bool,
+) -> io::Result<Scan> {
     loop {
         if line_start && is_record_start(p.peek(6)?) {
             return Ok(Scan::Found);
@@ -499,7 +535,9 @@ fn scan_to_record<R: Read>(p: &mut Peek<R>, mut limit: u64, mut line_start: bool
         if chunk.is_empty() {
             return Ok(Scan::Eof);
         }
-        let window = &chunk[..chunk.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        let window = &chunk[..chunk
+            .len()
+            .min(usize::try_from(limit).unwrap_or(usize::MAX))];
         let (n, nl) = match window.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
             None => (window.len(), false),

@@ -42,7 +42,11 @@ const CASES: &[(&str, &str, &str)] = &[
     ("<blockquote>", "deep text", "deep text"),
     ("<a href=x>", "deep text", "deep text"),
     ("<span>", "<pre>let x = 1;</pre>", "let x = 1;"),
-    ("<div class=content>", "<code>deep_code()</code>", "deep_code()"),
+    (
+        "<div class=content>",
+        "<code>deep_code()</code>",
+        "deep_code()",
+    ),
 ];
 
 #[test]
@@ -58,12 +62,27 @@ fn deep_elements_keep_their_text() {
 
 #[test]
 fn structure_is_flattened_past_the_bound() {
+    // Tags past the bound are dropped before parsing, so the tree stays about that deep.
     let t = run("<div>", 5_000, "deep text");
-    assert!(t.max_depth > 5_000, "{}", t.max_depth);
-    assert!(t.flattened > 4_000, "{}", t.flattened);
+    assert!(t.max_depth <= MAX_STRUCTURE_DEPTH + 8, "{}", t.max_depth);
+    assert!(t.dropped_tags > 4_000, "{}", t.dropped_tags);
+    for open in [
+        "<ul><li>",
+        "<table><tr><td>",
+        "<b>",
+        "<mrow>",
+        "<blockquote>",
+    ] {
+        let t = run(open, 50_000, "deep text");
+        assert!(
+            t.max_depth <= 2 * MAX_STRUCTURE_DEPTH,
+            "{open}: {}",
+            t.max_depth
+        );
+    }
     // Shallow nesting keeps its structure.
     let t = run("<div>", MAX_STRUCTURE_DEPTH / 2, "deep text");
-    assert_eq!(t.flattened, 0);
+    assert_eq!((t.flattened, t.dropped_tags), (0, 0));
     // Nested lists do not turn into thousands of marker lines.
     let t = run("<ul><li>", 20_000, "deep text");
     let lines = t.text.lines().count();
@@ -72,7 +91,11 @@ fn structure_is_flattened_past_the_bound() {
 
 #[test]
 fn deep_code_keeps_whitespace() {
-    let t = run("<span>", 50_000, "<pre class=\"language-python\">def f():\n    return 1</pre>");
+    let t = run(
+        "<span>",
+        50_000,
+        "<pre class=\"language-python\">def f():\n    return 1</pre>",
+    );
     assert!(t.text.contains("def f():\n    return 1"), "{:.300}", t.text);
 }
 
@@ -87,7 +110,11 @@ fn deep_mathml_converts() {
         assert!(t.text.contains("$x$"), "{:.200}", t.text);
         let html = format!("<math>{}<mn>1</mn>", "<mfrac><mi>a</mi>".repeat(depth));
         let t = small_stack(move || extract_text(&html));
-        assert!(t.text.starts_with("$\\frac{a}{\\frac{a}"), "{:.200}", t.text);
+        assert!(
+            t.text.starts_with("$\\frac{a}{\\frac{a}"),
+            "{:.200}",
+            t.text
+        );
         let html = format!("<math>{}<mn>2</mn>", "<msup><mi>b</mi>".repeat(depth));
         let t = small_stack(move || extract_text(&html));
         assert!(t.text.contains("{b}^{{b}^"), "{:.200}", t.text);
@@ -132,4 +159,46 @@ fn deep_skipped_subtrees_and_mixed_soup() {
     let nav = format!("<p>keep</p><nav>{}drop</nav>", "<div>".repeat(50_000));
     let t = small_stack(move || extract_text(&nav));
     assert_eq!(t.text, "keep");
+}
+
+#[test]
+fn rebuilt_formatting_and_unmatched_end_tags_stay_bounded() {
+    // html5ever re-creates every distinct unclosed formatting element at each block: without a cap this
+    // builds n²/2 nodes (4,000 repetitions: 8 M).
+    let html: String = (0..20_000)
+        .map(|i| format!("<div><b id={i}>x{i}</div>"))
+        .collect();
+    let t = small_stack(move || extract_text(&html));
+    assert!(t.text.contains("x19999"), "{:.200}", t.text);
+    assert!(t.dropped_tags > 19_000, "{}", t.dropped_tags);
+    assert!(t.max_depth < 100, "{}", t.max_depth);
+    // Unmatched end tags under deep inline nesting (each scans the open-element stack).
+    let html = format!("{}text{}", "<span>".repeat(50_000), "</p>".repeat(50_000));
+    let t = small_stack(move || extract_text(&html));
+    assert!(t.text.contains("text"));
+    assert!(t.max_depth <= MAX_STRUCTURE_DEPTH + 8, "{}", t.max_depth);
+}
+
+#[test]
+fn foreign_content_cannot_hide_nesting() {
+    // Found by the fuzzer: markup the bound's bookkeeping took for raw text (a `<script>` inside SVG or
+    // MathML is not raw) or for a breakout that never happened (its tag was dropped).
+    let deep = "<div>".repeat(20_000);
+    let cases = [
+        format!("{}<math><div><script>{deep}x", "<ul>".repeat(600)),
+        format!("<svg><mi><script>{deep}x"),
+        format!("<math><annotation-xml><script>{deep}x"),
+        format!("<math><annotation-xml encoding=\"text/html\"><script>{deep}</script>{deep}x"),
+        format!("<mfrac><math><mi><math></mfrac><![CDATA[{deep}x"),
+        format!("<math><mi><mglyph><script>{deep}x"),
+    ];
+    for html in cases {
+        let head = html[..40].to_string();
+        let t = small_stack(move || extract_text(&html));
+        assert!(
+            t.max_depth <= 2 * MAX_STRUCTURE_DEPTH,
+            "{head}: {}",
+            t.max_depth
+        );
+    }
 }

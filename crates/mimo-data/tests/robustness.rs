@@ -70,7 +70,7 @@ fn poison_document_does_not_stop_its_shard_or_the_next() {
     assert_eq!(la[2]["text"], "after the poison");
     assert_eq!(lines(&out.join("b.jsonl"))[0]["text"], "second shard");
     assert!(out.join("a.done").exists() && out.join("b.done").exists());
-    assert_eq!(r.extra["docs_flattened"], 1);
+    assert_eq!(r.extra["docs_flattened"], 2, "both deep documents");
     assert!(temps_in(&out).is_empty(), "{:?}", temps_in(&out));
 }
 
@@ -104,7 +104,11 @@ fn stale_temporaries_are_removed_on_resume() {
     let out = d.join("out");
     std::fs::create_dir_all(&out).unwrap();
     // Left by crashed runs (no such processes), and one of a live process (PID 1) that must stay.
-    for name in ["s.jsonl.tmp4000000000", "s.jsonl.tmp4000000001", "s.done.tmp4000000002"] {
+    for name in [
+        "s.jsonl.tmp4000000000",
+        "s.jsonl.tmp4000000001",
+        "s.done.tmp4000000002",
+    ] {
         std::fs::write(out.join(name), "partial").unwrap();
     }
     std::fs::write(out.join("s.jsonl.tmp1"), "live").unwrap();
@@ -165,17 +169,31 @@ fn check_bad_records(l: &[Value]) {
     let texts: Vec<&str> = l.iter().filter_map(|v| v["text"].as_str()).collect();
     assert_eq!(
         texts,
-        ["good one", "good two", "good three", "good four", "good five"],
+        [
+            "good one",
+            "good two",
+            "good three",
+            "good four",
+            "good five"
+        ],
         "{l:?}"
     );
-    for url in ["http://bad/nan", "http://bad/huge", "http://bad/long", "http://bad/short"] {
+    for url in [
+        "http://bad/nan",
+        "http://bad/huge",
+        "http://bad/long",
+        "http://bad/short",
+    ] {
         assert!(
             l.iter().any(|v| v["url"] == url && v["error"].is_string()),
             "{url} reported: {l:?}"
         );
     }
     let last = &l[l.len() - 1];
-    assert!(last["error"].as_str().unwrap().contains("truncated"), "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("truncated"),
+        "{last}"
+    );
 }
 
 #[test]
@@ -193,7 +211,8 @@ fn warc_resynchronises_after_bad_lengths_plain_and_gzip() {
             let n = corrupt.len();
             corrupt[n / 2..n - 8].iter_mut().for_each(|b| *b ^= 0x5a);
             gz.extend(corrupt);
-            let mut bomb = b"WARC/1.0\r\nWARC-Type: resource\r\nContent-Type: text/html\r\n".to_vec();
+            let mut bomb =
+                b"WARC/1.0\r\nWARC-Type: resource\r\nContent-Type: text/html\r\n".to_vec();
             bomb.extend(format!("Content-Length: {}\r\n\r\n", 64 << 20).as_bytes());
             bomb.resize(bomb.len() + (64 << 20), b'a');
             gz.extend(gzip(&bomb));
@@ -224,7 +243,11 @@ fn warc_resynchronises_after_bad_lengths_plain_and_gzip() {
 fn oversized_records_are_skipped_and_counted() {
     let big = format!("<p>{}</p>", "word ".repeat(2_000));
     let mut w = http_record("http://big/", &big);
-    w.extend(record_with_length("http://video/", &"v".repeat(50_000), "50000"));
+    w.extend(record_with_length(
+        "http://video/",
+        &"v".repeat(50_000),
+        "50000",
+    ));
     w.extend(http_record("http://after/", "<p>after big</p>"));
     let limits = WarcLimits {
         max_record_bytes: 4096,
@@ -258,6 +281,28 @@ fn warc_garbage_and_interrupted_headers() {
 }
 
 #[test]
+fn warc_length_ending_inside_the_next_record_start() {
+    // The claimed block ends three bytes into the next record's "WARC/1.0" line.
+    let page = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<p>cut</p>";
+    let len = (page.len() + "\r\n\r\nWAR".len()).to_string();
+    let mut w = record_with_length("http://cut/", page, &len);
+    w.extend(http_record("http://next/", "<p>next one</p>"));
+    for len in ["0", "1"] {
+        w.extend(record_with_length("http://short/", page, len));
+        w.extend(http_record("http://after/", "<p>after short</p>"));
+    }
+    let mut docs = Vec::new();
+    let st = read_warc(&w[..], &WarcLimits::default(), |d| docs.push(d));
+    let ok: Vec<_> = docs.iter().filter_map(|d| d.html.as_ref().ok()).collect();
+    assert_eq!(ok.len(), 3, "{docs:?}");
+    assert!(
+        ok[0].contains("next one") && ok[2].contains("after short"),
+        "{ok:?}"
+    );
+    assert_eq!(st.malformed, 3, "{st:?}");
+}
+
+#[test]
 fn bad_jsonl_lines_name_file_and_line() {
     let d = tmpdir("jsonl-lines");
     let input = d.join("in.jsonl");
@@ -282,17 +327,33 @@ fn bad_jsonl_lines_name_file_and_line() {
             .find(|e| e["line"] == n)
             .unwrap_or_else(|| panic!("line {n}: {exc:?}"))
     };
-    for (n, reason) in [(2, "invalid_utf8"), (4, "not_an_object"), (5, "truncated_json")] {
+    for (n, reason) in [
+        (2, "invalid_utf8"),
+        (4, "not_an_object"),
+        (5, "truncated_json"),
+    ] {
         let e = by_line(n);
         assert_eq!(e["reason"], format!("malformed:{reason}"));
-        assert!(e["detail"].as_str().unwrap().starts_with(&format!("{p}:{n}:")), "{e}");
+        assert!(
+            e["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{p}:{n}:")),
+            "{e}"
+        );
     }
     // Classifier training skips such lines and says which.
     let train = d.join("train.jsonl");
     let mut t = String::new();
     for i in 0..20 {
-        t.push_str(&format!("{}\n", json!({"text": format!("math {i} equation"), "label": "math"})));
-        t.push_str(&format!("{}\n", json!({"text": format!("cake {i} recipe"), "label": "food"})));
+        t.push_str(&format!(
+            "{}\n",
+            json!({"text": format!("math {i} equation"), "label": "math"})
+        ));
+        t.push_str(&format!(
+            "{}\n",
+            json!({"text": format!("cake {i} recipe"), "label": "food"})
+        ));
     }
     t.push_str("{oops\n{\"text\": \"no label\"}\n");
     std::fs::write(&train, t).unwrap();
@@ -312,7 +373,11 @@ fn bad_jsonl_lines_name_file_and_line() {
 #[test]
 fn whole_file_json_errors_name_the_line() {
     let d = tmpdir("json-files");
-    std::fs::write(d.join("index.json"), b"{\n  \"dtype\": \"u32\",\n  \"x\": \"\xff\"\n}").unwrap();
+    std::fs::write(
+        d.join("index.json"),
+        b"{\n  \"dtype\": \"u32\",\n  \"x\": \"\xff\"\n}",
+    )
+    .unwrap();
     let e = mimo_data::PackedDataset::open(&d).unwrap_err().to_string();
     assert!(e.contains("index.json:3:") && e.contains("UTF-8"), "{e}");
     std::fs::write(d.join("index.json"), "{\n  \"dtype\": \"u32\",\n  oops\n}").unwrap();
