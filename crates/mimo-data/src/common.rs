@@ -307,9 +307,15 @@ pub(crate) fn read_text(path: &Path) -> Result<String, DataError> {
         .map_err(DataError::io(path))?;
     String::from_utf8(b).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..at].iter().filter(|&&c| c == b'\n').count() as u64 + 1;
+        let line = invalid_utf8_line(e.as_bytes()).unwrap_or(1);
         DataError::parse(path, line, format!("invalid UTF-8 at byte {at}"))
     })
+}
+
+/// 1-based line of the first invalid UTF-8 byte of `bytes`, None when all of it is valid UTF-8.
+pub fn invalid_utf8_line(bytes: &[u8]) -> Option<u64> {
+    let at = std::str::from_utf8(bytes).err()?.valid_up_to();
+    Some(bytes[..at].iter().filter(|&&c| c == b'\n').count() as u64 + 1)
 }
 
 /// 1-based line of a byte offset in `s`.

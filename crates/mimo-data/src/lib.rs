@@ -33,7 +33,7 @@ pub mod warc;
 pub use classifier::{
     classifier_score, classifier_train, Classifier, ClassifierScoreArgs, ClassifierTrainArgs,
 };
-pub use common::{Report, ShardReport, SplitMix64};
+pub use common::{invalid_utf8_line, Report, ShardReport, SplitMix64};
 pub use decontam::{decontaminate, DecontamArgs};
 pub use dedup::{dedup, DedupArgs, DedupStage};
 pub use error::DataError;

@@ -336,14 +336,11 @@ pub fn read_sft_jsonl(
 }
 
 /// 1-based line of the first invalid UTF-8 byte of `path` (0 when it cannot be read again).
-fn first_bad_utf8_line(path: &Path) -> usize {
-    let Ok(bytes) = std::fs::read(path) else {
-        return 0;
-    };
-    let at = std::str::from_utf8(&bytes)
-        .err()
-        .map_or(0, |e| e.valid_up_to());
-    bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1
+fn first_bad_utf8_line(path: &Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| mimo_data::invalid_utf8_line(&b))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

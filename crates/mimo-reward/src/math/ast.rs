@@ -461,9 +461,11 @@ fn tree_depth(root: Item<'_>) -> usize {
             Item::E(e) => e.each_child(&mut |c| push(Item::E(c))),
             Item::N(n) => match n {
                 Node::Expr(e) => push(Item::E(e)),
-                Node::Tuple(v) | Node::Set(v) | Node::List(v) | Node::Union(v) | Node::Rel(v, _) => {
-                    v.iter().for_each(|c| push(Item::N(c)))
-                }
+                Node::Tuple(v)
+                | Node::Set(v)
+                | Node::List(v)
+                | Node::Union(v)
+                | Node::Rel(v, _) => v.iter().for_each(|c| push(Item::N(c))),
                 Node::Interval(a, b, ..) => {
                     push(Item::N(a));
                     push(Item::N(b));

@@ -123,7 +123,11 @@ fn pow_int(b: &BigRational, n: &BigInt) -> R {
     }
     if b.abs().is_one() {
         let neg = b.is_negative() && n.is_odd();
-        return Ok(Val::Exact(if neg { -BigRational::one() } else { BigRational::one() }));
+        return Ok(Val::Exact(if neg {
+            -BigRational::one()
+        } else {
+            BigRational::one()
+        }));
     }
     let k = n.magnitude().to_u64().ok_or(EvalErr::Inexact)?;
     // x^k has at least (bits(x) - 1)·k + 1 bits: refuse before computing anything gigantic
@@ -295,12 +299,14 @@ fn func(f: Func, v: Val) -> R {
 /// `a + b` / `a · b` of two values (integers skip the gcd of general rational arithmetic).
 fn arith(a: Val, b: Val, mul: bool) -> R {
     match (a, b) {
-        (Val::Exact(x), Val::Exact(y)) => Val::exact(match (x.is_integer() && y.is_integer(), mul) {
-            (true, false) => BigRational::from_integer(x.numer() + y.numer()),
-            (true, true) => BigRational::from_integer(x.numer() * y.numer()),
-            (false, false) => x + y,
-            (false, true) => x * y,
-        }),
+        (Val::Exact(x), Val::Exact(y)) => {
+            Val::exact(match (x.is_integer() && y.is_integer(), mul) {
+                (true, false) => BigRational::from_integer(x.numer() + y.numer()),
+                (true, true) => BigRational::from_integer(x.numer() * y.numer()),
+                (false, false) => x + y,
+                (false, true) => x * y,
+            })
+        }
         (a, b) => {
             let (x, y) = (a.float()?, b.float()?);
             checked(if mul { x * y } else { x + y }, &[x, y], mul)
@@ -423,5 +429,6 @@ pub fn val_eq(a: &Val, b: &Val, tol: Tol) -> bool {
 fn exact_close(x: &BigRational, y: &BigRational) -> bool {
     let d = (x - y).abs();
     let abs_tol = BigRational::new(BigInt::from(5), BigInt::from(10_000_000));
-    d <= abs_tol || d * BigRational::from_integer(BigInt::from(1_000_000_000)) <= x.abs().max(y.abs())
+    d <= abs_tol
+        || d * BigRational::from_integer(BigInt::from(1_000_000_000)) <= x.abs().max(y.abs())
 }

@@ -328,7 +328,10 @@ fn as_expr(n: Node) -> R<Expr> {
     match n {
         Node::Expr(e) => Ok(e),
         Node::Tuple(mut v) | Node::List(mut v) if v.len() == 1 => as_expr(v.remove(0)),
-        other => perr(format!("expected a scalar expression, found {}", other.kind())),
+        other => perr(format!(
+            "expected a scalar expression, found {}",
+            other.kind()
+        )),
     }
 }
 
@@ -853,7 +856,11 @@ pub fn num_from_str(s: &str) -> R<Expr> {
     if let Some(e) = exp {
         let e: i64 = match e.parse() {
             Ok(e) => e,
-            Err(_) if e.trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit()) => {
+            Err(_)
+                if e.trim_start_matches(['+', '-'])
+                    .bytes()
+                    .all(|b| b.is_ascii_digit()) =>
+            {
                 return limit(format!("exponent too large in {:?}", clip(s, 40)))
             }
             Err(_) => return Err(bad()),

@@ -286,30 +286,45 @@ fn works_from_threads() {
 #[test]
 #[ignore]
 fn zz_stack_probe() {
-    let kb: usize = std::env::var("STACK_KB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let kb: usize = std::env::var("STACK_KB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
     let shape = std::env::var("SHAPE").unwrap_or_default();
-    let n: usize = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(63);
-    let h = std::thread::Builder::new().stack_size(kb * 1024).spawn(move || {
-        let (o, c) = match shape.as_str() {
-            "paren" => ("(", ")"),
-            "brace" => ("{", "}"),
-            "frac" => ("\\frac{1}{", "}"),
-            "sqrt" => ("\\sqrt{", "}"),
-            "pow" => ("2^{", "}"),
-            "left" => ("\\left(", "\\right)"),
-            "neg" => ("-", ""),
-            "sin" => ("\\sin ", ""),
-            "abs" => ("|", "|"),
-            "set" => ("\\{", "\\}"),
-            "cf" => ("1+\\frac{1}{", "}"),
-            "mix" => ("\\sqrt{1+\\frac{2}{(", ")}}"),
-            _ => ("(", ")"),
-        };
-        let e = format!("{}x{}", o.repeat(n), c.repeat(n));
-        let v = verify(&e, &format!("\\boxed{{{e}}}"), Duration::from_secs(20));
-        let w = verify(&e, &format!("\\boxed{{{e}+0}}"), Duration::from_secs(20));
-        (v, w)
-    }).unwrap();
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(63);
+    let h = std::thread::Builder::new()
+        .stack_size(kb * 1024)
+        .spawn(move || {
+            let (o, c) = match shape.as_str() {
+                "paren" => ("(", ")"),
+                "brace" => ("{", "}"),
+                "frac" => ("\\frac{1}{", "}"),
+                "sqrt" => ("\\sqrt{", "}"),
+                "pow" => ("2^{", "}"),
+                "left" => ("\\left(", "\\right)"),
+                "neg" => ("-", ""),
+                "sin" => ("\\sin ", ""),
+                "abs" => ("|", "|"),
+                "set" => ("\\{", "\\}"),
+                "cf" => ("1+\\frac{1}{", "}"),
+                "mix" => ("\\sqrt{1+\\frac{2}{(", ")}}"),
+                _ => ("(", ")"),
+            };
+            let e = format!("{}x{}", o.repeat(n), c.repeat(n));
+            let v = verify(&e, &format!("\\boxed{{{e}}}"), Duration::from_secs(20));
+            let w = verify(&e, &format!("\\boxed{{{e}+0}}"), Duration::from_secs(20));
+            (v, w)
+        })
+        .unwrap();
     let (v, w) = h.join().unwrap();
-    eprintln!("RESULT {} {} {:?} {:?}", v.correct, w.correct, v.error, w.error.map(|e| e.chars().take(80).collect::<String>()));
+    eprintln!(
+        "RESULT {} {} {:?} {:?}",
+        v.correct,
+        w.correct,
+        v.error,
+        w.error.map(|e| e.chars().take(80).collect::<String>())
+    );
 }
