@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mimo_engine::engine::{Engine, EngineConfig};
+use mimo_engine::engine::{Engine, EngineConfig, FinishReason};
 use mimo_engine::{ChatMessage, ModelText, SamplingParams, StopChecker};
 use mimo_model::MimoModel;
 use serde_json::json;
@@ -180,6 +180,12 @@ fn complete(
                 }
             }
             if let Some(f) = o.finish {
+                if f == FinishReason::Error {
+                    anyhow::bail!(
+                        "generation failed: {}",
+                        o.error.as_deref().unwrap_or("unknown error")
+                    );
+                }
                 finish = f.as_str();
             }
         }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::UsageError;
+
 /// `mimo serve` arguments.
 #[derive(Args)]
 pub struct ServeCli {
@@ -36,10 +38,26 @@ pub struct ServeCli {
     /// auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// Open connections beyond this are answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers, and again its body.
+    #[arg(long, default_value_t = 10.0)]
+    read_timeout_s: f64,
+    /// Largest request body in bytes (HTTP 413 beyond).
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: usize,
 }
 
 /// Runs the server until SIGTERM or ctrl-c.
 pub fn run(a: ServeCli) -> Result<()> {
+    if !(a.read_timeout_s.is_finite() && a.read_timeout_s > 0.0 && a.read_timeout_s <= 86_400.0) {
+        return Err(UsageError(format!(
+            "--read-timeout-s {}: expected seconds in (0, 86400]",
+            a.read_timeout_s
+        ))
+        .into());
+    }
     let args = mimo_serve::ServeArgs {
         model: a.model,
         host: a.host,
@@ -51,6 +69,11 @@ pub fn run(a: ServeCli) -> Result<()> {
         api_key: a.api_key,
         dtype: a.dtype,
         max_queue: a.max_queue,
+        limits: mimo_serve::ListenLimits {
+            max_connections: a.max_connections.max(1),
+            header_read_timeout: std::time::Duration::from_secs_f64(a.read_timeout_s),
+        },
+        max_body_bytes: a.max_body_bytes,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

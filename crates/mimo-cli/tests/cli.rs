@@ -223,3 +223,104 @@ fn data_extract_keeps_math_and_code() {
     assert!(t.contains("$e^{i\\pi}+1=0$"), "{t}");
     assert!(t.contains("    return x + 1"), "{t}");
 }
+
+fn serve_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    mimo_serve::testing::write_test_model(dir.path(), &PathBuf::from(fixture("tokenizer")), 512)
+        .unwrap();
+    dir
+}
+
+#[test]
+fn serve_refuses_impossible_settings_with_exit_2() {
+    let dir = serve_model();
+    let model = dir.path().display().to_string();
+    for (flag, value, says) in [
+        ("--max-model-len", "100000000", "max_position_embeddings"),
+        ("--max-num-seqs", "10000000", "KV cache"),
+        ("--mtp", "100", "MTP drafts"),
+        ("--read-timeout-s", "0", "--read-timeout-s"),
+    ] {
+        let out = mimo(&["serve", "--model", &model, "--port", "0", flag, value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+    let gc = dir.path().join("generation_config.json");
+    std::fs::write(&gc, r#"{"temperature": -3}"#).unwrap();
+    let out = mimo(&["serve", "--model", &model, "--port", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("generation_config.json") && err.contains("temperature"),
+        "{err}"
+    );
+}
+
+/// SIGTERM while a checkpoint's chat template loops: the request fails, the server exits, nothing hangs.
+#[test]
+fn serve_exits_on_sigterm_while_a_template_loops() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = serve_model();
+    let tc_path = dir.path().join("tokenizer_config.json");
+    let mut tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tc_path).unwrap()).unwrap();
+    tc["chat_template"] = serde_json::Value::from(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+    );
+    std::fs::write(&tc_path, tc.to_string()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mimo"))
+        .args([
+            "serve",
+            "--model",
+            &dir.path().display().to_string(),
+            "--port",
+            "0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(a) = line.split("listening on http://").nth(1) {
+            break a.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("mimo serve still running 60 s after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut reply = String::new();
+    let _ = conn.read_to_string(&mut reply);
+    assert!(
+        reply.is_empty() || reply.contains("chat template"),
+        "{reply}"
+    );
+}

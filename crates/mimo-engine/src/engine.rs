@@ -16,7 +16,7 @@ use mimo_model::{MimoModel, ModelError};
 use rayon::prelude::*;
 
 use crate::kv::{KvError, PagedKvCache};
-use crate::sampling::{argmax, Sampler, SamplingError, SamplingParams};
+use crate::sampling::{argmax, check_logits, Sampler, SamplingError, SamplingParams};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -33,7 +33,13 @@ pub struct EngineConfig {
     pub mtp_drafts: usize,
     /// Token ids that end a sequence (EOS) in addition to each request's `stop_token_ids`.
     pub eos_ids: Vec<u32>,
+    /// Most bytes the KV cache may take; default: on CPU, the memory the OS reports available
+    /// (`MemAvailable`), elsewhere unbounded (the device allocator reports what does not fit).
+    pub kv_cache_bytes: Option<u64>,
 }
+
+/// Most MTP drafts per step: acceptance falls geometrically with depth, so deeper chains only cost time.
+pub const MAX_MTP_DRAFTS: usize = 8;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -44,6 +50,7 @@ impl Default for EngineConfig {
             num_blocks: None,
             mtp_drafts: 0,
             eos_ids: vec![],
+            kv_cache_bytes: None,
         }
     }
 }
@@ -54,6 +61,9 @@ pub enum EngineError {
     /// A request that can never run (empty prompt, unknown ids, too long, bad sampling parameters).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Engine settings that cannot work with this model or machine.
+    #[error("invalid engine settings: {0}")]
+    Config(String),
     /// Bad sampling parameters.
     #[error("invalid sampling parameters: {0}")]
     Sampling(#[from] SamplingError),
@@ -66,6 +76,15 @@ pub enum EngineError {
     /// A tensor operation failed.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// One request failed while the engine went on (see [`FinishReason::Error`]); from
+    /// [`Engine::run_to_completion`].
+    #[error("request {id} failed: {message}")]
+    Sequence {
+        /// The request id.
+        id: u64,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why a sequence finished.
@@ -77,15 +96,19 @@ pub enum FinishReason {
     Length,
     /// The caller aborted it.
     Abort,
+    /// The sequence cannot go on, e.g. the model produced NaN or +∞ logits for it;
+    /// [`StepOutput::error`] says why. Other sequences are unaffected.
+    Error,
 }
 
 impl FinishReason {
-    /// OpenAI's name.
+    /// OpenAI's name (`error` is vLLM's, which OpenAI does not have: servers report it as an error).
     pub fn as_str(&self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Abort => "abort",
+            FinishReason::Error => "error",
         }
     }
 }
@@ -107,6 +130,8 @@ pub struct StepOutput {
     /// Per new token, when the request asked for logprobs.
     pub logprobs: Vec<TokenLogprob>,
     pub finish: Option<FinishReason>,
+    /// Why the sequence failed, with `finish` = [`FinishReason::Error`].
+    pub error: Option<String>,
 }
 
 /// Draft and acceptance counts, per MTP layer used.
@@ -154,6 +179,8 @@ struct Sequence {
     /// Rows of real (non-draft) input each MTP layer has cached.
     mtp_len: Vec<usize>,
     finish: Option<FinishReason>,
+    /// Set with `finish` = [`FinishReason::Error`].
+    error: Option<String>,
 }
 
 impl Sequence {
@@ -181,17 +208,15 @@ impl Engine {
     /// An engine over `model`.
     pub fn new(model: Arc<MimoModel>, cfg: EngineConfig) -> Result<Self, EngineError> {
         let mcfg = model.config().clone();
-        let max_model_len = cfg
-            .max_model_len
-            .unwrap_or(mcfg.max_position_embeddings)
-            .max(1);
-        if cfg.block_size == 0 || cfg.max_num_seqs == 0 {
-            return Err(EngineError::InvalidRequest(
-                "block_size and max_num_seqs must be > 0".into(),
-            ));
-        }
+        let max_model_len = check_settings(&cfg, mcfg.max_position_embeddings)?;
         let per_seq = (max_model_len + cfg.mtp_drafts + 1).div_ceil(cfg.block_size);
-        let num_blocks = cfg.num_blocks.unwrap_or(per_seq * cfg.max_num_seqs);
+        let num_blocks = match cfg.num_blocks {
+            Some(n) => n,
+            None => per_seq.checked_mul(cfg.max_num_seqs).ok_or_else(|| {
+                EngineError::Config("max_num_seqs × max_model_len overflows".into())
+            })?,
+        };
+        check_kv_budget(&cfg, &mcfg, num_blocks, model.dtype(), model.device())?;
         let kv = PagedKvCache::new(
             &mcfg,
             num_blocks,
@@ -298,6 +323,11 @@ impl Engine {
         if params.max_tokens == 0 {
             return Err(EngineError::InvalidRequest("max_tokens must be > 0".into()));
         }
+        if let Some(&(bad, _)) = params.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "logit_bias token id {bad} is out of range for vocab_size {vocab}"
+            )));
+        }
         if prompt.len() + params.max_tokens > self.max_model_len {
             return Err(EngineError::InvalidRequest(format!(
                 "prompt ({} tokens) + max_tokens ({}) exceeds the context length {}",
@@ -333,6 +363,7 @@ impl Engine {
             hidden_base: 0,
             mtp_len: vec![],
             finish: None,
+            error: None,
         };
         self.waiting.push_back(seq);
         Ok(id)
@@ -422,6 +453,7 @@ impl Engine {
             tokens: vec![],
             logprobs: vec![],
             finish: None,
+            error: None,
         };
         for (tok, lp) in new {
             seq.tokens.push(*tok);
@@ -442,14 +474,35 @@ impl Engine {
         out
     }
 
-    fn sample(seq: &mut Sequence, logits: &[f32]) -> (u32, Option<TokenLogprob>) {
+    /// Appends `new` like [`Engine::push_tokens`], then, unless that finished the sequence, finishes it with
+    /// [`FinishReason::Error`] and `message`.
+    fn push_then_fail(
+        &self,
+        seq: &mut Sequence,
+        new: &[(u32, Option<TokenLogprob>)],
+        message: String,
+    ) -> StepOutput {
+        let mut out = self.push_tokens(seq, new);
+        if seq.finish.is_none() {
+            seq.finish = Some(FinishReason::Error);
+            seq.error = Some(message);
+            out.finish = seq.finish;
+            out.error = seq.error.clone();
+        }
+        out
+    }
+
+    /// Samples the next token from a main-model logits row; a row with NaN/+∞ (or nothing finite) is an
+    /// error for this sequence rather than a distribution.
+    fn sample(seq: &mut Sequence, logits: &[f32]) -> Result<(u32, Option<TokenLogprob>), String> {
+        check_logits(logits).map_err(|e| e.to_string())?;
         let r = seq.sampler.sample(logits, &seq.tokens);
         let lp = seq.logprobs.map(|_| TokenLogprob {
             token: r.token,
             logprob: r.logprob,
             top: r.top_logprobs.clone(),
         });
-        (r.token, lp)
+        Ok((r.token, lp))
     }
 
     /// KV positions a sequence reserves at admission: prompt, completion and room for MTP drafts.
@@ -536,8 +589,10 @@ impl Engine {
                 seq.mtp_len = vec![0; self.model.num_mtp_layers()];
             }
             let logits = Self::row(&out.logits, r, len - 1)?;
-            let s = Self::sample(seq, &logits);
-            outputs.push(self.push_tokens(seq, &[s]));
+            outputs.push(match Self::sample(seq, &logits) {
+                Ok(s) => self.push_tokens(seq, &[s]),
+                Err(m) => self.push_then_fail(seq, &[], m),
+            });
         }
         Ok(outputs)
     }
@@ -571,7 +626,10 @@ impl Engine {
             .collect();
         let mut outputs = Vec::with_capacity(running.len());
         for (seq, s) in running.iter_mut().zip(samples) {
-            outputs.push(self.push_tokens(seq, &[s]));
+            outputs.push(match s {
+                Ok(s) => self.push_tokens(seq, &[s]),
+                Err(m) => self.push_then_fail(seq, &[], m),
+            });
         }
         self.running = running;
         Ok(outputs)
@@ -648,6 +706,11 @@ impl Engine {
         let mut accepted = 0;
         for i in 0..=k_drafts {
             let row = Self::row(&logits, 0, i)?;
+            // Draft logits only propose; the verification rows decide, so a broken one fails the sequence
+            // (after the drafts already verified).
+            if let Err(e) = check_logits(&row) {
+                return Ok(self.push_then_fail(seq, &new, e.to_string()));
+            }
             if i == k_drafts {
                 new.push(Self::sample_with(seq, &row, &history));
                 break;
@@ -715,11 +778,28 @@ impl Engine {
     }
 
     /// Runs until every queued request finishes; returns each request's generated tokens in id order.
+    /// A request that fails ([`FinishReason::Error`]) aborts the others and returns
+    /// [`EngineError::Sequence`], so the finish reasons returned are never `Error`.
     pub fn run_to_completion(&mut self) -> Result<Vec<(u64, Vec<u32>, FinishReason)>, EngineError> {
         let mut done: Vec<(u64, Vec<u32>, FinishReason)> = vec![];
         let mut acc: std::collections::HashMap<u64, Vec<u32>> = Default::default();
         while self.has_work() {
             for o in self.step()? {
+                if o.finish == Some(FinishReason::Error) {
+                    let ids: Vec<u64> = self
+                        .waiting
+                        .iter()
+                        .chain(&self.running)
+                        .map(|s| s.id)
+                        .collect();
+                    for id in ids {
+                        self.abort(id);
+                    }
+                    return Err(EngineError::Sequence {
+                        id: o.id,
+                        message: o.error.unwrap_or_default(),
+                    });
+                }
                 acc.entry(o.id).or_default().extend(&o.tokens);
                 if let Some(f) = o.finish {
                     done.push((o.id, acc.remove(&o.id).unwrap_or_default(), f));
@@ -729,6 +809,80 @@ impl Engine {
         done.sort_by_key(|d| d.0);
         Ok(done)
     }
+}
+
+/// Checks the settings against each other and the model; returns the context length.
+fn check_settings(cfg: &EngineConfig, max_positions: usize) -> Result<usize, EngineError> {
+    if cfg.block_size == 0 || cfg.max_num_seqs == 0 {
+        return Err(EngineError::Config(
+            "block_size and max_num_seqs must be > 0".into(),
+        ));
+    }
+    if cfg.mtp_drafts > MAX_MTP_DRAFTS {
+        return Err(EngineError::Config(format!(
+            "{} MTP drafts per step; at most {MAX_MTP_DRAFTS} are supported",
+            cfg.mtp_drafts
+        )));
+    }
+    match cfg.max_model_len {
+        Some(0) => Err(EngineError::Config("max_model_len must be ≥ 1".into())),
+        Some(n) if n > max_positions => Err(EngineError::Config(format!(
+            "max_model_len {n} exceeds the model's max_position_embeddings {max_positions} \
+             (positions beyond it were never trained)"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(max_positions.max(1)),
+    }
+}
+
+/// Refuses a KV cache larger than the budget before allocating it (an allocation failure on the CPU aborts
+/// the process instead of returning an error).
+fn check_kv_budget(
+    cfg: &EngineConfig,
+    mcfg: &mimo_model::ModelConfig,
+    num_blocks: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<(), EngineError> {
+    let bytes = [
+        num_blocks as u128,
+        cfg.block_size as u128,
+        mcfg.num_key_value_heads as u128,
+        mcfg.head_dim as u128,
+        mcfg.num_cache_layers() as u128,
+        2 * dtype.size_in_bytes() as u128,
+    ]
+    .iter()
+    .product::<u128>();
+    let budget = cfg.kv_cache_bytes.or_else(|| {
+        if device.is_cpu() {
+            available_memory_bytes()
+        } else {
+            None
+        }
+    });
+    match budget {
+        Some(b) if bytes > b as u128 => Err(EngineError::Config(format!(
+            "the KV cache for {} sequences × {} positions needs {:.2} GiB, more than the {:.2} GiB available; \
+             lower max_num_seqs or max_model_len",
+            cfg.max_num_seqs,
+            cfg.max_model_len.map_or("max_position_embeddings".to_string(), |n| n.to_string()),
+            bytes as f64 / (1u64 << 30) as f64,
+            b as f64 / (1u64 << 30) as f64
+        ))),
+        _ if bytes > isize::MAX as u128 => Err(EngineError::Config(format!(
+            "the KV cache would need {bytes} bytes; lower max_num_seqs or max_model_len"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes (`None` where there is no such file).
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Log-probability entry of `token` and the top `k` alternatives from a probability vector.

@@ -8,7 +8,8 @@ pub mod sampling;
 pub mod text;
 
 pub use sampling::{
-    SampleResult, Sampler, SamplingError, SamplingParams, StopChecker, StopStep, MAX_LOGPROBS,
+    check_logits, NonFiniteLogits, SampleResult, Sampler, SamplingError, SamplingParams,
+    StopChecker, StopStep, MAX_LOGIT_BIAS, MAX_LOGPROBS, SAMPLING_EPS,
 };
 pub use text::{
     template_value_from_json, ChatMessage, ChatTemplate, DecodeStream, GenerationDefaults,

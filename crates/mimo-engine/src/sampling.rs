@@ -1,12 +1,18 @@
 //! Token sampling over one row of logits, speculative-decoding acceptance and stop strings.
 //!
-//! Pipeline (HF `generate` order): repetition penalty → presence/frequency penalties → temperature →
-//! top-k → top-p → min-p → sample. Temperature 0 is greedy (argmax; ties go to the lowest id).
+//! Pipeline: logit bias → repetition penalty → presence/frequency penalties → temperature → top-k → top-p →
+//! min-p → sample. The logit bias (OpenAI `logit_bias`) is added to the raw logits first, as vLLM's logit-bias
+//! processor does (it runs before the penalties); the rest is HF `generate` order. Temperatures below
+//! [`SAMPLING_EPS`] (0 included) are greedy (argmax; ties go to the lowest id).
 //!
 //! **Logprobs** ([`SampleResult::logprob`], [`SampleResult::top_logprobs`]) are the log-softmax of the logits
-//! *after penalties and temperature* and *before* top-k/top-p/min-p truncation (with temperature 0 the
-//! temperature step is skipped). vLLM returns raw-model logprobs by default; we return the distribution the
-//! sampler actually scales from, which is what RL importance ratios at the rollout temperature need.
+//! *after bias, penalties and temperature* and *before* top-k/top-p/min-p truncation (greedy skips the
+//! temperature step). vLLM returns raw-model logprobs by default; we return the distribution the sampler
+//! actually scales from, which is what RL importance ratios at the rollout temperature need.
+//!
+//! **Non-finite logits.** A row holding NaN or +∞, or no finite value at all, is a broken model, not a
+//! distribution: [`check_logits`] reports it and the engine finishes such a sequence with an error. The
+//! sampler itself stays total (it treats NaN and +∞ as −∞) so that it never panics.
 //!
 //! Randomness comes from a per-sequence ChaCha8 stream; a token is drawn by inverting the CDF (in token-id
 //! order, accumulated in f64) with one 53-bit uniform per draw, so a seed gives the same tokens on every
@@ -20,6 +26,57 @@ use rand_chacha::ChaCha8Rng;
 
 /// Most top logprobs a request may ask for (vLLM's default `max_logprobs`).
 pub const MAX_LOGPROBS: usize = 20;
+
+/// Temperatures below this are greedy (vLLM's `_SAMPLING_EPS`): dividing by them would overflow the logits
+/// to ±∞ (from about 1e-38 on), and well before that the distribution is one-hot in all but name.
+pub const SAMPLING_EPS: f32 = 1e-5;
+
+/// Largest magnitude of a [`SamplingParams::logit_bias`] entry (OpenAI's range).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+
+/// A logits row that is not a distribution: it holds NaN or +∞, or no finite value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct NonFiniteLogits {
+    /// The first offending token id (`None` when every logit is −∞, or the row is empty).
+    pub token: Option<u32>,
+    /// Its value (NaN or +∞).
+    pub value: f32,
+}
+
+impl NonFiniteLogits {
+    fn describe(&self) -> String {
+        match self.token {
+            Some(t) => format!(
+                "the model produced a non-finite logit ({} for token {t})",
+                self.value
+            ),
+            None => "the model produced no finite logit".to_string(),
+        }
+    }
+}
+
+/// Checks a raw logits row: every value must be finite or −∞, and at least one finite.
+pub fn check_logits(logits: &[f32]) -> Result<(), NonFiniteLogits> {
+    let mut any_finite = false;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() || v == f32::INFINITY {
+            return Err(NonFiniteLogits {
+                token: Some(i as u32),
+                value: v,
+            });
+        }
+        any_finite |= v.is_finite();
+    }
+    if any_finite {
+        Ok(())
+    } else {
+        Err(NonFiniteLogits {
+            token: None,
+            value: f32::NEG_INFINITY,
+        })
+    }
+}
 
 /// A sampling parameter is out of range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -36,7 +93,7 @@ pub struct SamplingError {
 /// Per-request sampling parameters (OpenAI/vLLM names). Defaults leave the distribution unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
-    /// Softmax temperature, ≥ 0; 0 means greedy.
+    /// Softmax temperature, ≥ 0; below [`SAMPLING_EPS`] (e.g. 0) means greedy.
     pub temperature: f32,
     /// Keep the `top_k` most likely tokens; 0 disables.
     pub top_k: usize,
@@ -60,6 +117,10 @@ pub struct SamplingParams {
     pub stop_strings: Vec<String>,
     /// Number of top logprobs to return per token (≤ [`MAX_LOGPROBS`]); `None` for none.
     pub logprobs: Option<usize>,
+    /// OpenAI `logit_bias`: `(token id, bias)` pairs added to the raw logits before everything else; each
+    /// bias finite in [-[`MAX_LOGIT_BIAS`], [`MAX_LOGIT_BIAS`]], each id at most once. Ids beyond the logits
+    /// row are ignored here (the engine rejects them against the vocabulary at admission).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -77,6 +138,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             stop_strings: Vec::new(),
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -90,9 +152,10 @@ impl SamplingParams {
         }
     }
 
-    /// Whether decoding is greedy.
+    /// Whether decoding is greedy: temperature below [`SAMPLING_EPS`], as in vLLM. Such tiny temperatures
+    /// would otherwise scale the logits by up to 1/t = ∞ (NaN/∞ logits, always token 0) while meaning argmax.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < SAMPLING_EPS
     }
 
     /// Checks every field's range.
@@ -161,6 +224,26 @@ impl SamplingParams {
                 "\"\"",
                 "stop strings must be non-empty",
             )?;
+        }
+        for &(token, bias) in &self.logit_bias {
+            check(
+                bias.is_finite() && (-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(&bias),
+                "logit_bias",
+                format_args!("{bias} (token {token})"),
+                "biases must be in [-100, 100]",
+            )?;
+        }
+        if self.logit_bias.len() > 1 {
+            let mut ids: Vec<u32> = self.logit_bias.iter().map(|b| b.0).collect();
+            ids.sort_unstable();
+            if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+                check(
+                    false,
+                    "logit_bias",
+                    format_args!("token {} twice", w[0]),
+                    "each token id may appear once",
+                )?;
+            }
         }
         Ok(())
     }
@@ -251,8 +334,9 @@ impl Sampler {
         &self.params
     }
 
-    /// Logits after penalties and temperature (no temperature when greedy). Non-finite logits
-    /// other than −∞ are treated as −∞.
+    /// Logits after logit bias, penalties and temperature (no temperature when greedy). Non-finite logits
+    /// other than −∞ are treated as −∞ (callers that must not go on with such a row check it first with
+    /// [`check_logits`]).
     pub fn processed_logits(&self, logits: &[f32], history: &[u32]) -> Vec<f32> {
         let mut x: Vec<f32> = logits
             .iter()
@@ -265,6 +349,11 @@ impl Sampler {
             })
             .collect();
         let p = &self.params;
+        for &(token, bias) in &p.logit_bias {
+            if let Some(v) = x.get_mut(token as usize) {
+                *v += bias;
+            }
+        }
         if p.has_penalties() && !history.is_empty() {
             let mut cache = self.cache.borrow_mut();
             cache.update(history, self.prompt_len, x.len());
@@ -716,6 +805,126 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "top_p");
         assert!(err.to_string().contains("top_p"), "{err}");
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy() {
+        // Real-model magnitudes: scaled by 1/1e-38 these overflow to ±∞ (NaN softmax, token 0) unless greedy.
+        let logits = [50.0f32, 80.0, 60.0, -70.0];
+        for t in [1e-38f32, 1e-30, 1e-6, 1e-45, f32::MIN_POSITIVE, 0.0] {
+            let p = SamplingParams {
+                temperature: t,
+                seed: Some(1),
+                logprobs: Some(1),
+                ..Default::default()
+            };
+            assert!(p.is_greedy(), "{t}");
+            let mut s = sampler(p);
+            for _ in 0..20 {
+                let r = s.sample(&logits, &[]);
+                assert_eq!(r.token, 1, "t = {t}");
+                assert!(r.logprob.is_finite() && r.logprob <= 0.0, "{t}: {r:?}");
+            }
+            assert!(s
+                .processed_logits(&logits, &[])
+                .iter()
+                .all(|v| v.is_finite()));
+            assert_eq!(s.probs(&logits, &[]), vec![0.0, 1.0, 0.0, 0.0], "{t}");
+        }
+        // From SAMPLING_EPS on, the temperature scales the logits.
+        let p = SamplingParams {
+            temperature: SAMPLING_EPS,
+            ..Default::default()
+        };
+        assert!(!p.is_greedy());
+        assert_eq!(
+            sampler(p).processed_logits(&[1.0, -1.0], &[]),
+            vec![1.0 / SAMPLING_EPS, -1.0 / SAMPLING_EPS]
+        );
+    }
+
+    #[test]
+    fn logit_bias_forces_and_bans_tokens() {
+        let logits = [0.5f32, 2.0, 1.0, -3.0];
+        // +100 forces a token under greedy.
+        let mut s = sampler(SamplingParams {
+            logit_bias: vec![(3, 100.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&logits, &[]).token, 3);
+        // -100 bans the argmax: the runner-up wins.
+        let mut s = sampler(SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&logits, &[]).token, 2);
+        // Also when sampling: a banned token is never drawn, a forced one always.
+        let mut s = sampler(SamplingParams {
+            logit_bias: vec![(1, -100.0), (0, 100.0)],
+            seed: Some(4),
+            ..Default::default()
+        });
+        assert!((0..200).all(|_| s.sample(&logits, &[]).token == 0));
+        // Ids beyond the row are ignored by the sampler.
+        let mut s = sampler(SamplingParams {
+            logit_bias: vec![(99, 100.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&logits, &[]).token, 1);
+    }
+
+    #[test]
+    fn logit_bias_comes_before_penalties_and_temperature() {
+        let s = sampler(SamplingParams {
+            logit_bias: vec![(0, 2.0), (1, -1.0)],
+            repetition_penalty: 2.0,
+            temperature: 0.5,
+            ..Default::default()
+        });
+        // Token 0 seen: (2 + 2) / 2 = 2, then / 0.5; token 1 seen: (0.5 - 1) * 2 = -1, then / 0.5.
+        let x = s.processed_logits(&[2.0, 0.5, 1.0], &[0, 1]);
+        assert_eq!(x, vec![4.0, -2.0, 2.0]);
+    }
+
+    #[test]
+    fn logit_bias_is_validated() {
+        for bad in [
+            vec![(1, 100.5)],
+            vec![(1, -101.0)],
+            vec![(1, f32::NAN)],
+            vec![(1, f32::INFINITY)],
+            vec![(1, 1.0), (2, 0.0), (1, 2.0)],
+        ] {
+            let err = SamplingParams {
+                logit_bias: bad.clone(),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.field, "logit_bias", "{bad:?}");
+        }
+        assert!(SamplingParams {
+            logit_bias: vec![(1, 100.0), (2, -100.0), (0, 0.0)],
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+    }
+
+    #[test]
+    fn check_logits_rejects_nan_inf_and_all_masked() {
+        assert_eq!(check_logits(&[0.0, f32::NEG_INFINITY, -3.0]), Ok(()));
+        let e = check_logits(&[0.0, f32::NAN, f32::INFINITY]).unwrap_err();
+        assert_eq!(e.token, Some(1));
+        assert!(e.to_string().contains("non-finite logit"), "{e}");
+        assert_eq!(
+            check_logits(&[1.0, f32::INFINITY]).unwrap_err().token,
+            Some(1)
+        );
+        let e = check_logits(&[f32::NEG_INFINITY; 3]).unwrap_err();
+        assert_eq!(e.token, None);
+        assert!(e.to_string().contains("no finite logit"), "{e}");
+        assert!(check_logits(&[]).is_err());
     }
 
     #[test]

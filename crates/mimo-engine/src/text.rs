@@ -189,6 +189,24 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// An upper bound on the input bytes one token covers: the longest vocabulary entry (for WordPiece at least
+    /// 4 × `max_input_chars_per_word`, the longest word it maps to one `[UNK]`). `None` for models that may map
+    /// unbounded text to one unknown token (BPE fusing unknowns, Unigram, WordLevel). Text longer than `n`
+    /// times this cannot fit in `n` tokens.
+    pub fn max_bytes_per_token(&self) -> Option<usize> {
+        use tokenizers::models::ModelWrapper;
+        let floor = match self.inner.get_model() {
+            ModelWrapper::BPE(b) if b.fuse_unk && b.unk_token.is_some() && !b.byte_fallback => {
+                return None
+            }
+            ModelWrapper::BPE(_) => 1,
+            ModelWrapper::WordPiece(w) => w.max_input_chars_per_word.saturating_mul(4),
+            _ => return None,
+        };
+        let longest = self.inner.get_vocab(true).keys().map(String::len).max();
+        Some(longest.unwrap_or(1).max(floor))
+    }
+
     /// Id of a token string (vocabulary or added token).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -353,6 +371,19 @@ impl std::fmt::Debug for ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Template instructions one render may execute (minijinja fuel). Real chat templates over long conversations
+/// use well under a million; a template that loops (a hostile or broken checkpoint) fails in about a second
+/// instead of wedging the caller.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Most bytes the values printed by one render may add up to.
+pub const MAX_TEMPLATE_OUTPUT: usize = 64 << 20;
+
+thread_local! {
+    /// Bytes the render running on this thread may still print (see [`MAX_TEMPLATE_OUTPUT`]).
+    static OUTPUT_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_TEMPLATE_OUTPUT) };
+}
+
 impl ChatTemplate {
     /// Compiles a template. `origin` names its source in errors (e.g. `DIR/tokenizer_config.json`);
     /// `special_tokens` maps names such as `bos_token` to strings passed to the template.
@@ -448,6 +479,7 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| self.template_error(e))?;
+        OUTPUT_LEFT.with(|left| left.set(MAX_TEMPLATE_OUTPUT));
         tmpl.render(TemplateValue::from_pairs(ctx))
             .map_err(|e| self.template_error(e))
     }
@@ -476,6 +508,7 @@ fn hf_environment() -> Environment<'static> {
         env.set_syntax(syntax);
     }
     minijinja_contrib::add_to_environment(&mut env);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
     env.add_filter("tojson", tojson);
@@ -487,19 +520,41 @@ fn raise_exception(message: String) -> Result<TemplateValue, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
 }
 
-/// Prints values as Jinja2 (Python `str()`) does: `True`, `False`, `None`, `[1, 'a']`, `{'k': 'v'}`.
+/// Prints values as Jinja2 (Python `str()`) does: `True`, `False`, `None`, `[1, 'a']`, `{'k': 'v'}`; fails
+/// once the render has printed [`MAX_TEMPLATE_OUTPUT`] bytes.
 fn python_formatter(
     out: &mut minijinja::Output,
     state: &mut minijinja::State,
     value: &TemplateValue,
 ) -> Result<(), minijinja::Error> {
-    match value.kind() {
+    let s = match value.kind() {
         ValueKind::None | ValueKind::Bool | ValueKind::Seq | ValueKind::Map => {
             let mut s = String::new();
             python_str(&mut s, value, false);
-            out.write_str(&s)
-                .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+            std::borrow::Cow::Owned(s)
         }
+        _ => match value.as_str() {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(value.to_string()),
+        },
+    };
+    let fits = OUTPUT_LEFT.with(|left| match left.get().checked_sub(s.len()) {
+        Some(rest) => {
+            left.set(rest);
+            true
+        }
+        None => false,
+    });
+    if !fits {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("the rendered prompt exceeds {MAX_TEMPLATE_OUTPUT} bytes"),
+        ));
+    }
+    match value.kind() {
+        ValueKind::None | ValueKind::Bool | ValueKind::Seq | ValueKind::Map => out
+            .write_str(&s)
+            .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string())),
         _ => minijinja::escape_formatter(out, state, value),
     }
 }
@@ -1061,12 +1116,33 @@ fn generation_defaults(
             ))
         }
     };
+    // The ranges `SamplingParams::validate` enforces: a bad default must stop the server at load, not fail
+    // (or silently skew) every request that leaves the field unset. Values are checked after the f32 cast,
+    // so e.g. 1e39 (∞ in f32) is refused too.
+    let ranged = |key: &str, ok: fn(f32) -> bool, expected: &str| -> Result<Option<f32>> {
+        match float(key)? {
+            Some(v) if !ok(v) => Err(field_err(
+                path,
+                key,
+                format!("{} is out of range: {expected}", gc[key]),
+            )),
+            v => Ok(v),
+        }
+    };
     Ok(GenerationDefaults {
-        temperature: float("temperature")?,
-        top_p: float("top_p")?,
+        temperature: ranged(
+            "temperature",
+            |t| t.is_finite() && t >= 0.0,
+            "must be a finite number ≥ 0 (0 = greedy)",
+        )?,
+        top_p: ranged("top_p", |p| p > 0.0 && p <= 1.0, "must be in (0, 1]")?,
         top_k: uint("top_k")?,
-        min_p: float("min_p")?,
-        repetition_penalty: float("repetition_penalty")?,
+        min_p: ranged("min_p", |m| (0.0..=1.0).contains(&m), "must be in [0, 1]")?,
+        repetition_penalty: ranged(
+            "repetition_penalty",
+            |r| r.is_finite() && r > 0.0,
+            "must be a finite number > 0 (1 = off)",
+        )?,
         do_sample,
         max_new_tokens: uint("max_new_tokens")?,
     })
@@ -1134,6 +1210,61 @@ mod tests {
     }
 
     #[test]
+    fn generation_defaults_are_range_checked() {
+        let path = Path::new("/m/generation_config.json");
+        let parse = |v: serde_json::Value| {
+            let serde_json::Value::Object(map) = v else {
+                unreachable!()
+            };
+            generation_defaults(&map, path)
+        };
+        let ok = parse(serde_json::json!({
+            "temperature": 0.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.05, "top_k": 20,
+        }))
+        .unwrap();
+        assert_eq!(ok.temperature, Some(0.0));
+        assert_eq!(ok.repetition_penalty, Some(1.05));
+        let ok =
+            parse(serde_json::json!({"temperature": 0.6, "top_p": 0.95, "min_p": 1.0})).unwrap();
+        assert_eq!((ok.top_p, ok.min_p), (Some(0.95), Some(1.0)));
+        assert_eq!(
+            parse(serde_json::json!({"top_p": null})).unwrap().top_p,
+            None
+        );
+        for (field, value) in [
+            ("temperature", serde_json::json!(-0.1)),
+            ("temperature", serde_json::json!(1e39)),
+            ("top_p", serde_json::json!(0.0)),
+            ("top_p", serde_json::json!(1.01)),
+            ("top_p", serde_json::json!(-1)),
+            ("top_p", serde_json::json!(1e-50)),
+            ("min_p", serde_json::json!(-0.01)),
+            ("min_p", serde_json::json!(1.5)),
+            ("repetition_penalty", serde_json::json!(0.0)),
+            ("repetition_penalty", serde_json::json!(-1.0)),
+            ("repetition_penalty", serde_json::json!(1e300)),
+        ] {
+            let err = parse(serde_json::json!({ field: value.clone() })).unwrap_err();
+            match &err {
+                TextError::Field {
+                    path: p,
+                    field: f,
+                    message,
+                } => {
+                    assert_eq!((p.as_path(), f.as_str()), (path, field), "{err}");
+                    assert!(message.contains("out of range"), "{err}");
+                }
+                other => panic!("{field} = {value}: {other}"),
+            }
+            let shown = err.to_string();
+            assert!(
+                shown.contains("generation_config.json") && shown.contains(field),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
     fn template_errors_are_typed() {
         let err = ChatTemplate::new("{% if %}", "bad.jinja", BTreeMap::new()).unwrap_err();
         assert!(matches!(err, TextError::Template { .. }));
@@ -1144,5 +1275,34 @@ mod tests {
             .render_with(&TemplateValue::from(()), false, None, &[("x", "y".into())])
             .unwrap_err();
         assert!(err.to_string().contains("nope: y"), "{err}");
+    }
+
+    #[test]
+    fn looping_template_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+            "loop.jinja",
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let err = t.render(&[], true).unwrap_err();
+        assert!(err.to_string().contains("loop.jinja"), "{err}");
+        assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn template_output_is_capped() {
+        let t = ChatTemplate::new(
+            "{% set s = 'x' * 1000000 %}{% for i in range(100) %}{{ s }}{% endfor %}",
+            "bomb.jinja",
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let err = t.render(&[], true).unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
+        // A render after a failed one starts with the full allowance again.
+        let ok = ChatTemplate::new("{{ 'y' * 1000 }}", "ok.jinja", BTreeMap::new()).unwrap();
+        assert_eq!(ok.render(&[], true).unwrap().len(), 1000);
     }
 }

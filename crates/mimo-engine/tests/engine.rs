@@ -322,3 +322,146 @@ fn abort_frees_blocks_and_stop_tokens_finish() {
     assert_eq!(done[0].1, r.greedy[..=first].to_vec());
     assert_eq!(done[0].2, FinishReason::Stop);
 }
+
+/// `mimo-untied` with the embedding of one token set to NaN (in memory: checkpoints with non-finite weights
+/// are refused at load). Returns the model and that token.
+fn poisoned_model(avoid: &[u32]) -> (Arc<MimoModel>, u32) {
+    let dir = fixture("mimo-untied");
+    let cfg = mimo_model::ModelConfig::from_dir(&dir).unwrap();
+    let poison = (0..cfg.vocab_size as u32)
+        .rev()
+        .find(|t| !avoid.contains(t))
+        .unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut weights = mimo_model::HostWeights::new();
+    for (name, t) in tensors {
+        let shape = t.dims().to_vec();
+        let mut data = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        if name == "model.embed_tokens.weight" {
+            let h = cfg.hidden_size;
+            let row = poison as usize * h;
+            data[row..row + h].fill(f32::NAN);
+        }
+        weights.insert(name, (shape, data));
+    }
+    let model = MimoModel::from_host_weights(&weights, &cfg, DType::F32, &Device::Cpu).unwrap();
+    (Arc::new(model), poison)
+}
+
+/// NaN logits finish only their own sequence, with `FinishReason::Error` and a message; the batch and the
+/// engine go on, and every KV block comes back. With and without MTP drafts, in prefill and in decoding
+/// (the poisoned token forced by `logit_bias`), greedy and sampled.
+#[test]
+fn nan_logits_fail_only_their_sequence() {
+    let r = reference("mimo-untied");
+    let mut avoid = r.ids[..5].to_vec();
+    avoid.extend(&r.greedy);
+    let (model, poison) = poisoned_model(&avoid);
+    for mtp in [0, 2] {
+        let mut engine = Engine::new(
+            model.clone(),
+            EngineConfig {
+                mtp_drafts: mtp,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let good = engine
+            .add_request(r.ids[..5].to_vec(), greedy(r.greedy.len()))
+            .unwrap();
+        let in_prompt = engine
+            .add_request(vec![r.ids[0], poison, r.ids[1]], greedy(6))
+            .unwrap();
+        let forced = SamplingParams {
+            logit_bias: vec![(poison, 100.0)],
+            ..greedy(6)
+        };
+        let in_decode = engine.add_request(r.ids[..3].to_vec(), forced).unwrap();
+        let sampled = SamplingParams {
+            temperature: 1.0,
+            seed: Some(3),
+            logprobs: Some(2),
+            logit_bias: vec![(poison, 100.0)],
+            ..greedy(6)
+        };
+        let in_sampling = engine.add_request(r.ids[1..4].to_vec(), sampled).unwrap();
+        let mut tokens = vec![vec![]; 4];
+        let mut finish = [None; 4];
+        let mut errors = vec![None; 4];
+        while engine.has_work() {
+            for o in engine.step().unwrap() {
+                let i = o.id as usize % 4;
+                assert!(finish[i].is_none(), "output after finish: {o:?}");
+                tokens[i].extend(o.tokens);
+                finish[i] = o.finish;
+                errors[i] = o.error;
+            }
+        }
+        let (free, total) = engine.kv_blocks();
+        assert_eq!(free, total, "--mtp {mtp}: all KV blocks are returned");
+        let good = good as usize % 4;
+        assert_eq!(tokens[good], r.greedy, "--mtp {mtp}");
+        assert_eq!(finish[good], Some(FinishReason::Length));
+        assert_eq!(errors[good], None);
+        for (i, want) in [
+            (in_prompt, vec![]),
+            (in_decode, vec![poison]),
+            (in_sampling, vec![poison]),
+        ] {
+            let i = i as usize % 4;
+            assert_eq!(tokens[i], want, "--mtp {mtp}, request {i}");
+            assert_eq!(
+                finish[i],
+                Some(FinishReason::Error),
+                "--mtp {mtp}, request {i}"
+            );
+            let e = errors[i].as_deref().unwrap_or_default();
+            assert!(e.contains("non-finite logit"), "--mtp {mtp}: {e:?}");
+        }
+        assert_eq!(FinishReason::Error.as_str(), "error");
+
+        // run_to_completion turns a failed request into an error and leaves the engine idle.
+        engine.add_request(r.ids[..5].to_vec(), greedy(8)).unwrap();
+        let bad = engine.add_request(vec![poison], greedy(8)).unwrap();
+        match engine.run_to_completion() {
+            Err(EngineError::Sequence { id, message }) => {
+                assert_eq!(id, bad);
+                assert!(message.contains("non-finite logit"), "{message}");
+            }
+            other => panic!("--mtp {mtp}: {other:?}"),
+        }
+        assert!(!engine.has_work());
+        let (free, total) = engine.kv_blocks();
+        assert_eq!(free, total);
+    }
+}
+
+#[test]
+fn logit_bias_ids_are_checked_against_the_vocabulary() {
+    let model = load("llama-tied");
+    let vocab = model.config().vocab_size as u32;
+    let mut engine = Engine::new(model, EngineConfig::default()).unwrap();
+    let bad = SamplingParams {
+        logit_bias: vec![(1, 1.0), (vocab, 5.0)],
+        ..greedy(4)
+    };
+    let e = engine.add_request(vec![1, 2], bad).unwrap_err().to_string();
+    assert!(
+        e.contains("logit_bias") && e.contains(&vocab.to_string()),
+        "{e}"
+    );
+    let ok = SamplingParams {
+        logit_bias: vec![(vocab - 1, 100.0)],
+        ..greedy(3)
+    };
+    engine.add_request(vec![1, 2], ok).unwrap();
+    let done = engine.run_to_completion().unwrap();
+    assert_eq!(done[0].1, vec![vocab - 1; 3]);
+}

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mimo_engine::engine::Engine;
+use mimo_engine::engine::{Engine, EngineError, FinishReason};
 use mimo_engine::SamplingParams;
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,15 @@ impl Generator for EngineGenerator<'_> {
     fn step(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
         let mut done = vec![];
         for o in self.engine.step()? {
+            if o.finish == Some(FinishReason::Error) {
+                // E.g. NaN logits: the policy is broken; training on a truncated rollout would hide it.
+                self.partial.remove(&o.id);
+                return Err(EngineError::Sequence {
+                    id: o.id,
+                    message: o.error.unwrap_or_default(),
+                }
+                .into());
+            }
             self.partial.entry(o.id).or_default().extend(&o.tokens);
             if o.finish.is_some() {
                 done.push((o.id, self.partial.remove(&o.id).unwrap_or_default()));

@@ -94,7 +94,10 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-/// Fields shared by chat and text completions (unknown fields are ignored, known ones are type-checked).
+/// Fields shared by chat and text completions. Unknown fields are ignored (vendor extensions, as OpenAI-
+/// compatible servers do), known ones are type-checked, and OpenAI features this server does not implement
+/// (tools, function calling, structured output) are refused by [`CommonFields::check_supported`] rather than
+/// ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CommonFields {
     pub model: Option<String>,
@@ -115,6 +118,107 @@ pub struct CommonFields {
     pub seed: Option<i64>,
     /// Thinking budget: most tokens inside `<think>…</think>` before `</think>` is forced.
     pub max_thinking_tokens: Option<i64>,
+    /// `{"<token id>": bias}`; see [`parse_logit_bias`].
+    pub logit_bias: Option<Value>,
+    /// Not supported (see [`CommonFields::check_supported`]).
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub functions: Option<Value>,
+    pub function_call: Option<Value>,
+    pub response_format: Option<Value>,
+}
+
+impl CommonFields {
+    /// Refuses OpenAI features this server does not implement instead of silently answering without them:
+    /// non-empty `tools`/`functions`, a `tool_choice`/`function_call` other than `"none"`, and a
+    /// `response_format` whose `type` is not `"text"`. Absent and null fields are fine.
+    pub fn check_supported(&self) -> Result<(), ApiError> {
+        let unsupported = |param: &str, what: &str| {
+            Err(ApiError::bad_param(
+                param,
+                format!("`{param}`: {what} is not supported yet by this server"),
+            ))
+        };
+        let empty_list = |v: &Option<Value>| match v {
+            None => true,
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(_) => false,
+        };
+        let none_choice = |v: &Option<Value>| match v {
+            None => true,
+            Some(Value::String(s)) => s == "none",
+            Some(_) => false,
+        };
+        if !empty_list(&self.tools) {
+            return unsupported("tools", "tool calling");
+        }
+        if !none_choice(&self.tool_choice) {
+            return unsupported("tool_choice", "tool calling (only \"none\" is accepted)");
+        }
+        if !empty_list(&self.functions) {
+            return unsupported("functions", "function calling");
+        }
+        if !none_choice(&self.function_call) {
+            return unsupported(
+                "function_call",
+                "function calling (only \"none\" is accepted)",
+            );
+        }
+        match &self.response_format {
+            None => Ok(()),
+            Some(v) => match v.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(()),
+                Some(t) => unsupported(
+                    "response_format",
+                    &format!("structured output (type \"{t}\"; only \"text\" is accepted)"),
+                ),
+                None => Err(ApiError::bad_param(
+                    "response_format",
+                    "`response_format` must be an object with a string `type`",
+                )),
+            },
+        }
+    }
+}
+
+/// Most `logit_bias` magnitude (OpenAI's range).
+pub const MAX_LOGIT_BIAS: f64 = mimo_engine::MAX_LOGIT_BIAS as f64;
+
+/// OpenAI `logit_bias`: an object mapping token ids (decimal strings) to biases in [-100, 100], added to the
+/// logits before sampling. Absent or null is no bias. Errors (400, param `logit_bias`) name the bad entry.
+pub fn parse_logit_bias(v: Option<&Value>, vocab_size: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |m: String| ApiError::bad_param("logit_bias", m);
+    let map = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            return Err(bad(
+                "`logit_bias` must be an object mapping token ids to biases".into(),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, b) in map {
+        let Ok(id) = k.parse::<u32>() else {
+            return Err(bad(format!(
+                "`logit_bias` key {k:?} is not a token id (a non-negative integer)"
+            )));
+        };
+        if id as usize >= vocab_size {
+            return Err(bad(format!(
+                "`logit_bias` token id {id} is out of range for vocab_size {vocab_size}"
+            )));
+        }
+        match b.as_f64() {
+            Some(x) if (-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(&x) => out.push((id, x as f32)),
+            _ => {
+                return Err(bad(format!(
+                    "`logit_bias` for token {id} is {b}; biases must be numbers in [-100, 100]"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Chat-only fields.
@@ -242,6 +346,60 @@ mod tests {
         assert!(normalize_messages(&[]).is_err());
         assert!(normalize_messages(&[json!({"content": "x"})]).is_err());
         assert!(normalize_messages(&[json!({"role": "user", "content": 3})]).is_err());
+    }
+
+    #[test]
+    fn logit_bias_parsing() {
+        let ok = parse_logit_bias(Some(&json!({"5": 100, "0": -100.0, "7": 0.5})), 10).unwrap();
+        let mut ok = ok;
+        ok.sort_by_key(|b| b.0);
+        assert_eq!(ok, vec![(0, -100.0), (5, 100.0), (7, 0.5)]);
+        assert!(parse_logit_bias(None, 10).unwrap().is_empty());
+        assert!(parse_logit_bias(Some(&Value::Null), 10).unwrap().is_empty());
+        for (bad, needle) in [
+            (json!({"x": 1}), "not a token id"),
+            (json!({"-1": 1}), "not a token id"),
+            (json!({"1.5": 1}), "not a token id"),
+            (json!({"10": 1}), "out of range"),
+            (json!({"1": 100.5}), "[-100, 100]"),
+            (json!({"1": "5"}), "[-100, 100]"),
+            (json!({"1": null}), "[-100, 100]"),
+            (json!([1, 2]), "must be an object"),
+        ] {
+            let e = parse_logit_bias(Some(&bad), 10).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("logit_bias"), "{bad}");
+            assert!(e.message.contains(needle), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn unsupported_features_are_refused() {
+        for ok in [
+            json!({}),
+            json!({"tools": null, "tool_choice": null, "functions": null, "function_call": null}),
+            json!({"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"}),
+            json!({"response_format": {"type": "text"}, "user": "x", "some_vendor_field": 1}),
+        ] {
+            let c: CommonFields = parse(&ok).unwrap();
+            assert!(c.check_supported().is_ok(), "{ok}");
+        }
+        for (bad, param) in [
+            (json!({"tools": [{"type": "function"}]}), "tools"),
+            (json!({"tool_choice": "auto"}), "tool_choice"),
+            (json!({"tool_choice": {"type": "function"}}), "tool_choice"),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
+            (json!({"function_call": "auto"}), "function_call"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (json!({"response_format": "json"}), "response_format"),
+        ] {
+            let c: CommonFields = parse(&bad).unwrap();
+            let e = c.check_supported().unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod choice;
+mod listen;
 pub mod metrics;
 mod server;
 pub mod testing;
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub use api::ApiError;
+pub use listen::ListenLimits;
 pub use metrics::Metrics;
 pub use server::MAX_CHOICES;
 
@@ -57,6 +59,10 @@ pub struct ServeArgs {
     pub max_queue: usize,
     /// How long in-flight requests may run after a shutdown signal before they are aborted.
     pub shutdown_grace: Duration,
+    /// Open-connection cap and header-read timeout (the timeout also bounds reading a request body).
+    pub limits: ListenLimits,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
 }
 
 impl Default for ServeArgs {
@@ -73,9 +79,14 @@ impl Default for ServeArgs {
             dtype: "auto".into(),
             max_queue: 256,
             shutdown_grace: Duration::from_secs(30),
+            limits: ListenLimits::default(),
+            max_body_bytes: 32 << 20,
         }
     }
 }
+
+/// How long connections may take to close after in-flight requests are aborted at the end of the grace period.
+const DRAIN_SLACK: Duration = Duration::from_secs(5);
 
 fn pick_device() -> anyhow::Result<Device> {
     #[cfg(feature = "cuda")]
@@ -175,6 +186,11 @@ impl Server {
             );
         }
         let reasoning = text.tokenizer.token_to_id(choice::THINK_END).is_some();
+        let max_prompt_bytes = text
+            .tokenizer
+            .max_bytes_per_token()
+            .map_or(usize::MAX, |b| max_model_len.saturating_mul(b));
+        let prep_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let state = Arc::new(server::AppState {
             text,
             served_name,
@@ -190,6 +206,10 @@ impl Server {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             counter: AtomicU64::new(0),
+            max_prompt_bytes,
+            max_body_bytes: args.max_body_bytes,
+            read_timeout: args.limits.header_read_timeout,
+            prep_slots: Arc::new(tokio::sync::Semaphore::new(prep_threads)),
         });
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .await
@@ -198,6 +218,7 @@ impl Server {
         let (sd_tx, sd_rx) = oneshot::channel::<()>();
         let app = server::router(state.clone());
         let grace = args.shutdown_grace;
+        let limits = args.limits;
         let task = tokio::spawn(async move {
             let st = state.clone();
             let signal = async move {
@@ -210,10 +231,7 @@ impl Server {
                     let _ = cmd.send(worker::Command::Shutdown);
                 });
             };
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .context("serving HTTP")?;
+            listen::serve(listener, app, limits, signal, grace + DRAIN_SLACK).await;
             let _ = state.cmd.send(worker::Command::Shutdown);
             drop(state);
             tokio::task::spawn_blocking(move || thread.join())

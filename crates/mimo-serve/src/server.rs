@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{
-    normalize_messages, parse, parse_object, ApiError, ChatFields, CommonFields, CompletionFields,
-    PromptField,
+    normalize_messages, parse, parse_logit_bias, parse_object, ApiError, ChatFields, CommonFields,
+    CompletionFields, PromptField,
 };
 use crate::choice::{ChoiceText, LogprobEntry, Piece, ReasoningParser, THINK_START};
 use crate::metrics::Metrics;
@@ -41,6 +41,15 @@ pub(crate) struct AppState {
     pub reasoning: bool,
     pub created: u64,
     pub counter: AtomicU64,
+    /// Longest prompt text, in bytes, that can fit the context (context × the longest token's bytes): longer
+    /// text is refused before it is tokenized.
+    pub max_prompt_bytes: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// A request body must arrive within this time.
+    pub read_timeout: std::time::Duration,
+    /// Requests being parsed, templated and tokenized at once (on blocking threads, off the async runtime).
+    pub prep_slots: Arc<tokio::sync::Semaphore>,
 }
 
 type St = Arc<AppState>;
@@ -285,10 +294,26 @@ fn sampling(
         stop_token_ids,
         stop_strings,
         logprobs,
+        logit_bias: parse_logit_bias(c.logit_bias.as_ref(), st.vocab_size)?,
     };
     p.validate()
         .map_err(|e| ApiError::bad_param(e.field, e.to_string()))?;
     Ok(p)
+}
+
+/// Refuses prompt text that cannot fit the context whatever it tokenizes to, before tokenizing it.
+fn check_prompt_bytes(st: &AppState, param: &str, text: &str) -> Result<(), ApiError> {
+    if text.len() > st.max_prompt_bytes {
+        return Err(ApiError::bad_param(
+            param,
+            format!(
+                "the prompt is {} bytes: more than the context length {} times the longest token could hold",
+                text.len(),
+                st.max_model_len
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn num_choices(c: &CommonFields) -> Result<usize, ApiError> {
@@ -336,6 +361,7 @@ fn prepare_chat(st: &AppState, body: &Value) -> Result<Prepared, ApiError> {
     let c: CommonFields = parse(body)?;
     let f: ChatFields = parse(body)?;
     check_model(st, &c)?;
+    c.check_supported()?;
     let n = num_choices(&c)?;
     let messages = normalize_messages(&f.messages)?;
     let messages_json = serde_json::to_string(&messages)
@@ -358,6 +384,7 @@ fn prepare_chat(st: &AppState, body: &Value) -> Result<Prepared, ApiError> {
             &extra,
         )
         .map_err(|e| ApiError::bad_param("messages", format!("chat template: {e}")))?;
+    check_prompt_bytes(st, "messages", &text)?;
     let prompt = st
         .text
         .tokenizer
@@ -400,8 +427,10 @@ fn prepare_completion(st: &AppState, body: &Value) -> Result<Prepared, ApiError>
     let c: CommonFields = parse(body)?;
     let f: CompletionFields = parse(body)?;
     check_model(st, &c)?;
+    c.check_supported()?;
     let n = num_choices(&c)?;
     let encode = |s: &str| {
+        check_prompt_bytes(st, "prompt", s)?;
         st.text
             .tokenizer
             .encode(s, true)
@@ -604,19 +633,88 @@ enum Kind {
     Completion,
 }
 
-async fn chat(State(st): State<St>, body: Bytes) -> Response {
-    handle(st, body, Kind::Chat).await
+async fn chat(State(st): State<St>, req: Request) -> Response {
+    handle(st, req, Kind::Chat).await
 }
 
-async fn completions(State(st): State<St>, body: Bytes) -> Response {
-    handle(st, body, Kind::Completion).await
+async fn completions(State(st): State<St>, req: Request) -> Response {
+    handle(st, req, Kind::Completion).await
 }
 
-async fn handle(st: St, body: Bytes, kind: Kind) -> Response {
-    let prepared = parse_object(&body).and_then(|v| match kind {
-        Kind::Chat => prepare_chat(&st, &v),
-        Kind::Completion => prepare_completion(&st, &v),
-    });
+/// Reads the body within the size and time limits.
+async fn read_body(st: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let read = axum::body::to_bytes(req.into_body(), st.max_body_bytes);
+    match tokio::time::timeout(st.read_timeout, read).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within {:?}",
+                st.read_timeout
+            ),
+        )),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body exceeds {} bytes", st.max_body_bytes),
+        )),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Parses, templates and tokenizes a request on a blocking thread (these take time proportional to the
+/// input, and a checkpoint's template may be slow), at most `prep_slots` at once.
+async fn prepare(st: &St, body: Bytes, kind: Kind) -> Result<Prepared, ApiError> {
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the server is shutting down",
+        )
+    };
+    let permit = st
+        .prep_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| busy())?;
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        parse_object(&body).and_then(|v| match kind {
+            Kind::Chat => prepare_chat(&st, &v),
+            Kind::Completion => prepare_completion(&st, &v),
+        })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("preparing the request failed: {e}"),
+        ))
+    })
+}
+
+async fn handle(st: St, req: Request, kind: Kind) -> Response {
+    let prepared = match read_body(&st, req).await {
+        Ok(body) => prepare(&st, body, kind).await,
+        Err(e) => Err(e),
+    };
     let mut prep = match prepared {
         Ok(p) => p,
         Err(e) => return e.into_response(),

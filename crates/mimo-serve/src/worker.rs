@@ -141,7 +141,11 @@ pub(crate) fn run(
             match engine.step() {
                 Ok(outputs) => {
                     for o in outputs {
-                        w.dispatch(&mut engine, o.id, o.tokens, o.logprobs, o.finish);
+                        if o.finish == Some(FinishReason::Error) {
+                            w.fail(o.id, o.error.as_deref().unwrap_or("the sequence failed"));
+                        } else {
+                            w.dispatch(&mut engine, o.id, o.tokens, o.logprobs, o.finish);
+                        }
                     }
                 }
                 Err(e) => {
@@ -400,6 +404,20 @@ impl Worker {
                     self.tracks.remove(&key);
                 }
             }
+        }
+    }
+
+    /// One sequence failed in the engine (which already dropped it): its request gets an error; other
+    /// sequences, including the request's other choices until the request is dropped, are unaffected.
+    fn fail(&mut self, engine_id: u64, msg: &str) {
+        let Some(key) = self.by_engine.remove(&engine_id) else {
+            return;
+        };
+        if let Some(t) = self.tracks.remove(&key) {
+            tracing::warn!(engine_id, "sequence failed: {msg}");
+            let _ = t
+                .events
+                .send(Event::Error(format!("generation failed: {msg}")));
         }
     }
 

@@ -416,3 +416,257 @@ async fn shutdown_aborts_in_flight_after_grace() {
     assert!(text.contains("data: [DONE]"), "{text}");
     assert!(text.contains("\"finish_reason\""));
 }
+
+fn fixture_tokenizer() -> mimo_engine::Tokenizer {
+    mimo_engine::Tokenizer::from_dir(fixtures()).expect("fixture tokenizer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_steers_greedy_decoding() {
+    let s = start(|_| {}).await;
+    let addr = s.addr();
+    let tok = fixture_tokenizer();
+    let forced = tok.token_to_id("kwargs").expect("token");
+    let want = tok.decode(&[forced; 3], true).unwrap();
+    let bias = json!({ forced.to_string(): 100 });
+    // Text completion: every greedy token is the biased one.
+    let body = json!({"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0,
+                      "logit_bias": bias});
+    let r = post(addr, "/v1/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["text"], want);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    // Chat: the bias beats the scripted reply.
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &chat(json!({"max_tokens": 3, "logit_bias": bias})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], want);
+    // An empty or null bias changes nothing.
+    for none in [json!({}), Value::Null] {
+        let r = post(
+            addr,
+            "/v1/chat/completions",
+            &chat(json!({ "logit_bias": none })),
+        )
+        .await;
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            SCRIPTED_CONTENT
+        );
+    }
+    // Bad keys and values are 400s naming `logit_bias`, on both endpoints.
+    let vocab = tok.vocab_size();
+    for bad in [
+        json!({"x": 1}),
+        json!({"-3": 1}),
+        json!({ vocab.to_string(): 1 }),
+        json!({"5": 100.5}),
+        json!({"5": -101}),
+        json!({"5": "1"}),
+        json!([5]),
+        json!("5"),
+    ] {
+        for (path, body) in [
+            ("/v1/chat/completions", chat(json!({ "logit_bias": bad }))),
+            (
+                "/v1/completions",
+                json!({"model": MODEL, "prompt": "Hi", "logit_bias": bad}),
+            ),
+        ] {
+            let r = post(addr, path, &body).await;
+            assert_eq!(r.status, 400, "{path} {bad}: {}", r.body);
+            let v = r.json();
+            assert_eq!(
+                v["error"]["param"], "logit_bias",
+                "{path} {bad}: {}",
+                r.body
+            );
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        }
+    }
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_openai_features_are_400_not_ignored() {
+    let s = start(|_| {}).await;
+    let addr = s.addr();
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    for (extra, param) in [
+        (json!({ "tools": tool }), "tools"),
+        (json!({"tool_choice": "auto"}), "tool_choice"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "f"}}}),
+            "tool_choice",
+        ),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"function_call": "auto"}), "function_call"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "response_format",
+        ),
+    ] {
+        let r = post(addr, "/v1/chat/completions", &chat(extra.clone())).await;
+        assert_eq!(r.status, 400, "{extra}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["error"]["param"], param, "{extra}: {}", r.body);
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("not supported yet"), "{msg}");
+        // Text completions refuse them too.
+        let mut body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1});
+        for (k, val) in extra.as_object().unwrap() {
+            body[k] = val.clone();
+        }
+        let r = post(addr, "/v1/completions", &body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json()["error"]["param"], param);
+    }
+    // The neutral values, and unknown (vendor) fields, are accepted.
+    let ok = chat(
+        json!({"tools": [], "tool_choice": "none", "functions": null, "function_call": "none",
+                         "response_format": {"type": "text"}, "user": "u1", "some_vendor_flag": true}),
+    );
+    let r = post(addr, "/v1/chat/completions", &ok).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        SCRIPTED_CONTENT
+    );
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_generation_config_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    mimo_serve::testing::write_test_model(dir.path(), &fixtures(), 512).unwrap();
+    for (field, value) in [
+        ("top_p", json!(0)),
+        ("temperature", json!(-1)),
+        ("min_p", json!(2)),
+        ("repetition_penalty", json!(0)),
+    ] {
+        let gc = json!({"eos_token_id": [1002, 1000], field: value});
+        std::fs::write(dir.path().join("generation_config.json"), gc.to_string()).unwrap();
+        let args = mimo_serve::ServeArgs {
+            model: dir.path().to_path_buf(),
+            port: 0,
+            ..Default::default()
+        };
+        let err = match mimo_serve::Server::start(args).await {
+            Ok(s) => {
+                s.shutdown().await.unwrap();
+                panic!("{field} = {value}: the server started");
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains("generation_config.json") && err.contains(field),
+            "{err}"
+        );
+    }
+}
+
+/// The scripted model with one token whose next-token logits hold +∞ (finite weights that overflow: a
+/// checkpoint with NaN/∞ weights is refused at load). Returns that prompt token.
+fn poison_test_model(dir: &std::path::Path) -> u32 {
+    use candle_core::{Device, Tensor};
+    let tok = fixture_tokenizer();
+    let (p, q) = (
+        tok.token_to_id("kwargs").unwrap() as usize,
+        tok.token_to_id("rain").unwrap() as usize,
+    );
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let mut patch = |name: &str, row: usize, value: f32| {
+        let t = &tensors[name];
+        let (v, h) = t.dims2().unwrap();
+        let mut data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Dim 33 is one of the test model's random dims (see `mimo_serve::testing`); the scripted chain's
+        // tokens have none of it, so the scripted chat stays finite.
+        data[row * h..(row + 1) * h].fill(0.0);
+        data[row * h + 33] = value;
+        tensors.insert(
+            name.to_string(),
+            Tensor::from_vec(data, (v, h), &Device::Cpu).unwrap(),
+        );
+    };
+    patch("model.embed_tokens.weight", p, 1.0);
+    patch("lm_head.weight", q, 3e38);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    p as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_logits_fail_the_request_not_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    mimo_serve::testing::write_test_model(dir.path(), &fixtures(), 512).unwrap();
+    let poison = poison_test_model(dir.path());
+    let server = mimo_serve::Server::start(mimo_serve::ServeArgs {
+        model: dir.path().to_path_buf(),
+        port: 0,
+        served_model_name: Some(MODEL.into()),
+        max_num_seqs: 4,
+        shutdown_grace: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let bad = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": [poison], "max_tokens": 4, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let is_failure = |v: &Value| {
+        v["error"]["type"] == "server_error"
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("non-finite logit"))
+    };
+    // A failing request next to a good one: the failing one gets an error, the good one its reply.
+    let good = chat(json!({}));
+    let greedy = bad(json!({}));
+    let sampled = bad(json!({"temperature": 1.0, "n": 2, "seed": 1}));
+    let (r_bad, r_sampled, r_good) = tokio::join!(
+        post(addr, "/v1/completions", &greedy),
+        post(addr, "/v1/completions", &sampled),
+        post(addr, "/v1/chat/completions", &good),
+    );
+    assert_eq!(r_bad.status, 500, "{}", r_bad.body);
+    assert!(is_failure(&r_bad.json()), "{}", r_bad.body);
+    assert_eq!(r_sampled.status, 500, "{}", r_sampled.body);
+    assert!(is_failure(&r_sampled.json()), "{}", r_sampled.body);
+    assert_eq!(r_good.status, 200, "{}", r_good.body);
+    assert_eq!(
+        r_good.json()["choices"][0]["message"]["content"],
+        SCRIPTED_CONTENT
+    );
+    // Streaming: an error event, then the stream ends.
+    let r = post(addr, "/v1/completions", &bad(json!({"stream": true}))).await;
+    assert_eq!(r.status, 200);
+    let events = r.sse();
+    assert!(
+        events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .any(|v| is_failure(&v)),
+        "{events:?}"
+    );
+    // Nothing is left running and the server still answers.
+    wait_idle(addr).await;
+    let r = post(addr, "/v1/chat/completions", &good).await;
+    assert_eq!(r.status, 200);
+    server.shutdown().await.unwrap();
+}
