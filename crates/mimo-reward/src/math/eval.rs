@@ -296,6 +296,42 @@ fn func(f: Func, v: Val) -> R {
     checked(y, &[x], f == Func::Exp)
 }
 
+/// gcd of `a` and `b` (non-negative), reducing the larger modulo the smaller first: num-bigint's gcd
+/// (Stein's algorithm) takes time quadratic in the larger operand even when the other one is small, and
+/// num-rational reduces every sum and product with it, so exact arithmetic near [`MAX_BITS`] cost
+/// milliseconds per operation (a long product such as `(x+1)(x+1)…` took seconds per comparison).
+fn gcd(a: &BigInt, b: &BigInt) -> BigInt {
+    let (a, b) = (a.abs(), b.abs());
+    let (big, small) = if a.bits() >= b.bits() { (a, b) } else { (b, a) };
+    if small.is_zero() {
+        return big;
+    }
+    (big % &small).gcd(&small)
+}
+
+/// `x · y` of reduced rationals, cancelling crosswise so the product needs no further reduction.
+fn mul_exact(x: &BigRational, y: &BigRational) -> BigRational {
+    if x.is_zero() || y.is_zero() {
+        return BigRational::zero();
+    }
+    let (g1, g2) = (gcd(x.numer(), y.denom()), gcd(x.denom(), y.numer()));
+    let n = (x.numer() / &g1) * (y.numer() / &g2);
+    let d = (x.denom() / &g2) * (y.denom() / &g1);
+    BigRational::new_raw(n, d)
+}
+
+/// `x + y` of reduced rationals (Knuth, TAOCP 4.5.1): only the gcd with the denominators' gcd is needed.
+fn add_exact(x: &BigRational, y: &BigRational) -> BigRational {
+    let d1 = gcd(x.denom(), y.denom());
+    let (xd, yd) = (x.denom() / &d1, y.denom() / &d1);
+    let t = x.numer() * &yd + y.numer() * &xd;
+    if t.is_zero() {
+        return BigRational::zero();
+    }
+    let d2 = gcd(&t, &d1);
+    BigRational::new_raw(t / &d2, xd * (y.denom() / &d2))
+}
+
 /// `a + b` / `a · b` of two values (integers skip the gcd of general rational arithmetic).
 fn arith(a: Val, b: Val, mul: bool) -> R {
     match (a, b) {
@@ -303,8 +339,8 @@ fn arith(a: Val, b: Val, mul: bool) -> R {
             Val::exact(match (x.is_integer() && y.is_integer(), mul) {
                 (true, false) => BigRational::from_integer(x.numer() + y.numer()),
                 (true, true) => BigRational::from_integer(x.numer() * y.numer()),
-                (false, false) => x + y,
-                (false, true) => x * y,
+                (false, false) => add_exact(&x, &y),
+                (false, true) => mul_exact(&x, &y),
             })
         }
         (a, b) => {
@@ -320,7 +356,7 @@ fn div(p: Val, q: Val) -> R {
             if q.is_zero() {
                 return Err(EvalErr::Domain);
             }
-            Val::exact(p / q)
+            Val::exact(mul_exact(&p, &q.recip()))
         }
         (p, q) => {
             let (x, d) = (p.float()?, q.float()?);
@@ -383,7 +419,10 @@ pub fn eval(e: &Expr, env: &HashMap<String, Val>, dl: &Deadline) -> R {
         Expr::Fact(a) => factorial(ev(a)?, dl),
         Expr::Binom(a, b) => binom(ev(a)?, ev(b)?, dl),
         Expr::Percent(a) => match ev(a)? {
-            Val::Exact(r) => Val::exact(r / BigRational::from_integer(BigInt::from(100))),
+            Val::Exact(r) => Val::exact(mul_exact(
+                &r,
+                &BigRational::new_raw(BigInt::one(), BigInt::from(100)),
+            )),
             Val::Approx(x) => checked(x / 100.0, &[x], true),
         },
     }
@@ -431,4 +470,44 @@ fn exact_close(x: &BigRational, y: &BigRational) -> bool {
     let abs_tol = BigRational::new(BigInt::from(5), BigInt::from(10_000_000));
     d <= abs_tol
         || d * BigRational::from_integer(BigInt::from(1_000_000_000)) <= x.abs().max(y.abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_arithmetic_matches_num_rational() {
+        let mut vals = Vec::new();
+        for (n, d) in [
+            (0, 1),
+            (1, 1),
+            (-1, 1),
+            (3, 4),
+            (-6, 9),
+            (10, 15),
+            (7, 1),
+            (1, 1024),
+        ] {
+            vals.push(BigRational::new(BigInt::from(n), BigInt::from(d)));
+        }
+        let big = BigInt::from(3u32).pow(400) * BigInt::from(10u32).pow(50);
+        vals.push(BigRational::new(big.clone(), BigInt::from(6u32).pow(30)));
+        vals.push(BigRational::new(-BigInt::from(2u32).pow(90), big + 7u32));
+        for x in &vals {
+            for y in &vals {
+                assert_eq!(add_exact(x, y), x + y, "{x} + {y}");
+                assert_eq!(mul_exact(x, y), x * y, "{x} * {y}");
+                let (s, p) = (add_exact(x, y), mul_exact(x, y));
+                for r in [s, p] {
+                    // canonical form, as num-rational's own
+                    assert_eq!(
+                        r.clone(),
+                        BigRational::new(r.numer().clone(), r.denom().clone())
+                    );
+                    assert!(r.denom().is_positive());
+                }
+            }
+        }
+    }
 }

@@ -112,9 +112,19 @@ pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
     };
 
     let pred_tail = tail_chars(pred, MAX_PRED_CHARS);
-    let cands = normalize::extract_candidates(pred_tail);
+    // a final boxed answer longer than the tail is refused, not re-extracted from the inside of it
+    let box_cut = box_crosses_cut(pred, pred.len() - pred_tail.len());
+    let cands = if box_cut {
+        Vec::new()
+    } else {
+        normalize::extract_candidates(pred_tail)
+    };
     if cands.is_empty() {
-        errors.push("pred: no answer found".into());
+        errors.push(if box_cut {
+            format!("pred: boxed answer longer than {MAX_PRED_CHARS} characters")
+        } else {
+            "pred: no answer found".into()
+        });
         return MathVerdict {
             correct: false,
             gold_parsed: gold_node.as_ref().map(printed),
@@ -200,6 +210,41 @@ fn printed(n: &Node) -> String {
         out.0.push('…');
     }
     out.0
+}
+
+/// Whether the last `\boxed`/`\fbox` of `s` starts before byte `cut` and its (closed) argument ends at or
+/// after it: cutting `s` at `cut` would leave only the inside of the final boxed answer.
+fn box_crosses_cut(s: &str, cut: usize) -> bool {
+    if cut == 0 {
+        return false;
+    }
+    let Some((k, pat)) = ["\\boxed", "\\fbox"]
+        .into_iter()
+        .filter_map(|p| s.rfind(p).map(|k| (k, p)))
+        .max_by_key(|&(k, p)| k + p.len())
+    else {
+        return false;
+    };
+    if k >= cut {
+        return false;
+    }
+    let rest = &s[k + pat.len()..];
+    let arg = rest.trim_start();
+    let start = s.len() - arg.len();
+    let end = match arg.strip_prefix('{') {
+        Some(inner) => match normalize::balanced(inner) {
+            Some(a) => start + 1 + a.len(),
+            // unclosed: extraction falls back to the other forms, as without the cut
+            None => return false,
+        },
+        None => {
+            start
+                + arg
+                    .find(|c: char| c == '$' || c.is_whitespace())
+                    .unwrap_or(arg.len())
+        }
+    };
+    end >= cut
 }
 
 fn tail_chars(s: &str, n: usize) -> &str {

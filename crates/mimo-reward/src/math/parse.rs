@@ -12,8 +12,9 @@ use num_traits::{Num, Zero};
 
 /// Deepest nesting the parser accepts: brackets, braces, `\frac`/`\sqrt`/function arguments, signs and
 /// exponents each count one level. Legitimate answers stay far below it; it keeps the recursive parser
-/// (and every later tree walk) well inside a 256 KiB stack.
-pub const MAX_NESTING: usize = 64;
+/// (and every later tree walk) well inside a 256 KiB stack: one level costs up to about 7 KiB of stack in
+/// the test build (opt-level 1), so 64 levels overflowed 256 KiB (`tests/fuzz_math.rs`).
+pub const MAX_NESTING: usize = 24;
 /// Tallest expression tree the parser returns (loops such as `a/b/c/…` or `x!!!…` deepen a tree without
 /// nesting); every tree walk after parsing recurses at most this deep.
 pub const MAX_TREE_DEPTH: usize = 160;
