@@ -173,10 +173,13 @@ fn write_json(output: &mut impl Write, v: &Value) -> Result<(), RewardError> {
     Ok(())
 }
 
+/// Lines read so far: line number and the parsed object or why it is bad.
+type Chunk = Vec<(usize, Result<Map<String, Value>, LineError>)>;
+
 /// Answers a chunk of lines: the parsed objects go through `eval` (one answer each, in order), then every
 /// line's result or error line is written in input order.
 fn answer<F>(
-    chunk: &mut Vec<(usize, Result<Map<String, Value>, LineError>)>,
+    chunk: &mut Chunk,
     output: &mut impl Write,
     stats: &mut Stats,
     eval: &mut F,

@@ -317,10 +317,9 @@ fn expect(body: &Map<String, Value>, kind: Kind) -> Result<(), Option<String>> {
             let Some(m) = m.as_object() else {
                 return bad(&format!("messages[{i}]"));
             };
-            if !m
-                .get("role")
+            if m.get("role")
                 .and_then(Value::as_str)
-                .is_some_and(|r| !r.is_empty())
+                .is_none_or(str::is_empty)
             {
                 return bad(&format!("messages[{i}].role"));
             }

@@ -86,9 +86,10 @@ fn checked(y: f64, args: &[f64], scaling: bool) -> R {
     let finite = args.iter().all(|a| a.is_finite());
     if y.is_nan() {
         Err(EvalErr::Domain)
-    } else if (y.is_infinite() && finite) || y.is_subnormal() {
-        Err(EvalErr::Inexact)
-    } else if scaling && y == 0.0 && finite && args.iter().all(|a| *a != 0.0) {
+    } else if (y.is_infinite() && finite)
+        || y.is_subnormal()
+        || (scaling && y == 0.0 && finite && args.iter().all(|a| *a != 0.0))
+    {
         Err(EvalErr::Inexact)
     } else {
         Ok(Val::Approx(y))
