@@ -144,24 +144,15 @@ async fn huge_prompts_are_refused_before_tokenizing_and_bodies_are_capped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_chat_template_fails_the_request_not_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    mimo_serve::testing::write_test_model(dir.path(), &fixtures(), 512).unwrap();
+    let dir = test_model();
     let tc_path = dir.path().join("tokenizer_config.json");
     let mut tc: Value = serde_json::from_str(&std::fs::read_to_string(&tc_path).unwrap()).unwrap();
     tc["chat_template"] = Value::from(
         "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
     );
     std::fs::write(&tc_path, tc.to_string()).unwrap();
-    let server = Server::start(ServeArgs {
-        model: dir.path().to_path_buf(),
-        port: 0,
-        served_model_name: Some(MODEL.into()),
-        shutdown_grace: Duration::from_millis(500),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr();
+    let s = start_in(dir, |_| {}).await;
+    let addr = s.addr();
     let req =
         tokio::spawn(async move { post(addr, "/v1/chat/completions", &chat_body("hi")).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -177,20 +168,15 @@ async fn a_looping_chat_template_fails_the_request_not_the_server() {
         r.body
     );
     health_ok(addr).await;
-    tokio::time::timeout(Duration::from_secs(30), server.shutdown())
+    tokio::time::timeout(Duration::from_secs(30), s.server.shutdown())
         .await
         .expect("shutdown hangs")
         .unwrap();
 }
 
 async fn start_err(f: impl FnOnce(&mut ServeArgs)) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    mimo_serve::testing::write_test_model(dir.path(), &fixtures(), 512).unwrap();
-    let mut args = ServeArgs {
-        model: dir.path().to_path_buf(),
-        port: 0,
-        ..Default::default()
-    };
+    let dir = test_model();
+    let mut args = args_for(dir.path());
     f(&mut args);
     match Server::start(args).await {
         Ok(_) => panic!("the server started"),

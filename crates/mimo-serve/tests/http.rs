@@ -608,20 +608,10 @@ fn poison_test_model(dir: &std::path::Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_finite_logits_fail_the_request_not_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    mimo_serve::testing::write_test_model(dir.path(), &fixtures(), 512).unwrap();
+    let dir = test_model();
     let poison = poison_test_model(dir.path());
-    let server = mimo_serve::Server::start(mimo_serve::ServeArgs {
-        model: dir.path().to_path_buf(),
-        port: 0,
-        served_model_name: Some(MODEL.into()),
-        max_num_seqs: 4,
-        shutdown_grace: Duration::from_millis(500),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr();
+    let s = start_in(dir, |_| {}).await;
+    let addr = s.addr();
     let bad = |extra: Value| {
         let mut b = json!({"model": MODEL, "prompt": [poison], "max_tokens": 4, "temperature": 0});
         for (k, v) in extra.as_object().unwrap() {
@@ -668,5 +658,5 @@ async fn non_finite_logits_fail_the_request_not_the_server() {
     wait_idle(addr).await;
     let r = post(addr, "/v1/chat/completions", &good).await;
     assert_eq!(r.status, 200);
-    server.shutdown().await.unwrap();
+    s.server.shutdown().await.unwrap();
 }

@@ -27,21 +27,36 @@ impl TestServer {
     }
 }
 
-/// Starts a server over a fresh scripted model; `f` adjusts the arguments.
-pub async fn start(f: impl FnOnce(&mut ServeArgs)) -> TestServer {
+/// A fresh scripted test model in a temp dir (edit its files before [`start_in`]).
+pub fn test_model() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     mimo_serve::testing::write_test_model(dir.path(), &fixtures(), 512).expect("test model");
-    let mut args = ServeArgs {
-        model: dir.path().to_path_buf(),
+    dir
+}
+
+/// The test servers' arguments for the model in `dir`.
+pub fn args_for(dir: &std::path::Path) -> ServeArgs {
+    ServeArgs {
+        model: dir.to_path_buf(),
         port: 0,
         served_model_name: Some(MODEL.into()),
         max_num_seqs: 4,
         shutdown_grace: Duration::from_millis(500),
         ..Default::default()
-    };
+    }
+}
+
+/// Starts a server over the model in `dir`; `f` adjusts the arguments.
+pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut ServeArgs)) -> TestServer {
+    let mut args = args_for(dir.path());
     f(&mut args);
     let server = Server::start(args).await.expect("server start");
     TestServer { server, dir }
+}
+
+/// Starts a server over a fresh scripted model; `f` adjusts the arguments.
+pub async fn start(f: impl FnOnce(&mut ServeArgs)) -> TestServer {
+    start_in(test_model(), f).await
 }
 
 /// A response: status, lower-cased header block and (de-chunked) body.
