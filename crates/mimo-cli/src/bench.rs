@@ -13,7 +13,7 @@ use mimo_engine::SamplingParams;
 use mimo_model::{ContiguousKvCache, MimoModel};
 use serde_json::{json, Value};
 
-use crate::{device, DeviceArg, DtypeArg};
+use crate::Placement;
 
 /// `mimo bench` arguments.
 #[derive(Args)]
@@ -39,10 +39,8 @@ pub struct BenchArgs {
     /// Python with torch + transformers for the reference run (default: .venv/bin/python; "none" skips it).
     #[arg(long)]
     python: Option<String>,
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    dtype: DtypeArg,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[command(flatten)]
+    place: Placement,
 }
 
 /// Deterministic pseudo-random prompt ids (SplitMix64).
@@ -112,11 +110,8 @@ fn median_run(mut runs: Vec<Value>) -> Value {
 
 /// Runs the benchmark and prints JSON.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let model = Arc::new(MimoModel::from_dir(
-        &args.model,
-        args.dtype.dtype(),
-        &device(args.device)?,
-    )?);
+    let (device, dtype) = args.place.resolve()?;
+    let model = Arc::new(MimoModel::from_dir(&args.model, dtype, &device)?);
     let (main_params, mtp_params) = mimo_model::parameter_counts(model.config());
     // Prefill: one forward over the prompt.
     let ids = prompt(99, args.prompt_len, model.config().vocab_size);

@@ -2,16 +2,15 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mimo_engine::engine::{Engine, EngineConfig};
-use mimo_engine::ModelText;
-use mimo_eval::{evaluate, load_problems, EvalOptions};
-use mimo_model::MimoModel;
+use mimo_engine::engine::EngineConfig;
+use mimo_engine::Loaded;
+use mimo_eval::{evaluate, EvalOptions};
+use mimo_reward::load_problems;
 
-use crate::{device, DeviceArg, DtypeArg, UsageError};
+use crate::{Placement, UsageError};
 
 /// `mimo eval` arguments.
 #[derive(Args)]
@@ -49,10 +48,8 @@ pub struct EvalArgs {
     /// Write every sample (text, extracted answer, verdict) here as JSONL.
     #[arg(long)]
     samples: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    dtype: DtypeArg,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[command(flatten)]
+    place: Placement,
 }
 
 /// Runs the evaluation and prints the report as JSON.
@@ -60,23 +57,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.k == 0 {
         return Err(UsageError("--k must be > 0".into()).into());
     }
-    let mut problems = load_problems(&args.data).map_err(|e| UsageError(e.to_string()))?;
+    let mut problems = load_problems(&args.data, &[]).map_err(|e| UsageError(e.to_string()))?;
     if let Some(n) = args.limit {
         problems.truncate(n);
     }
-    let model = Arc::new(MimoModel::from_dir(
-        &args.model,
-        args.dtype.dtype(),
-        &device(args.device)?,
-    )?);
-    let text = ModelText::load(&args.model)?;
+    let (device, dtype) = args.place.resolve()?;
     let cfg = EngineConfig {
         max_num_seqs: args.max_num_seqs,
         mtp_drafts: args.mtp,
-        eos_ids: text.eos_ids.clone(),
         ..Default::default()
     };
-    let mut engine = Engine::new(model, cfg)?;
+    let mut l = Loaded::open(&args.model, dtype, &device, cfg)?;
     let opts = EvalOptions {
         k: args.k,
         temperature: args.temperature,
@@ -93,7 +84,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => opts,
     };
     let t0 = std::time::Instant::now();
-    let report = evaluate(&mut engine, &text, &problems, &opts)?;
+    let (engine, text) = l.engine_and_text()?;
+    let report = evaluate(engine, text, &problems, &opts)?;
     let secs = t0.elapsed().as_secs_f64();
     if let Some(path) = &args.samples {
         let mut f = std::io::BufWriter::new(

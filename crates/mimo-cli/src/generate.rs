@@ -2,17 +2,16 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use mimo_engine::engine::{Engine, EngineConfig, FinishReason};
-use mimo_engine::{ChatMessage, ModelText, SamplingParams, StopChecker};
-use mimo_model::MimoModel;
+use mimo_engine::{Loaded, SamplingParams};
+use mimo_text::{ChatMessage, ModelText, StopChecker};
 use serde_json::json;
 
-use crate::{device, parse_ids, DeviceArg, DtypeArg, UsageError};
+use crate::{parse_ids, Placement, UsageError};
 
 /// Options shared by `generate` and `chat`.
 #[derive(Args, Clone)]
@@ -47,12 +46,8 @@ pub struct GenOpts {
     /// MTP draft tokens per step (0 = off; uses the checkpoint's MTP layers, re-using the last).
     #[arg(long, default_value_t = 0)]
     pub mtp: usize,
-    /// Weight and activation dtype.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
-    /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub place: Placement,
 }
 
 /// `mimo generate` arguments.
@@ -78,25 +73,16 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
-struct Loaded {
-    model: Arc<MimoModel>,
-    text: Option<ModelText>,
-}
-
+/// Opens the model (the tokenizer is optional: `--prompt-ids` works without one) with a batch-1 engine.
 fn load(opts: &GenOpts) -> Result<Loaded> {
-    let model = MimoModel::from_dir(&opts.model, opts.dtype.dtype(), &device(opts.device)?)?;
-    let text = if opts.model.join("tokenizer.json").is_file() {
-        Some(
-            ModelText::load(&opts.model)
-                .with_context(|| format!("loading the tokenizer of {}", opts.model.display()))?,
-        )
-    } else {
-        None
+    let (device, dtype) = opts.place.resolve()?;
+    let cfg = EngineConfig {
+        max_num_seqs: 1,
+        mtp_drafts: opts.mtp,
+        ..Default::default()
     };
-    Ok(Loaded {
-        model: Arc::new(model),
-        text,
-    })
+    Loaded::open_ids_only(&opts.model, dtype, &device, cfg)
+        .with_context(|| format!("loading {}", opts.model.display()))
 }
 
 fn params(opts: &GenOpts, text: Option<&ModelText>) -> SamplingParams {
@@ -116,21 +102,6 @@ fn params(opts: &GenOpts, text: Option<&ModelText>) -> SamplingParams {
         stop_strings: opts.stop.clone(),
         ..Default::default()
     }
-}
-
-fn engine(l: &Loaded, opts: &GenOpts) -> Result<Engine> {
-    let eos = l
-        .text
-        .as_ref()
-        .map(|t| t.eos_ids.clone())
-        .unwrap_or_else(|| l.model.config().eos_token_ids.clone());
-    let cfg = EngineConfig {
-        max_num_seqs: 1,
-        mtp_drafts: opts.mtp,
-        eos_ids: eos,
-        ..Default::default()
-    };
-    Ok(Engine::new(l.model.clone(), cfg)?)
 }
 
 /// Result of generating one completion.
@@ -236,16 +207,15 @@ fn tokenize_prompt(args: &GenerateArgs, text: Option<&ModelText>, dir: &Path) ->
 
 /// `mimo generate`.
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let l = load(&args.opts)?;
+    let mut l = load(&args.opts)?;
     let prompt = tokenize_prompt(&args, l.text.as_ref(), &args.opts.model)?;
     let params = params(&args.opts, l.text.as_ref());
-    let mut engine = engine(&l, &args.opts)?;
     let prompt_tokens = prompt.len();
     let c = if args.json {
-        complete(&mut engine, l.text.as_ref(), prompt, params, |_| Ok(()))?
+        complete(&mut l.engine, l.text.as_ref(), prompt, params, |_| Ok(()))?
     } else {
         let mut stdout = std::io::stdout().lock();
-        let c = complete(&mut engine, l.text.as_ref(), prompt, params, |s| {
+        let c = complete(&mut l.engine, l.text.as_ref(), prompt, params, |s| {
             stdout.write_all(s.as_bytes())?;
             stdout.flush()?;
             Ok(())
@@ -265,7 +235,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         }
         c
     };
-    let stats = engine.mtp_stats();
+    let stats = l.engine.mtp_stats();
     let report = json!({
         "ids": c.ids,
         "text": c.text,
@@ -294,12 +264,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 
 /// `mimo chat`: an interactive terminal chat with streaming output; `/reset` clears the history, EOF quits.
 pub fn chat(opts: GenOpts, system: Option<String>) -> Result<()> {
-    let l = load(&opts)?;
+    let mut l = load(&opts)?;
     let text = l
         .text
         .as_ref()
         .ok_or_else(|| UsageError(format!("{}: no tokenizer.json", opts.model.display())))?;
-    let mut engine = engine(&l, &opts)?;
     let mut messages: Vec<ChatMessage> = system
         .into_iter()
         .map(|s| ChatMessage::new("system", s))
@@ -323,7 +292,7 @@ pub fn chat(opts: GenOpts, system: Option<String>) -> Result<()> {
             .encode(&text.chat_template.render(&messages, true)?, false)?;
         let mut stdout = std::io::stdout().lock();
         let c = complete(
-            &mut engine,
+            &mut l.engine,
             Some(text),
             prompt,
             params(&opts, Some(text)),

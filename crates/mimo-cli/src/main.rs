@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use mimo_model::{MimoModel, ModelError};
 
 #[derive(Parser)]
@@ -49,12 +49,8 @@ enum Cmd {
         /// Comma-separated token ids, e.g. 3,14,15,92.
         #[arg(long)]
         ids: String,
-        /// Weight and activation dtype.
-        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-        dtype: DtypeArg,
-        /// Device to run on.
-        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-        device: DeviceArg,
+        #[command(flatten)]
+        place: Placement,
     },
     /// Generate a completion through the engine (optionally with MTP speculative decoding).
     Generate(generate::GenerateArgs),
@@ -92,36 +88,24 @@ enum Cmd {
     Pipeline(rl::PipelineCli),
 }
 
-/// Compute dtypes offered on the command line.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    Bf16,
-    F16,
+/// `--dtype` and `--device`, parsed by `mimo_model::{parse_dtype, parse_device}` (the one parser, shared with
+/// `mimo serve`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct Placement {
+    /// Weight and activation dtype: f32, bf16, f16, or auto (f32 on the CPU, bf16 on a GPU).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Device: cpu, cuda, cuda:N, or auto (CUDA device 0 when available).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
-impl DtypeArg {
-    pub(crate) fn dtype(self) -> DType {
-        match self {
-            DtypeArg::F32 => DType::F32,
-            DtypeArg::Bf16 => DType::BF16,
-            DtypeArg::F16 => DType::F16,
-        }
-    }
-}
-
-/// Devices offered on the command line.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    Cpu,
-    Cuda,
-}
-
-pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
-    match arg {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda => Device::new_cuda(0)
-            .context("cannot open CUDA device 0 (was mimo built with --features cuda?)"),
+impl Placement {
+    /// The device and dtype named.
+    pub fn resolve(&self) -> Result<(Device, DType)> {
+        let device = mimo_model::parse_device(&self.device)?;
+        let dtype = mimo_model::parse_dtype(&self.dtype, &device)?;
+        Ok((device, dtype))
     }
 }
 
@@ -154,9 +138,10 @@ fn rows_json(t: &candle_core::Tensor) -> Result<serde_json::Value> {
     )?)
 }
 
-fn forward(model_dir: &std::path::Path, ids: &str, dtype: DtypeArg, dev: DeviceArg) -> Result<()> {
+fn forward(model_dir: &std::path::Path, ids: &str, place: &Placement) -> Result<()> {
     let ids = parse_ids(ids)?;
-    let model = MimoModel::from_dir(model_dir, dtype.dtype(), &device(dev)?)?;
+    let (device, dtype) = place.resolve()?;
+    let model = MimoModel::from_dir(model_dir, dtype, &device)?;
     let (logits, mtp) = model.forward_teacher_forced(&ids)?;
     let mtp = mtp.iter().map(rows_json).collect::<Result<Vec<_>>>()?;
     let out = serde_json::json!({ "logits": rows_json(&logits)?, "mtp_logits": mtp });
@@ -175,12 +160,7 @@ pub fn write_stdout(line: &str) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Inspect { model, json } => inspect::run(&model, json),
-        Cmd::Forward {
-            model,
-            ids,
-            dtype,
-            device,
-        } => forward(&model, &ids, dtype, device),
+        Cmd::Forward { model, ids, place } => forward(&model, &ids, &place),
         Cmd::Reward(cmd) => reward::run(cmd),
         Cmd::Rl(opts) => rl::rl(opts),
         Cmd::RolloutBench(a) => rl::rollout_bench(a),
@@ -202,7 +182,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<UsageError>() {
             return 2;
         }
-        if cause.is::<mimo_engine::TextError>() || cause.is::<mimo_engine::engine::EngineError>() {
+        if cause.is::<mimo_text::TextError>() || cause.is::<mimo_engine::engine::EngineError>() {
+            return 2;
+        }
+        if let Some(mimo_reward::RewardError::Data(_)) = cause.downcast_ref() {
             return 2;
         }
         if let Some(e) = cause.downcast_ref::<ModelError>() {

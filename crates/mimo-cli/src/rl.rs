@@ -217,7 +217,7 @@ pub fn rollout_bench(a: RolloutBenchCli) -> Result<()> {
 /// Runs `mimo pipeline`.
 #[cfg(feature = "train")]
 pub fn pipeline(opts: PipelineCli) -> Result<()> {
-    let mut args = mimo_rl::pipeline::PipelineArgs::layered(&opts.config)
+    let mut args = mimo_pipeline::PipelineArgs::layered(&opts.config)
         .map_err(|e| UsageError(e.to_string()))?;
     if let Some(s) = opts.seed {
         args.seed = s;
@@ -237,8 +237,7 @@ pub fn pipeline(opts: PipelineCli) -> Result<()> {
         args.out.clone()
     };
     eprintln!("mimo pipeline → {}", out.display());
-    let report =
-        mimo_rl::pipeline::run_pipeline(&args, &out, |line| eprintln!("[pipeline] {line}"))?;
+    let report = mimo_pipeline::run_pipeline(&args, &out, |line| eprintln!("[pipeline] {line}"))?;
     eprintln!("report: {}", out.join("report.md").display());
     crate::write_stdout(&serde_json::to_string(&report)?)
 }

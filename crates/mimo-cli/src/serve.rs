@@ -38,6 +38,9 @@ pub struct ServeCli {
     /// auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// auto (CUDA device 0 when available, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Open connections beyond this are answered 503 and closed.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -68,6 +71,7 @@ pub fn run(a: ServeCli) -> Result<()> {
         mtp: a.mtp,
         api_key: a.api_key,
         dtype: a.dtype,
+        device: a.device,
         max_queue: a.max_queue,
         limits: mimo_serve::ListenLimits {
             max_connections: a.max_connections.max(1),

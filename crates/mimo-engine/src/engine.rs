@@ -73,6 +73,9 @@ pub enum EngineError {
     /// The KV cache failed.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// The model directory's text files (tokenizer, chat template, generation config) are unusable.
+    #[error(transparent)]
+    Text(#[from] mimo_text::TextError),
     /// A tensor operation failed.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),

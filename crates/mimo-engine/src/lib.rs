@@ -1,17 +1,15 @@
-//! MiMo inference engine: text in and out for an HF model directory (tokenizer, streaming detokenizer, chat
-//! template, EOS ids) and token sampling (penalties, temperature, top-k/top-p/min-p, speculative acceptance,
-//! stop strings).
+//! MiMo inference engine, token-level: continuous batching over a paged KV cache, token sampling (penalties,
+//! temperature, top-k/top-p/min-p, seeded RNG, speculative acceptance) and MTP speculative decoding. Text in
+//! and out (tokenizer, chat template, stop strings) lives in `mimo-text`; [`load::Loaded`] opens a model
+//! directory (weights + text + engine) for every caller.
 
 pub mod engine;
 pub mod kv;
+pub mod load;
 pub mod sampling;
-pub mod text;
 
+pub use load::Loaded;
 pub use sampling::{
     check_logits, NonFiniteLogits, SampleResult, Sampler, SamplingError, SamplingParams,
-    StopChecker, StopStep, MAX_LOGIT_BIAS, MAX_LOGPROBS, SAMPLING_EPS,
-};
-pub use text::{
-    template_value_from_json, ChatMessage, ChatTemplate, DecodeStream, GenerationDefaults,
-    ModelText, TemplateValue, TextError, Tokenizer, CHATML_TEMPLATE,
+    MAX_LOGIT_BIAS, MAX_LOGPROBS, SAMPLING_EPS,
 };

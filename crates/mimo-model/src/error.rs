@@ -76,6 +76,9 @@ pub enum ModelError {
     /// The checkpoint holds layers the config does not describe (the model would run partially).
     #[error("{dir}: {msg}")]
     ExtraLayers { dir: PathBuf, msg: String },
+    /// A device or dtype setting names nothing usable.
+    #[error("--{setting} {msg}")]
+    Setting { setting: String, msg: String },
     /// Bad arguments to a model call (token id out of range, wrong MTP index, ...).
     #[error("{0}")]
     Input(String),

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod model;
 pub mod weights;
@@ -11,6 +12,7 @@ pub mod weights;
 pub use attention::LayerKv;
 pub use cache::{ContiguousKvCache, KvCache};
 pub use config::{Arch, ModelConfig, MtpHidden};
+pub use device::{parse_device, parse_dtype};
 pub use error::{ModelError, Result};
 pub use model::{parameter_counts, HostWeights, MainOutput, MimoModel, MtpOutput};
 pub use weights::{expected_tensors, TensorSpec, WeightStore};

@@ -7,36 +7,16 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use mimo_engine::engine::{Engine, EngineConfig};
-use mimo_engine::{ChatMessage, ModelText};
 use mimo_model::MimoModel;
+use mimo_reward::{load_problems, Check, Problem, RewardSettings};
+use mimo_text::ModelText;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::problem::load_problems;
-use crate::problem::{Check, RlProblem};
 use crate::rollout::{
     EngineGenerator, Generator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode, RolloutStats,
 };
 use crate::sampler::ProblemSampler;
-use crate::RewardSettings;
-
-/// Renders every problem as a chat prompt (user message = problem + instruction) and tokenizes it.
-pub fn render_prompts(
-    text: &ModelText,
-    prompts: &[String],
-    instruction: &str,
-) -> Result<Vec<Vec<u32>>> {
-    prompts
-        .iter()
-        .map(|p| {
-            let s = text.chat_template.render(
-                &[ChatMessage::new("user", format!("{p}{instruction}"))],
-                true,
-            )?;
-            Ok(text.tokenizer.encode(&s, false)?)
-        })
-        .collect()
-}
 
 /// `[bench]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,14 +63,10 @@ pub fn rollout_bench(
     let text = ModelText::load(model_dir)?;
     let model = Arc::new(MimoModel::from_dir(model_dir, DType::F32, &Device::Cpu)?);
     let problems = load_problems(data, kinds)?;
-    let prompts = render_prompts(
-        &text,
-        &problems
-            .iter()
-            .map(|p| p.prompt.clone())
-            .collect::<Vec<_>>(),
-        "",
-    )?;
+    let prompts = problems
+        .iter()
+        .map(|p| text.user_prompt_ids(&p.user_message("")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let n = problems.len();
     let capacity = b.groups * b.group_size;
     let mut results = (vec![], vec![]);
@@ -278,8 +254,8 @@ pub fn rollout_bench_simulated(
     dev: SimDevice,
     seed: u64,
 ) -> Result<(Vec<RolloutStats>, Vec<RolloutStats>, bool)> {
-    let problems: Vec<RlProblem> = (0..dev.problems)
-        .map(|i| RlProblem {
+    let problems: Vec<Problem> = (0..dev.problems)
+        .map(|i| Problem {
             id: format!("sim-{i}"),
             kind: None,
             prompt: String::new(),

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Errors of `mimo rl` and `mimo pipeline`.
+/// Errors of `mimo rl` and the rollout benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum RlError {
     #[error("{path}: {source}")]
@@ -19,16 +19,13 @@ pub enum RlError {
     #[error(transparent)]
     Engine(#[from] mimo_engine::engine::EngineError),
     #[error(transparent)]
-    Text(#[from] mimo_engine::TextError),
+    Text(#[from] mimo_text::TextError),
     #[error(transparent)]
     Model(#[from] mimo_model::ModelError),
     #[error(transparent)]
     Train(#[from] mimo_train::TrainError),
     #[error(transparent)]
-    Eval(#[from] mimo_eval::EvalError),
-    /// A pipeline stage failed.
-    #[error("pipeline stage `{stage}`: {msg}")]
-    Stage { stage: String, msg: String },
+    Reward(#[from] mimo_reward::RewardError),
 }
 
 impl RlError {

@@ -15,16 +15,14 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use mimo_engine::engine::{Engine, EngineConfig};
-use mimo_engine::ModelText;
 use mimo_model::{HostWeights, MimoModel};
+use mimo_reward::{load_problems, CodeReward, RewardSettings};
+use mimo_text::ModelText;
 use mimo_train::grpo::{Group, GrpoArgs, GrpoTrainer, Rollout, UpdateStats};
 use mimo_train::model::TrainModel;
 use serde::{Deserialize, Serialize};
 
-use crate::bench::render_prompts;
 use crate::error::{Result, RlError};
-use crate::problem::load_problems;
-use crate::reward::{CodeReward, RewardSettings};
 use crate::rollout::{EngineGenerator, GroupOut, RolloutArgs, RolloutEngine, RolloutStats};
 
 /// `mimo rl` settings (TOML; every key has a default).
@@ -217,8 +215,10 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
 
     let text = ModelText::load(&args.model)?;
     let problems = load_problems(&args.data, &args.kinds)?;
-    let prompt_texts: Vec<String> = problems.iter().map(|p| p.prompt.clone()).collect();
-    let prompts = render_prompts(&text, &prompt_texts, &args.instruction)?;
+    let prompts = problems
+        .iter()
+        .map(|p| text.user_prompt_ids(&p.user_message(&args.instruction)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
 
     let policy = TrainModel::from_dir(&args.model, tch::Device::Cpu)?;
     let cfg = policy.config().clone();

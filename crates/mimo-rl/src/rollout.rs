@@ -25,11 +25,10 @@ use std::time::{Duration, Instant};
 
 use mimo_engine::engine::{Engine, EngineError, FinishReason};
 use mimo_engine::SamplingParams;
+use mimo_reward::{group_rewards, score, Problem, RewardSettings, Score, TestHistory};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RlError};
-use crate::problem::RlProblem;
-use crate::reward::{group_rewards, score_rollout, RewardSettings, RolloutScore, TestHistory};
 use crate::sampler::{is_valid_group, Origin, ProblemSampler};
 
 /// What the rollout engine needs from a generator (the candle [`Engine`], or a scripted one in tests).
@@ -166,6 +165,32 @@ impl Default for RolloutArgs {
     }
 }
 
+impl RolloutArgs {
+    /// Tasks a step may launch before it gives up (`max_tasks_per_step`, 0 = 50·B).
+    fn task_limit(&self) -> usize {
+        match self.max_tasks_per_step {
+            0 => 50 * self.groups,
+            n => n,
+        }
+    }
+
+    /// Tasks in flight at most in seamless mode (`max_inflight`, 0 = 4·B).
+    fn inflight_limit(&self) -> usize {
+        match self.max_inflight {
+            0 => 4 * self.groups,
+            n => n,
+        }
+    }
+
+    /// Tasks per naive round (`naive_round`, 0 = B).
+    fn round_size(&self) -> usize {
+        match self.naive_round {
+            0 => self.groups,
+            n => n,
+        }
+    }
+}
+
 /// One selected group, ready for the GRPO update.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupOut {
@@ -218,12 +243,12 @@ struct Job {
     step: u64,
     task: usize,
     rollout: usize,
-    problem: Arc<RlProblem>,
+    problem: Arc<Problem>,
     text: String,
 }
 
 /// (step, task, rollout, score).
-type Scored = (u64, usize, usize, RolloutScore);
+type Scored = (u64, usize, usize, Score);
 
 /// A pool of reward threads, separate from generation.
 struct RewardPool {
@@ -255,7 +280,7 @@ impl RewardPool {
                     if job.step != current.load(Ordering::Acquire) {
                         continue;
                     }
-                    let score = score_rollout(&job.problem, &job.text, &settings);
+                    let score = score(&job.problem, &job.text, &settings);
                     if out_tx
                         .send((job.step, job.task, job.rollout, score))
                         .is_err()
@@ -305,9 +330,136 @@ struct Task {
     /// Tokens generated per rollout (finished or aborted).
     rollout_tokens: Vec<usize>,
     texts: Vec<String>,
-    scores: Vec<Option<RolloutScore>>,
+    scores: Vec<Option<Score>>,
     rewards: Vec<f64>,
     state: TaskState,
+}
+
+/// The state of one [`RolloutEngine::collect`] call, shared by both modes.
+struct StepState {
+    /// Tasks in launch order.
+    tasks: Vec<Task>,
+    /// Engine request id → (task, rollout).
+    owner: HashMap<u64, (usize, usize)>,
+    /// Problems that reached pass rate 1. They join the easy pool when the step ends, so the order problems are
+    /// drawn in within a step does not depend on the mode's timing.
+    easy: Vec<usize>,
+    stats: RolloutStats,
+    /// Σ running · dt over generation steps: the decode-slot time in use.
+    slot_time: f64,
+}
+
+impl StepState {
+    fn new(mode: RolloutMode) -> Self {
+        Self {
+            tasks: vec![],
+            owner: HashMap::new(),
+            easy: vec![],
+            stats: RolloutStats {
+                mode: format!("{mode:?}").to_lowercase(),
+                ..Default::default()
+            },
+            slot_time: 0.0,
+        }
+    }
+
+    /// Tasks in `state`.
+    fn count(&self, state: &TaskState) -> usize {
+        self.tasks.iter().filter(|t| t.state == *state).count()
+    }
+
+    /// Launch-order indices of the valid finished tasks.
+    fn valid_tasks(&self) -> Vec<usize> {
+        (0..self.tasks.len())
+            .filter(|&i| self.tasks[i].state == TaskState::Done { valid: true })
+            .collect()
+    }
+
+    /// One timed generation step; returns the finished requests.
+    fn generate(&mut self, gen: &mut dyn Generator) -> Result<Vec<(u64, Vec<u32>)>> {
+        let running = gen.running();
+        let t0 = Instant::now();
+        let done = gen.step();
+        let dt = t0.elapsed().as_secs_f64();
+        self.stats.generate_s += dt;
+        self.slot_time += running.max(gen.running()) as f64 * dt;
+        done
+    }
+
+    /// Early termination: aborts whatever is still in flight, keeping the tokens it had generated for the
+    /// waste accounting.
+    fn abort_in_flight(&mut self, gen: &mut dyn Generator) {
+        for (i, t) in self.tasks.iter_mut().enumerate() {
+            if t.state == TaskState::Running {
+                self.stats.aborted.push(i);
+                for (r, req) in t.requests.iter_mut().enumerate() {
+                    if let Some(id) = req.take() {
+                        t.rollout_tokens[r] = gen.abort(id);
+                    }
+                }
+                t.state = TaskState::Aborted;
+                self.stats.tasks_aborted += 1;
+            }
+        }
+    }
+
+    /// Fills the step's timings, counts, rewards and waste (all but the easy-pool size) given the `selected`
+    /// tasks.
+    fn finish_stats(&mut self, selected: &[usize], wall_s: f64, capacity: usize) {
+        let (st, tasks) = (&mut self.stats, &self.tasks);
+        st.wall_s = wall_s;
+        st.idle_fraction = 1.0 - self.slot_time / (capacity.max(1) as f64 * st.wall_s.max(1e-9));
+        st.tasks_launched = tasks.len();
+        let finished: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| matches!(t.state, TaskState::Done { .. }))
+            .collect();
+        st.tasks_finished = finished.len();
+        let all = |t: &Task, v: f64| !t.rewards.is_empty() && t.rewards.iter().all(|&r| r == v);
+        st.groups_all_fail = finished.iter().filter(|t| all(t, 0.0)).count();
+        st.groups_all_pass = finished.iter().filter(|t| all(t, 1.0)).count();
+        st.valid_groups = selected.len();
+        st.mean_reward = if finished.is_empty() {
+            0.0
+        } else {
+            finished
+                .iter()
+                .map(|t| t.rewards.iter().sum::<f64>() / t.rewards.len() as f64)
+                .sum::<f64>()
+                / finished.len() as f64
+        };
+        let tokens = |t: &Task| t.rollout_tokens.iter().sum::<usize>();
+        let samples = |t: &Task| t.rollout_tokens.iter().filter(|&&n| n > 0).count();
+        st.tokens_generated = tasks.iter().map(tokens).sum();
+        let used_tokens: usize = selected.iter().map(|&i| tokens(&tasks[i])).sum();
+        st.token_waste = 1.0 - used_tokens as f64 / st.tokens_generated.max(1) as f64;
+        let all_samples: usize = tasks.iter().map(samples).sum();
+        let used_samples: usize = selected.iter().map(|&i| samples(&tasks[i])).sum();
+        st.sample_waste = 1.0 - used_samples as f64 / all_samples.max(1) as f64;
+    }
+
+    /// Moves the `selected` tasks out as training groups.
+    fn take_groups(&mut self, selected: Vec<usize>, prompts: &[Vec<u32>]) -> Vec<GroupOut> {
+        selected
+            .into_iter()
+            .map(|i| {
+                let t = &mut self.tasks[i];
+                GroupOut {
+                    problem: t.problem,
+                    origin: t.origin,
+                    seq: i,
+                    prompt: prompts[t.problem].clone(),
+                    responses: t
+                        .responses
+                        .iter_mut()
+                        .map(|r| r.take().unwrap_or_default())
+                        .collect(),
+                    texts: std::mem::take(&mut t.texts),
+                    rewards: std::mem::take(&mut t.rewards),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Token ids → response text (the reward sees text).
@@ -319,7 +471,7 @@ pub type Decode = Box<dyn Fn(&[u32]) -> String + Send>;
 /// [`collect`]: RolloutEngine::collect
 pub struct RolloutEngine {
     pub args: RolloutArgs,
-    problems: Vec<Arc<RlProblem>>,
+    problems: Vec<Arc<Problem>>,
     prompts: Vec<Vec<u32>>,
     pub sampler: ProblemSampler,
     histories: HashMap<usize, TestHistory>,
@@ -345,7 +497,7 @@ impl RolloutEngine {
     /// for the reward.
     pub fn new(
         args: RolloutArgs,
-        problems: Vec<RlProblem>,
+        problems: Vec<Problem>,
         prompts: Vec<Vec<u32>>,
         settings: RewardSettings,
         seed: u64,
@@ -388,7 +540,7 @@ impl RolloutEngine {
     }
 
     /// The problems.
-    pub fn problems(&self) -> &[Arc<RlProblem>] {
+    pub fn problems(&self) -> &[Arc<Problem>] {
         &self.problems
     }
 
@@ -414,16 +566,20 @@ impl RolloutEngine {
         }
     }
 
-    fn launch(&mut self, gen: &mut dyn Generator, tasks: &mut Vec<Task>) -> Result<()> {
+    /// Launches one task (the launch bookkeeping of both modes): draws a problem from the sampler (easy pool
+    /// included), submits its `G` rollout requests seeded by (seed, step, task, rollout), and records which task
+    /// and rollout slot each request fills.
+    fn launch(&mut self, gen: &mut dyn Generator, s: &mut StepState) -> Result<()> {
         let (problem, origin) = self.sampler.draw();
-        let seq = tasks.len();
+        let seq = s.tasks.len();
         let g = self.args.group_size;
         let mut requests = Vec::with_capacity(g);
         for r in 0..g {
-            let p = self.params(seq, r);
-            requests.push(Some(gen.submit(&self.prompts[problem], p)?));
+            let id = gen.submit(&self.prompts[problem], self.params(seq, r))?;
+            s.owner.insert(id, (seq, r));
+            requests.push(Some(id));
         }
-        tasks.push(Task {
+        s.tasks.push(Task {
             problem,
             origin,
             requests,
@@ -437,48 +593,48 @@ impl RolloutEngine {
         Ok(())
     }
 
-    /// Records finished generations; in seamless mode they go to the reward workers at once.
+    /// Sends rollout `rollout` of task `task` (on `problem`) to the reward workers.
+    fn send_reward(&self, task: usize, rollout: usize, problem: usize, text: String) -> Result<()> {
+        self.pool.send(Job {
+            step: self.step,
+            task,
+            rollout,
+            problem: Arc::clone(&self.problems[problem]),
+            text,
+        })
+    }
+
+    /// Records finished generations; with asynchronous reward (seamless) they go to the reward workers at once.
     fn on_finished(
-        &mut self,
+        &self,
         done: Vec<(u64, Vec<u32>)>,
-        owner: &HashMap<u64, (usize, usize)>,
-        tasks: &mut [Task],
+        s: &mut StepState,
         send_now: bool,
     ) -> Result<()> {
         for (id, tokens) in done {
-            let Some(&(t, r)) = owner.get(&id) else {
+            let Some(&(t, r)) = s.owner.get(&id) else {
                 continue;
             };
             let text = (self.decode)(&tokens);
-            let task = &mut tasks[t];
+            let task = &mut s.tasks[t];
             task.rollout_tokens[r] = tokens.len();
             task.requests[r] = None;
             task.texts[r] = text.clone();
             task.responses[r] = Some(tokens);
             if send_now {
-                self.pool.send(Job {
-                    step: self.step,
-                    task: t,
-                    rollout: r,
-                    problem: Arc::clone(&self.problems[task.problem]),
-                    text,
-                })?;
+                self.send_reward(t, r, task.problem, text)?;
             }
         }
         Ok(())
     }
 
-    /// Stores a score; when the group is complete, computes its rewards, validity and easy-pool membership.
-    fn on_scored(
-        &mut self,
-        (step, t, r, score): Scored,
-        tasks: &mut [Task],
-        easy: &mut Vec<usize>,
-    ) {
-        if step != self.step || t >= tasks.len() {
+    /// Stores a score; when the group is complete, computes its rewards, validity (dynamic sampling) and
+    /// easy-pool membership.
+    fn on_scored(&mut self, (step, t, r, score): Scored, s: &mut StepState) {
+        if step != self.step || t >= s.tasks.len() {
             return;
         }
-        let task = &mut tasks[t];
+        let task = &mut s.tasks[t];
         if task.state != TaskState::Running {
             return;
         }
@@ -486,7 +642,7 @@ impl RolloutEngine {
         if task.scores.iter().any(Option::is_none) {
             return;
         }
-        let scores: Vec<RolloutScore> = task.scores.iter().flatten().cloned().collect();
+        let scores: Vec<Score> = task.scores.iter().flatten().cloned().collect();
         let problem = Arc::clone(&self.problems[task.problem]);
         let history = self.histories.entry(task.problem).or_default();
         if problem.is_code() {
@@ -495,7 +651,7 @@ impl RolloutEngine {
         task.rewards = group_rewards(&problem, &scores, history, &self.settings);
         let valid = is_valid_group(&task.rewards);
         if scores.iter().all(|s| s.passed.iter().all(|&p| p)) {
-            easy.push(task.problem);
+            s.easy.push(task.problem);
         }
         self.groups_seen += 1;
         self.valid_seen += valid as u64;
@@ -522,227 +678,136 @@ impl RolloutEngine {
         None
     }
 
-    /// Fills one training batch of `B` valid groups from `gen` (see the module docs for the two modes).
+    /// Fills one training batch of `B` valid groups from `gen` in the configured [`RolloutMode`] (see the module
+    /// docs), then aborts whatever is still in flight, moves perfect problems into the easy pool and fills the
+    /// step's statistics.
     pub fn collect(&mut self, gen: &mut dyn Generator) -> Result<(Vec<GroupOut>, RolloutStats)> {
         let start = Instant::now();
-        let mut tasks: Vec<Task> = vec![];
-        // Problems that reached pass rate 1 join the easy pool when the step ends, so the order problems are
-        // drawn in within a step does not depend on the mode's timing.
-        let mut easy: Vec<usize> = vec![];
+        let mut s = StepState::new(self.args.mode);
         self.current.store(self.step, Ordering::Release);
-        let mut owner: HashMap<u64, (usize, usize)> = HashMap::new();
-        let mut st = RolloutStats {
-            mode: format!("{:?}", self.args.mode).to_lowercase(),
-            ..Default::default()
-        };
-        let b = self.args.groups;
-        let max_tasks = if self.args.max_tasks_per_step == 0 {
-            50 * b
-        } else {
-            self.args.max_tasks_per_step
-        };
-        let mut slot_time = 0.0;
-        let gen_step = |gen: &mut dyn Generator, st: &mut RolloutStats, slot_time: &mut f64| {
-            let running = gen.running();
-            let t0 = Instant::now();
-            let done = gen.step();
-            let dt = t0.elapsed().as_secs_f64();
-            st.generate_s += dt;
-            *slot_time += running.max(gen.running()) as f64 * dt;
-            done
-        };
         let selected = match self.args.mode {
-            RolloutMode::Seamless => {
-                let max_inflight = if self.args.max_inflight == 0 {
-                    4 * b
-                } else {
-                    self.args.max_inflight
-                };
-                loop {
-                    if let Some(sel) = self.fifo_selection(&tasks) {
-                        break Some(sel);
-                    }
-                    // Launch only while the tasks in flight are predicted not to fill the batch.
-                    let p_valid = (self.valid_seen as f64 + 1.0) / (self.groups_seen as f64 + 2.0);
-                    loop {
-                        let valid = tasks
-                            .iter()
-                            .filter(|t| t.state == TaskState::Done { valid: true })
-                            .count();
-                        let in_flight = tasks
-                            .iter()
-                            .filter(|t| t.state == TaskState::Running)
-                            .count();
-                        let predicted = valid as f64 + p_valid * in_flight as f64;
-                        if predicted >= b as f64
-                            || in_flight >= max_inflight
-                            || tasks.len() >= max_tasks
-                        {
-                            break;
-                        }
-                        self.launch(gen, &mut tasks)?;
-                        let t = tasks.len() - 1;
-                        for (r, id) in tasks[t].requests.iter().enumerate() {
-                            owner.insert(id.unwrap_or(u64::MAX), (t, r));
-                        }
-                    }
-                    if gen.has_work() {
-                        let done = gen_step(gen, &mut st, &mut slot_time)?;
-                        self.on_finished(done, &owner, &mut tasks, true)?;
-                        while let Ok(s) = self.pool.rx.try_recv() {
-                            self.on_scored(s, &mut tasks, &mut easy);
-                        }
-                    } else if tasks.iter().any(|t| t.state == TaskState::Running) {
-                        let t0 = Instant::now();
-                        let got = self.pool.rx.recv_timeout(Duration::from_secs(60));
-                        st.reward_wait_s += t0.elapsed().as_secs_f64();
-                        match got {
-                            Ok(s) => self.on_scored(s, &mut tasks, &mut easy),
-                            Err(RecvTimeoutError::Timeout) => {
-                                return Err(RlError::Data("no reward result within 60 s".into()))
-                            }
-                            Err(RecvTimeoutError::Disconnected) => {
-                                return Err(RlError::Data("reward workers stopped".into()))
-                            }
-                        }
-                    } else {
-                        break None;
-                    }
-                }
-            }
-            RolloutMode::Naive => {
-                let round = if self.args.naive_round == 0 {
-                    b
-                } else {
-                    self.args.naive_round
-                };
-                loop {
-                    let valid: Vec<usize> = (0..tasks.len())
-                        .filter(|&i| tasks[i].state == TaskState::Done { valid: true })
-                        .collect();
-                    if valid.len() >= b {
-                        break Some(valid[..b].to_vec());
-                    }
-                    if tasks.len() >= max_tasks {
-                        break None;
-                    }
-                    let first = tasks.len();
-                    for _ in 0..round {
-                        self.launch(gen, &mut tasks)?;
-                        let t = tasks.len() - 1;
-                        for (r, id) in tasks[t].requests.iter().enumerate() {
-                            owner.insert(id.unwrap_or(u64::MAX), (t, r));
-                        }
-                    }
-                    // Generate everything…
-                    while gen.has_work() {
-                        let done = gen_step(gen, &mut st, &mut slot_time)?;
-                        self.on_finished(done, &owner, &mut tasks, false)?;
-                    }
-                    // …then reward everything (the generator idles meanwhile), then filter.
-                    let t0 = Instant::now();
-                    let mut pending = 0;
-                    for (t, task) in tasks.iter().enumerate().skip(first) {
-                        for r in 0..self.args.group_size {
-                            self.pool.send(Job {
-                                step: self.step,
-                                task: t,
-                                rollout: r,
-                                problem: Arc::clone(&self.problems[task.problem]),
-                                text: task.texts[r].clone(),
-                            })?;
-                            pending += 1;
-                        }
-                    }
-                    for _ in 0..pending {
-                        let s =
-                            self.pool
-                                .rx
-                                .recv_timeout(Duration::from_secs(60))
-                                .map_err(|_| {
-                                    RlError::Data("reward workers stopped or stalled".into())
-                                })?;
-                        self.on_scored(s, &mut tasks, &mut easy);
-                    }
-                    st.reward_wait_s += t0.elapsed().as_secs_f64();
-                }
-            }
+            RolloutMode::Seamless => self.collect_seamless(gen, &mut s)?,
+            RolloutMode::Naive => self.collect_naive(gen, &mut s)?,
         };
-        // Early termination: abort whatever is still in flight.
-        for (i, t) in tasks.iter_mut().enumerate() {
-            if t.state == TaskState::Running {
-                st.aborted.push(i);
-                for (r, req) in t.requests.iter_mut().enumerate() {
-                    if let Some(id) = req.take() {
-                        t.rollout_tokens[r] = gen.abort(id);
-                    }
-                }
-                t.state = TaskState::Aborted;
-                st.tasks_aborted += 1;
-            }
-        }
-        for p in easy {
+        s.abort_in_flight(gen);
+        for &p in &s.easy {
             self.sampler.mark_easy(p);
         }
-
-        let selected = selected.unwrap_or_else(|| {
-            st.short = true;
-            (0..tasks.len())
-                .filter(|&i| tasks[i].state == TaskState::Done { valid: true })
-                .collect()
-        });
-        st.wall_s = start.elapsed().as_secs_f64();
-        st.idle_fraction = 1.0 - slot_time / (gen.capacity().max(1) as f64 * st.wall_s.max(1e-9));
-        st.tasks_launched = tasks.len();
-        let finished: Vec<&Task> = tasks
-            .iter()
-            .filter(|t| matches!(t.state, TaskState::Done { .. }))
-            .collect();
-        st.tasks_finished = finished.len();
-        let all = |t: &Task, v: f64| !t.rewards.is_empty() && t.rewards.iter().all(|&r| r == v);
-        st.groups_all_fail = finished.iter().filter(|t| all(t, 0.0)).count();
-        st.groups_all_pass = finished.iter().filter(|t| all(t, 1.0)).count();
-        st.valid_groups = selected.len();
-        st.mean_reward = if finished.is_empty() {
-            0.0
-        } else {
-            finished
-                .iter()
-                .map(|t| t.rewards.iter().sum::<f64>() / t.rewards.len() as f64)
-                .sum::<f64>()
-                / finished.len() as f64
+        let selected = match selected {
+            Some(selected) => selected,
+            None => {
+                s.stats.short = true;
+                s.valid_tasks()
+            }
         };
-        let tokens = |t: &Task| t.rollout_tokens.iter().sum::<usize>();
-        let samples = |t: &Task| t.rollout_tokens.iter().filter(|&&n| n > 0).count();
-        st.tokens_generated = tasks.iter().map(tokens).sum();
-        let used_tokens: usize = selected.iter().map(|&i| tokens(&tasks[i])).sum();
-        st.token_waste = 1.0 - used_tokens as f64 / st.tokens_generated.max(1) as f64;
-        let all_samples: usize = tasks.iter().map(samples).sum();
-        let used_samples: usize = selected.iter().map(|&i| samples(&tasks[i])).sum();
-        st.sample_waste = 1.0 - used_samples as f64 / all_samples.max(1) as f64;
-        st.easy_pool = self.sampler.easy_pool_len();
+        s.finish_stats(&selected, start.elapsed().as_secs_f64(), gen.capacity());
+        s.stats.easy_pool = self.sampler.easy_pool_len();
         self.step += 1;
         self.current.store(self.step, Ordering::Release);
+        let groups = s.take_groups(selected, &self.prompts);
+        Ok((groups, s.stats))
+    }
 
-        let groups = selected
-            .into_iter()
-            .map(|i| {
-                let t = &mut tasks[i];
-                GroupOut {
-                    problem: t.problem,
-                    origin: t.origin,
-                    seq: i,
-                    prompt: self.prompts[t.problem].clone(),
-                    responses: t
-                        .responses
-                        .iter_mut()
-                        .map(|r| r.take().unwrap_or_default())
-                        .collect(),
-                    texts: std::mem::take(&mut t.texts),
-                    rewards: std::mem::take(&mut t.rewards),
+    /// The Seamless Rollout Engine. *Continuous rollout*: a new task is launched whenever the tasks in flight are
+    /// predicted not to fill the batch (`valid + p̂ · in_flight < B`, `p̂` the running valid rate), with no barrier
+    /// between generation and reward. *Asynchronous reward*: each finished rollout goes to the reward workers at
+    /// once and scores are gathered between decode steps. *Early termination*: stops as soon as
+    /// [`Self::fifo_selection`] holds `B` valid groups (dynamic sampling drops the invalid ones) and returns
+    /// them; `None` once the task budget is spent and nothing is left in flight.
+    fn collect_seamless(
+        &mut self,
+        gen: &mut dyn Generator,
+        s: &mut StepState,
+    ) -> Result<Option<Vec<usize>>> {
+        let b = self.args.groups;
+        let (max_inflight, max_tasks) = (self.args.inflight_limit(), self.args.task_limit());
+        loop {
+            if let Some(selected) = self.fifo_selection(&s.tasks) {
+                return Ok(Some(selected));
+            }
+            // Launch only while the tasks in flight are predicted not to fill the batch.
+            let p_valid = (self.valid_seen as f64 + 1.0) / (self.groups_seen as f64 + 2.0);
+            loop {
+                let valid = s.count(&TaskState::Done { valid: true });
+                let in_flight = s.count(&TaskState::Running);
+                let predicted = valid as f64 + p_valid * in_flight as f64;
+                let at_limit = in_flight >= max_inflight || s.tasks.len() >= max_tasks;
+                if predicted >= b as f64 || at_limit {
+                    break;
                 }
-            })
-            .collect();
-        Ok((groups, st))
+                self.launch(gen, s)?;
+            }
+            if gen.has_work() {
+                let done = s.generate(gen)?;
+                self.on_finished(done, s, true)?;
+                while let Ok(scored) = self.pool.rx.try_recv() {
+                    self.on_scored(scored, s);
+                }
+            } else if s.count(&TaskState::Running) > 0 {
+                // Everything is generated; the generator idles until the reward workers catch up.
+                let t0 = Instant::now();
+                let got = self.pool.rx.recv_timeout(Duration::from_secs(60));
+                s.stats.reward_wait_s += t0.elapsed().as_secs_f64();
+                match got {
+                    Ok(scored) => self.on_scored(scored, s),
+                    Err(RecvTimeoutError::Timeout) => {
+                        return Err(RlError::Data("no reward result within 60 s".into()))
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(RlError::Data("reward workers stopped".into()))
+                    }
+                }
+            } else {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The naive dynamic-sampling baseline: launch a round of tasks, generate all of them, then reward all of
+    /// them (the generator idles meanwhile), then filter; repeat until `B` valid groups exist and return the
+    /// first `B` in launch order, or `None` once the task budget is spent.
+    fn collect_naive(
+        &mut self,
+        gen: &mut dyn Generator,
+        s: &mut StepState,
+    ) -> Result<Option<Vec<usize>>> {
+        let b = self.args.groups;
+        let (round, max_tasks) = (self.args.round_size(), self.args.task_limit());
+        loop {
+            let valid = s.valid_tasks();
+            if valid.len() >= b {
+                return Ok(Some(valid[..b].to_vec()));
+            }
+            if s.tasks.len() >= max_tasks {
+                return Ok(None);
+            }
+            let first = s.tasks.len();
+            for _ in 0..round {
+                self.launch(gen, s)?;
+            }
+            // Generate everything…
+            while gen.has_work() {
+                let done = s.generate(gen)?;
+                self.on_finished(done, s, false)?;
+            }
+            // …then reward everything (the generator idles meanwhile), then filter.
+            let t0 = Instant::now();
+            let mut pending = 0;
+            for (t, task) in s.tasks.iter().enumerate().skip(first) {
+                for (r, text) in task.texts.iter().enumerate() {
+                    self.send_reward(t, r, task.problem, text.clone())?;
+                    pending += 1;
+                }
+            }
+            for _ in 0..pending {
+                let scored = self
+                    .pool
+                    .rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .map_err(|_| RlError::Data("reward workers stopped or stalled".into()))?;
+                self.on_scored(scored, s);
+            }
+            s.stats.reward_wait_s += t0.elapsed().as_secs_f64();
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! again only with probability α (default 0.1). Dynamic sampling itself (dropping groups with pass rate 0 or 1)
 //! is [`is_valid_group`]; the rollout engine over-samples to keep the batch full.
 
-use mimo_data::SplitMix64;
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 /// A group carries gradient only if its rewards differ (pass rate strictly between 0 and 1 for 0/1 rewards).
@@ -41,7 +42,7 @@ impl ProblemSampler {
         let mut s = Self {
             n,
             alpha: alpha.clamp(0.0, 1.0),
-            rng: SplitMix64(seed ^ 0x005E_ED0F_E4A5),
+            rng: SplitMix64::from_seed((seed ^ 0x005E_ED0F_E4A5).to_le_bytes()),
             order: vec![],
             pos: 0,
             in_pool: vec![false; n],
@@ -55,7 +56,7 @@ impl ProblemSampler {
     fn reshuffle(&mut self) {
         self.order = (0..self.n).filter(|&i| !self.in_pool[i]).collect();
         for i in (1..self.order.len()).rev() {
-            let j = self.rng.below(i as u64 + 1) as usize;
+            let j = below(&mut self.rng, i as u64 + 1) as usize;
             self.order.swap(i, j);
         }
         self.pos = 0;
@@ -64,8 +65,8 @@ impl ProblemSampler {
     /// The next problem index and its origin.
     pub fn draw(&mut self) -> (usize, Origin) {
         let normal_left = self.in_pool.iter().any(|&e| !e);
-        if !self.pool.is_empty() && (!normal_left || self.rng.next_f64() < self.alpha) {
-            let i = self.pool[self.rng.below(self.pool.len() as u64) as usize];
+        if !self.pool.is_empty() && (!normal_left || unit_f64(&mut self.rng) < self.alpha) {
+            let i = self.pool[below(&mut self.rng, self.pool.len() as u64) as usize];
             return (i, Origin::Easy);
         }
         loop {
@@ -93,6 +94,16 @@ impl ProblemSampler {
     pub fn easy_pool_len(&self) -> usize {
         self.pool.len()
     }
+}
+
+/// Uniform integer in `0..n` (n > 0), by Lemire's multiply-shift.
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    ((rng.next_u64() as u128 * n as u128) >> 64) as u64
+}
+
+/// Uniform float in `[0, 1)` from the top 53 bits.
+fn unit_f64(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! sampling, easy pool, and waste/idle accounting.
 
 use mimo_engine::SamplingParams;
+use mimo_reward::{Check, Problem, RewardSettings};
 use mimo_rl::rollout::{Generator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode};
-use mimo_rl::{Check, Result, RewardSettings, RlProblem};
+use mimo_rl::Result;
 
 /// Decodes one token per step (2 ms each) for up to `capacity` requests (FIFO admission). A request's tokens are
 /// `seed % 1000` repeated; its length is `max_tokens`.
@@ -76,8 +77,8 @@ impl Generator for Scripted {
 /// have different pass rates: i % 4 == 0 always wrong, i % 4 == 1 always right, others mixed.
 fn engine(mode: RolloutMode, skew: Option<LengthSkew>) -> RolloutEngine {
     let n = 40;
-    let problems: Vec<RlProblem> = (0..n)
-        .map(|i| RlProblem {
+    let problems: Vec<Problem> = (0..n)
+        .map(|i| Problem {
             id: format!("p{i}"),
             kind: Some("arithmetic".into()),
             prompt: format!("q{i}"),
@@ -188,7 +189,7 @@ fn invalid_groups_are_dropped_and_perfect_ones_join_the_easy_pool() {
 
 #[test]
 fn a_batch_that_cannot_fill_is_reported_short() {
-    let problems = vec![RlProblem {
+    let problems = vec![Problem {
         id: "x".into(),
         kind: None,
         prompt: "q".into(),

@@ -2,7 +2,7 @@
 //! text into reasoning and content.
 
 use mimo_engine::engine::{FinishReason, TokenLogprob};
-use mimo_engine::{DecodeStream, StopChecker, Tokenizer};
+use mimo_text::{DecodeStream, StopChecker, Tokenizer};
 
 /// Opening tag of a reasoning block.
 pub const THINK_START: &str = "<think>";

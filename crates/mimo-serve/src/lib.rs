@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
-use mimo_engine::engine::{Engine, EngineConfig};
-use mimo_engine::ModelText;
+use mimo_engine::engine::EngineConfig;
+use mimo_engine::Loaded;
 use mimo_model::MimoModel;
+use mimo_text::ModelText;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,6 +55,8 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// Weight dtype: `auto` (bf16 on GPU, f32 on CPU), `f32`, `bf16` or `f16`.
     pub dtype: String,
+    /// Device: `auto` (CUDA device 0 when built with CUDA and present, else the CPU), `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
     /// Most sequences waiting for admission; further requests get 429.
     pub max_queue: usize,
     /// How long in-flight requests may run after a shutdown signal before they are aborted.
@@ -77,6 +79,7 @@ impl Default for ServeArgs {
             mtp: 0,
             api_key: None,
             dtype: "auto".into(),
+            device: "auto".into(),
             max_queue: 256,
             shutdown_grace: Duration::from_secs(30),
             limits: ListenLimits::default(),
@@ -87,33 +90,6 @@ impl Default for ServeArgs {
 
 /// How long connections may take to close after in-flight requests are aborted at the end of the grace period.
 const DRAIN_SLACK: Duration = Duration::from_secs(5);
-
-fn pick_device() -> anyhow::Result<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        Ok(Device::cuda_if_available(0)?)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        Ok(Device::Cpu)
-    }
-}
-
-fn parse_dtype(s: &str, device: &Device) -> anyhow::Result<DType> {
-    Ok(match s {
-        "auto" => {
-            if device.is_cpu() {
-                DType::F32
-            } else {
-                DType::BF16
-            }
-        }
-        "f32" | "float32" => DType::F32,
-        "bf16" | "bfloat16" => DType::BF16,
-        "f16" | "float16" => DType::F16,
-        other => bail!("--dtype {other:?}: expected auto, f32, bf16 or f16"),
-    })
-}
 
 /// A running server.
 pub struct Server {
@@ -131,8 +107,8 @@ impl Server {
         }
         let text = ModelText::load(&args.model)
             .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
-        let device = pick_device()?;
-        let dtype = parse_dtype(&args.dtype, &device)?;
+        let device = mimo_model::parse_device(&args.device)?;
+        let dtype = mimo_model::parse_dtype(&args.dtype, &device)?;
         let served_name = args.served_model_name.clone().unwrap_or_else(|| {
             args.model
                 .file_name()
@@ -163,7 +139,7 @@ impl Server {
                     .with_context(|| format!("loading the model in {}", dir.display()))
                     .and_then(|m| {
                         let vocab = m.config().vocab_size;
-                        Ok((Engine::new(Arc::new(m), engine_cfg)?, vocab))
+                        Ok((Loaded::from_model(m, None, engine_cfg)?.engine, vocab))
                     });
                 match built {
                     Ok((engine, vocab)) => {

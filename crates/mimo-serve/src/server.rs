@@ -12,7 +12,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use mimo_engine::{ModelText, SamplingParams, TemplateValue};
+use mimo_engine::SamplingParams;
+use mimo_text::{ModelText, TemplateValue};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -366,11 +367,11 @@ fn prepare_chat(st: &AppState, body: &Value) -> Result<Prepared, ApiError> {
     let messages = normalize_messages(&f.messages)?;
     let messages_json = serde_json::to_string(&messages)
         .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
-    let mvalue = mimo_engine::template_value_from_json(&messages_json)
+    let mvalue = mimo_text::template_value_from_json(&messages_json)
         .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
     let mut extra: Vec<(&str, TemplateValue)> = vec![];
     for (k, v) in f.chat_template_kwargs.iter().flatten() {
-        let v = mimo_engine::template_value_from_json(&v.to_string())
+        let v = mimo_text::template_value_from_json(&v.to_string())
             .map_err(|e| ApiError::bad_param("chat_template_kwargs", e.to_string()))?;
         extra.push((k.as_str(), v));
     }

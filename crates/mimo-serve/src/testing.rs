@@ -13,8 +13,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
-use mimo_engine::Tokenizer;
 use mimo_model::{expected_tensors, ModelConfig};
+use mimo_text::Tokenizer;
 
 /// Reasoning text of the scripted reply.
 pub const SCRIPTED_REASONING: &str = "Check sum";
@@ -83,9 +83,13 @@ pub fn write_test_model(
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
     let cfg = ModelConfig::from_dir(dir)?;
 
-    // The scripted chain: trigger → reply tokens.
+    // The scripted chain: trigger (the last token of the template's generation prompt) → reply tokens.
+    let text = mimo_text::ModelText::load(dir)?;
+    let prompt = text
+        .chat_template
+        .render(&[mimo_text::ChatMessage::new("user", "x")], true)?;
     let trigger = *tok
-        .encode("<|im_start|>assistant\n", false)?
+        .encode(&prompt, false)?
         .last()
         .context("empty generation prompt")?;
     let reply = tok.encode(
@@ -119,7 +123,6 @@ pub fn write_test_model(
         }
     }
     let (alpha, gamma) = (2.0f32, 10.0f32);
-    let text = mimo_engine::ModelText::load(dir)?;
     let mut suppressed: Vec<u32> = chain.clone();
     suppressed.extend(&text.eos_ids);
     suppressed.extend(

@@ -417,8 +417,8 @@ async fn shutdown_aborts_in_flight_after_grace() {
     assert!(text.contains("\"finish_reason\""));
 }
 
-fn fixture_tokenizer() -> mimo_engine::Tokenizer {
-    mimo_engine::Tokenizer::from_dir(fixtures()).expect("fixture tokenizer")
+fn fixture_tokenizer() -> mimo_text::Tokenizer {
+    mimo_text::Tokenizer::from_dir(fixtures()).expect("fixture tokenizer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

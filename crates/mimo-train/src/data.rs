@@ -5,14 +5,16 @@
 //! `(epoch, index)` saved in checkpoints, so a resumed run reads exactly the windows the uninterrupted run would.
 //!
 //! SFT JSONL lines are `{"prompt_ids": [..], "response_ids": [..]}` or `{"prompt": "..", "response": ".."}`
-//! (tokenized with the run's tokenizer; with `chat_template` wrapped as ChatML
-//! `<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n` + `{response}<|im_end|>\n`). Samples are
+//! (tokenized with the run's tokenizer; with `chat_template`, rendered through the checkpoint's chat template by
+//! [`ChatTemplate::render_sft`], the code the engine renders prompts with, so SFT trains on exactly the prompt
+//! inference feeds). Samples are
 //! shuffled per epoch, concatenated into one stream and cut into windows, like pretraining; attention crosses
 //! sample boundaries (see [`crate`] docs), the loss never covers prompt tokens.
 
 use std::path::{Path, PathBuf};
 
 use mimo_data::{PackedDataset, SplitMix64};
+use mimo_text::{ChatTemplate, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -224,16 +226,6 @@ impl DataStream {
     }
 }
 
-/// ChatML wrapping of a user prompt (spec §7.7).
-pub fn chatml_prompt(prompt: &str) -> String {
-    format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
-}
-
-/// ChatML end of the assistant turn.
-pub fn chatml_response(response: &str) -> String {
-    format!("{response}<|im_end|>\n")
-}
-
 fn ids_field(v: &serde_json::Value, key: &str, at: &str) -> Result<Option<Vec<u32>>> {
     match v.get(key) {
         None | Some(serde_json::Value::Null) => Ok(None),
@@ -253,11 +245,12 @@ fn ids_field(v: &serde_json::Value, key: &str, at: &str) -> Result<Option<Vec<u3
     }
 }
 
-/// Reads SFT samples from JSONL (see the module docs). `tokenizer` is needed only for text lines.
+/// Reads SFT samples from JSONL (see the module docs). `tokenizer` is needed only for text lines, which are
+/// rendered through `template` when one is given and tokenized as they are otherwise.
 pub fn read_sft_jsonl(
     path: &Path,
-    tokenizer: Option<&tokenizers::Tokenizer>,
-    chat_template: bool,
+    tokenizer: Option<&Tokenizer>,
+    template: Option<&ChatTemplate>,
     vocab_size: usize,
 ) -> Result<Vec<SftSample>> {
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
@@ -298,15 +291,15 @@ pub fn read_sft_jsonl(
                         "{at}: text samples need a tokenizer (data.tokenizer)"
                     ))
                 })?;
-                let (p, r) = if chat_template {
-                    (chatml_prompt(p), chatml_response(r))
-                } else {
-                    (p.to_string(), r.to_string())
+                let (p, r) = match template {
+                    Some(t) => t
+                        .render_sft(p, r)
+                        .map_err(|e| TrainError::Data(format!("{at}: {e}")))?,
+                    None => (p.to_string(), r.to_string()),
                 };
                 let enc = |s: &str| -> Result<Vec<u32>> {
                     tok.encode(s, false)
-                        .map(|e| e.get_ids().to_vec())
-                        .map_err(|e| TrainError::Data(format!("{at}: tokenizer: {e}")))
+                        .map_err(|e| TrainError::Data(format!("{at}: {e}")))
                 };
                 SftSample {
                     prompt: enc(&p)?,

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use mimo_data::SplitMix64;
+use mimo_reward::{Check, Problem};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -35,6 +36,17 @@ impl SynthKind {
         SynthKind::Word,
         SynthKind::Code,
     ];
+
+    /// The name JSONL lines carry in `kind` (the serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            SynthKind::Arithmetic => "arithmetic",
+            SynthKind::Linear => "linear",
+            SynthKind::Countdown => "countdown",
+            SynthKind::Word => "word",
+            SynthKind::Code => "code",
+        }
+    }
 }
 
 /// `mimo data synth` arguments.
@@ -77,22 +89,36 @@ impl Default for SynthArgs {
     }
 }
 
-/// One problem.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Problem {
+/// One synthetic example: a verifiable [`Problem`] (the one problem type RL, evaluation and the pipeline use;
+/// its id is the prompt hash) with the worked response SFT trains on and the split it belongs to. Written as
+/// one JSONL line in the problem layout plus `response` and `split` (see [`Example::to_json`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
     pub kind: SynthKind,
-    pub prompt: String,
-    /// `<think>…</think>` then the final answer.
+    pub problem: Problem,
+    /// `<think>…</think>` then the final answer (code: a Python block).
     pub response: String,
-    /// The reference answer (for code tasks, the function name).
-    pub answer: String,
-    /// Python assert statements (code tasks).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tests: Vec<String>,
     /// `train` or `heldout`.
     pub split: String,
-    /// Hex FNV-1a-64 of the prompt (the split key).
-    pub hash: String,
+}
+
+impl Example {
+    /// The JSONL line: `kind`, `prompt`, `response`, `answer` (math) or `tests` (code), `split` and `hash` (hex
+    /// FNV-1a-64 of the prompt, the split key), which `mimo_reward::load_problems` and SFT read.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "kind": self.kind,
+            "prompt": self.problem.prompt,
+            "response": self.response,
+        });
+        match &self.problem.check {
+            Check::Math { answer } => v["answer"] = answer.as_str().into(),
+            Check::Code { tests } => v["tests"] = serde_json::json!(tests),
+        }
+        v["split"] = self.split.as_str().into();
+        v["hash"] = self.problem.id.as_str().into();
+        v
+    }
 }
 
 /// What was written.
@@ -461,34 +487,40 @@ fn unit_hash(prompt: &str, seed: u64) -> f64 {
     (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// One problem of `kind` from the RNG (split fields left empty).
-fn problem(r: &mut Rng, kind: SynthKind, a: &SynthArgs) -> Problem {
+/// One example of `kind` from the RNG (split left empty).
+fn example(r: &mut Rng, kind: SynthKind, a: &SynthArgs) -> Example {
     let math = |p: Solved| {
         let terse = unit_hash(&p.prompt, a.seed) < a.terse_fraction;
         let work = if terse { &p.terse } else { &p.work };
         let response = math_response(&p.prompt, work, &p.answer);
-        (p.prompt, response, p.answer, vec![])
+        (p.prompt, response, Check::Math { answer: p.answer })
     };
-    let (prompt, response, answer, tests) = match kind {
+    let code = |r: &mut Rng| {
+        let (prompt, response, _name, tests) = code(r);
+        (prompt, response, Check::Code { tests })
+    };
+    let (prompt, response, check) = match kind {
         SynthKind::Arithmetic => math(arithmetic(r, a.max_digits)),
         SynthKind::Linear => math(linear(r)),
         SynthKind::Countdown => math(countdown(r)),
         SynthKind::Word => math(word(r, a.max_depth)),
         SynthKind::Code => code(r),
     };
-    Problem {
+    Example {
         kind,
-        hash: format!("{:016x}", prompt_hash(&prompt)),
-        prompt,
+        problem: Problem {
+            id: format!("{:016x}", prompt_hash(&prompt)),
+            kind: Some(kind.name().to_string()),
+            prompt,
+            check,
+        },
         response,
-        answer,
-        tests,
         split: String::new(),
     }
 }
 
 /// Generates the problems (deterministic in `args.seed`): `(train, heldout, duplicates dropped)`.
-pub fn generate(args: &SynthArgs) -> Result<(Vec<Problem>, Vec<Problem>, usize)> {
+pub fn generate(args: &SynthArgs) -> Result<(Vec<Example>, Vec<Example>, usize)> {
     if args.kinds.is_empty() || args.heldout_every < 2 {
         return Err(TrainError::Config(
             "synth: kinds must be non-empty and heldout_every >= 2".into(),
@@ -509,12 +541,12 @@ pub fn generate(args: &SynthArgs) -> Result<(Vec<Problem>, Vec<Problem>, usize)>
     while (train.len() < args.train || held.len() < args.heldout) && tries < budget {
         tries += 1;
         let kind = *r.pick(&args.kinds);
-        let mut p = problem(&mut r, kind, args);
-        if !seen.insert(p.prompt.clone()) {
+        let mut p = example(&mut r, kind, args);
+        if !seen.insert(p.problem.prompt.clone()) {
             dups += 1;
             continue;
         }
-        if prompt_hash(&p.prompt).is_multiple_of(args.heldout_every) {
+        if prompt_hash(&p.problem.prompt).is_multiple_of(args.heldout_every) {
             if held.len() < args.heldout {
                 p.split = "heldout".into();
                 held.push(p);
@@ -534,13 +566,10 @@ pub fn generate(args: &SynthArgs) -> Result<(Vec<Problem>, Vec<Problem>, usize)>
     Ok((train, held, dups))
 }
 
-fn write_jsonl(path: &Path, items: &[Problem]) -> Result<()> {
+fn write_jsonl(path: &Path, items: &[Example]) -> Result<()> {
     let mut s = String::new();
     for p in items {
-        s.push_str(&serde_json::to_string(p).map_err(|e| TrainError::Json {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?);
+        s.push_str(&p.to_json().to_string());
         s.push('\n');
     }
     crate::io::write_atomic(path, s.as_bytes())
@@ -581,17 +610,22 @@ mod tests {
         let (t2, h2, _) = generate(&a).unwrap();
         assert_eq!(t1, t2);
         assert_eq!(h1, h2);
-        let train_hashes: HashSet<&str> = t1.iter().map(|p| p.hash.as_str()).collect();
-        assert!(h1.iter().all(|p| !train_hashes.contains(p.hash.as_str())));
+        let train_hashes: HashSet<&str> = t1.iter().map(|p| p.problem.id.as_str()).collect();
+        assert!(h1
+            .iter()
+            .all(|p| !train_hashes.contains(p.problem.id.as_str())));
         for p in t1.iter().chain(&h1) {
             assert!(p.response.starts_with("<think>\n"), "{p:?}");
             assert!(p.response.contains("</think>"));
             if p.kind == SynthKind::Code {
-                assert_eq!(p.tests.len(), 3);
+                assert_eq!(p.problem.num_tests(), 3);
             } else {
-                assert!(p.response.contains(&format!("\\boxed{{{}}}", p.answer)));
+                assert!(p
+                    .response
+                    .contains(&format!("\\boxed{{{}}}", p.problem.gold())));
                 assert!(
-                    p.response.starts_with(&format!("<think>\n{}\n", p.prompt)),
+                    p.response
+                        .starts_with(&format!("<think>\n{}\n", p.problem.prompt)),
                     "the reasoning restates the question: {p:?}"
                 );
             }
@@ -620,8 +654,8 @@ mod tests {
         assert!(worked
             .iter()
             .zip(&mixed)
-            .all(|(x, y)| x.prompt == y.prompt && x.answer == y.answer));
-        let terse: Vec<&Problem> = mixed
+            .all(|(x, y)| x.problem == y.problem));
+        let terse: Vec<&Example> = mixed
             .iter()
             .zip(&worked)
             .filter(|(m, w)| m.response != w.response)
@@ -630,8 +664,12 @@ mod tests {
         let share = terse.len() as f64 / mixed.len() as f64;
         assert!((0.4..0.6).contains(&share), "terse share {share}");
         for p in terse {
-            assert!(p.response.starts_with(&format!("<think>\n{}\n", p.prompt)));
-            assert!(p.response.contains(&format!("\\boxed{{{}}}", p.answer)));
+            assert!(p
+                .response
+                .starts_with(&format!("<think>\n{}\n", p.problem.prompt)));
+            assert!(p
+                .response
+                .contains(&format!("\\boxed{{{}}}", p.problem.gold())));
             assert!(!p.response.contains("ones "), "{}", p.response);
         }
         assert!(generate(&SynthArgs {

@@ -1,6 +1,6 @@
 //! `mimo tokenizer train`: a byte-level BPE tokenizer trained with the `tokenizers` crate, with the ChatML
 //! special tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`) and `<think>`/`</think>` as added tokens,
-//! written as `tokenizer.json` + `tokenizer_config.json` (with a ChatML chat template) that Python
+//! written as `tokenizer.json` + `tokenizer_config.json` (with `mimo_text::CHATML_TEMPLATE`) that Python
 //! `tokenizers`/`transformers` load.
 
 use std::path::{Path, PathBuf};
@@ -16,15 +16,14 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, TokenizerBuilder};
 
+use mimo_text::{ChatTemplate, CHATML_TEMPLATE};
+
 use crate::error::{Result, TrainError};
 
 /// Special tokens, in id order (ids 0, 1, 2).
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 /// Reasoning delimiters, added after the BPE vocabulary as (non-special) added tokens so they decode as text.
 pub const THINK_TOKENS: [&str; 2] = ["<think>", "</think>"];
-
-/// The ChatML chat template written to `tokenizer_config.json` (drops earlier turns' reasoning like Qwen3).
-pub const CHAT_TEMPLATE: &str = "{%- for message in messages %}\n{%- if message.role == 'assistant' %}\n{%- set content = message.content %}\n{%- if '</think>' in content and not loop.last %}\n{%- set content = content.split('</think>')[-1].lstrip('\\n') %}\n{%- endif %}\n{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}\n{%- else %}\n{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}\n{%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}\n{{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n";
 
 /// `mimo tokenizer train` arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,11 +80,12 @@ fn texts_of(path: &Path) -> Result<Vec<String>> {
         let field = |k: &str| v.get(k).and_then(|x| x.as_str());
         match (field("text"), field("prompt"), field("response")) {
             (Some(t), _, _) => out.push(t.to_string()),
-            (None, Some(p), Some(r)) => out.push(format!(
-                "{}{}",
-                crate::data::chatml_prompt(p),
-                crate::data::chatml_response(r)
-            )),
+            (None, Some(p), Some(r)) => {
+                let (p, r) = ChatTemplate::chatml(Default::default())
+                    .render_sft(p, r)
+                    .map_err(|e| TrainError::Data(format!("{}:{}: {e}", path.display(), i + 1)))?;
+                out.push(p + &r)
+            }
             _ => {
                 return Err(TrainError::Data(format!(
                     "{}:{}: expected a `text` field or `prompt` and `response`",
@@ -173,7 +173,7 @@ pub fn train_tokenizer(args: &TokenizerTrainArgs) -> Result<TokenizerReport> {
         "unk_token": null,
         "model_max_length": 32768,
         "clean_up_tokenization_spaces": false,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": CHATML_TEMPLATE,
     });
     crate::io::write_json(&cfg_path, &cfg)?;
     Ok(TokenizerReport {

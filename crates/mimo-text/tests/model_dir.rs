@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mimo_engine::text::{ChatMessage, ModelText, TextError, Tokenizer};
+use mimo_text::{ChatMessage, ModelText, TextError, Tokenizer};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

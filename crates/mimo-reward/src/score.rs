@@ -1,19 +1,20 @@
-//! Rule-based rewards for rollouts (spec §3.2–3.4, §7.6).
+//! Scoring a response to a [`Problem`] (design §3.2–3.4, §7.6): the one scorer of RL, evaluation and the
+//! pipeline.
 //!
-//! Scoring happens in two parts so the expensive part runs asynchronously, one rollout at a time, on the
-//! reward workers: [`score_rollout`] verifies a math answer or runs every code test in the sandbox; when the
-//! whole group is in, [`group_rewards`] turns per-test results into rewards. For code the test-difficulty levels
+//! Scoring happens in two parts so the expensive part can run asynchronously, one response at a time, on
+//! reward workers: [`score`] verifies a math answer or runs every code test in the sandbox; when a whole RL
+//! group is in, [`group_rewards`] turns per-test results into rewards (evaluation's verdict is
+//! [`Score::all_passed`]). For code the test-difficulty levels
 //! come from the per-test pass rates over all rollouts seen for that problem (this group included), so the
 //! strict and soft rewards need the group.
 
 use std::time::Duration;
 
-use mimo_reward::difficulty::{self, LevelConfig, TestLevels};
-pub use mimo_reward::sandbox::last_code_block;
-use mimo_reward::sandbox::{self, Language, SandboxConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::problem::{Check, RlProblem};
+use crate::difficulty::{self, LevelConfig, TestLevels};
+use crate::problem::{Check, Problem};
+use crate::sandbox::{self, last_code_block, Language, SandboxConfig};
 
 /// How code rollouts are rewarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -28,15 +29,25 @@ pub enum CodeReward {
     Soft,
 }
 
-/// What one rollout achieved: per-test pass results (one entry for math).
+/// What one response achieved: per-test pass results (one entry for math).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RolloutScore {
+pub struct Score {
     pub passed: Vec<bool>,
     /// A final answer (math) or a code block (code) was found.
     pub formatted: bool,
+    /// The parsed final answer (math) or the code block (code) that was judged.
+    #[serde(skip)]
+    pub pred: Option<String>,
 }
 
-/// Settings of the reward workers.
+impl Score {
+    /// Every test passed (math: the answer is right): the binary verdict evaluation counts.
+    pub fn all_passed(&self) -> bool {
+        !self.passed.is_empty() && self.passed.iter().all(|&p| p)
+    }
+}
+
+/// Settings of the scorer (and of RL's reward workers).
 #[derive(Debug, Clone)]
 pub struct RewardSettings {
     pub code: CodeReward,
@@ -67,24 +78,26 @@ impl Default for RewardSettings {
 
 /// Verifies one response: the math answer, or every test of a code problem (each test a separate sandboxed
 /// run of the solution followed by the assert).
-pub fn score_rollout(problem: &RlProblem, response: &str, s: &RewardSettings) -> RolloutScore {
+pub fn score(problem: &Problem, response: &str, s: &RewardSettings) -> Score {
     if !s.latency.is_zero() {
         std::thread::sleep(s.latency);
     }
     match &problem.check {
         Check::Math { answer } => {
-            let v = mimo_reward::math::verify(answer, response, s.math_timeout);
-            RolloutScore {
+            let v = crate::math::verify(answer, response, s.math_timeout);
+            Score {
                 passed: vec![v.correct],
                 formatted: v.pred_parsed.is_some(),
+                pred: v.pred_parsed,
             }
         }
         Check::Code { tests } => match last_code_block(response) {
-            None => RolloutScore {
+            None => Score {
                 passed: vec![false; tests.len()],
                 formatted: false,
+                pred: None,
             },
-            Some(code) => RolloutScore {
+            Some(code) => Score {
                 passed: tests
                     .iter()
                     .map(|t| {
@@ -92,6 +105,7 @@ pub fn score_rollout(problem: &RlProblem, response: &str, s: &RewardSettings) ->
                     })
                     .collect(),
                 formatted: true,
+                pred: Some(code),
             },
         },
     }
@@ -106,7 +120,7 @@ pub struct TestHistory {
 
 impl TestHistory {
     /// Adds rollouts' results.
-    pub fn add(&mut self, scores: &[&RolloutScore]) {
+    pub fn add(&mut self, scores: &[&Score]) {
         for s in scores {
             if self.passes.len() < s.passed.len() {
                 self.passes.resize(s.passed.len(), 0);
@@ -130,8 +144,8 @@ impl TestHistory {
 /// Rewards of a finished group. Math: 1 for a correct answer, 0 otherwise. Code: per [`CodeReward`], with
 /// levels from `history` (which must already include this group).
 pub fn group_rewards(
-    problem: &RlProblem,
-    scores: &[RolloutScore],
+    problem: &Problem,
+    scores: &[Score],
     history: &TestHistory,
     s: &RewardSettings,
 ) -> Vec<f64> {
@@ -160,8 +174,8 @@ pub fn group_rewards(
 mod tests {
     use super::*;
 
-    fn code_problem(n: usize) -> RlProblem {
-        RlProblem {
+    fn code_problem(n: usize) -> Problem {
+        Problem {
             id: "c".into(),
             kind: Some("code".into()),
             prompt: "p".into(),
@@ -184,13 +198,15 @@ mod tests {
         // Three tests whose pass rates over history are 1.0, 0.5, 0.0 → levels easy, medium, hard (weights 1/3).
         let p = code_problem(3);
         let scores = vec![
-            RolloutScore {
+            Score {
                 passed: vec![true, true, false],
                 formatted: true,
+                pred: None,
             },
-            RolloutScore {
+            Score {
                 passed: vec![true, false, false],
                 formatted: true,
+                pred: None,
             },
         ];
         let mut h = TestHistory::default();
@@ -207,9 +223,10 @@ mod tests {
         let soft = group_rewards(&p, &scores, &h, &s);
         assert!((soft[0] - 2.0 / 3.0).abs() < 1e-12 && (soft[1] - 1.0 / 3.0).abs() < 1e-12);
         // A hard test passed without the medium one: soft credits it, strict does not.
-        let odd = vec![RolloutScore {
+        let odd = vec![Score {
             passed: vec![true, false, true],
             formatted: true,
+            pred: None,
         }];
         s.code = CodeReward::Strict;
         assert!((group_rewards(&p, &odd, &h, &s)[0] - 1.0 / 3.0).abs() < 1e-12);
@@ -221,15 +238,15 @@ mod tests {
 
     #[test]
     fn math_scores_use_the_verifier() {
-        let p = RlProblem {
+        let p = Problem {
             id: "m".into(),
             kind: None,
             prompt: "1+1".into(),
             check: Check::Math { answer: "2".into() },
         };
         let s = RewardSettings::default();
-        assert!(score_rollout(&p, "so \\boxed{2}.", &s).passed[0]);
-        assert!(!score_rollout(&p, "so \\boxed{3}.", &s).passed[0]);
-        assert!(!score_rollout(&p, "no answer", &s).formatted);
+        assert!(score(&p, "so \\boxed{2}.", &s).passed[0]);
+        assert!(!score(&p, "so \\boxed{3}.", &s).passed[0]);
+        assert!(!score(&p, "no answer", &s).formatted);
     }
 }

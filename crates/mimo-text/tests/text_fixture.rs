@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use mimo_engine::text::{
+use mimo_text::{
     template_value_from_json, ChatTemplate, ModelText, TemplateValue, TextError, Tokenizer,
 };
 

@@ -1,13 +1,12 @@
 //! `mimo pipeline` end to end at micro scale (every stage runs, a few steps each): the report has the fields
 //! scripts read, the final checkpoint loads in the candle engine and, as Qwen2, in transformers with the
 //! same logits.
-#![cfg(feature = "tch")]
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use mimo_model::MimoModel;
-use mimo_rl::pipeline::{run_pipeline, PipelineArgs};
+use mimo_pipeline::{run_pipeline, PipelineArgs};
 
 const MICRO: &str = r#"
 [synth]

@@ -1,0 +1,100 @@
+//! The pipeline config: `configs/tiny.toml` embedded as the defaults, with `--config` files layered over it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use mimo_rl::bench::BenchSection;
+use mimo_train::config::merge;
+use mimo_train::synth::SynthKind;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PipelineError, Result};
+
+/// The embedded default pipeline config (`configs/tiny.toml`).
+pub const DEFAULT_PIPELINE: &str = include_str!("../../../configs/tiny.toml");
+
+/// `[synth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthSection {
+    pub train: usize,
+    pub heldout: usize,
+    pub max_digits: u32,
+    pub max_depth: usize,
+    /// Problem families to generate.
+    pub kinds: Vec<SynthKind>,
+    /// Share of the SFT set's math responses that state the result without the worked steps (`mimo data
+    /// synth --terse-fraction`). The pretraining sources (the stage-3 reasoning corpus) keep every worked
+    /// response.
+    #[serde(default)]
+    pub terse_fraction: f64,
+}
+
+/// `[tokenizer]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSection {
+    pub vocab_size: usize,
+}
+
+/// One `[[stages]]` table: mixture weights over the pipeline's sources plus the trainer's stage keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    pub name: String,
+    pub weights: BTreeMap<String, f64>,
+    pub steps: usize,
+    pub seq_len: usize,
+    pub rope_theta: f64,
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub kinds: Vec<String>,
+    pub problems: usize,
+    pub k: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: usize,
+    pub mtp_prompts: usize,
+}
+
+/// The pipeline config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineArgs {
+    pub seed: u64,
+    pub out: PathBuf,
+    pub synth: SynthSection,
+    pub tokenizer: TokenizerSection,
+    /// config.json fields of the fresh model.
+    pub model: toml::Table,
+    pub stages: Vec<StageSection>,
+    /// `mimo train` keys for pretraining.
+    pub pretrain: toml::Table,
+    /// `mimo train` keys for SFT.
+    pub sft: toml::Table,
+    /// `mimo rl` keys.
+    pub rl: toml::Table,
+    pub eval: EvalSection,
+    pub bench: BenchSection,
+}
+
+impl PipelineArgs {
+    /// The embedded defaults with `files` layered over them, in order.
+    pub fn layered(files: &[PathBuf]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(DEFAULT_PIPELINE)
+            .map_err(|e| PipelineError::Config(format!("embedded pipeline defaults: {e}")))?;
+        for f in files {
+            let s = std::fs::read_to_string(f).map_err(|e| PipelineError::io(f, e))?;
+            let t: toml::Table = toml::from_str(&s)
+                .map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
+            merge(&mut table, t);
+        }
+        table
+            .try_into()
+            .map_err(|e| PipelineError::Config(format!("pipeline config: {e}")))
+    }
+}
