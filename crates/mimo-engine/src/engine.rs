@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 use mimo_model::{MimoModel, ModelError};
 use rayon::prelude::*;
 
+use crate::constraint::{mask, LogitsProcessor, NextToken};
 use crate::kv::{KvError, PagedKvCache};
 use crate::sampling::{argmax, check_logits, Sampler, SamplingError, SamplingParams};
 
@@ -184,11 +185,31 @@ struct Sequence {
     finish: Option<FinishReason>,
     /// Set with `finish` = [`FinishReason::Error`].
     error: Option<String>,
+    /// The logits hook, if the request has one.
+    processor: Option<Arc<dyn LogitsProcessor>>,
 }
 
 impl Sequence {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// The hook's constraint on the token after `history` (prompt included).
+    fn next_token(&self, history: &[u32]) -> NextToken {
+        match &self.processor {
+            Some(p) => p.next_token(&history[self.prompt_len.min(history.len())..]),
+            None => NextToken::Any,
+        }
+    }
+
+    /// The entry reported for a forced token.
+    fn forced(&self, token: u32) -> (u32, Option<TokenLogprob>) {
+        let lp = self.logprobs.map(|_| TokenLogprob {
+            token,
+            logprob: 0.0,
+            top: vec![],
+        });
+        (token, lp)
     }
 }
 
@@ -313,6 +334,17 @@ impl Engine {
         prompt: Vec<u32>,
         params: SamplingParams,
     ) -> Result<u64, EngineError> {
+        self.add_request_with(prompt, params, None)
+    }
+
+    /// Queues a request whose every next token is constrained by `processor` (forced tokens, token sets;
+    /// see [`crate::constraint`]).
+    pub fn add_request_with(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        processor: Option<Arc<dyn LogitsProcessor>>,
+    ) -> Result<u64, EngineError> {
         params.validate()?;
         let vocab = self.model.config().vocab_size;
         if prompt.is_empty() {
@@ -367,6 +399,7 @@ impl Engine {
             mtp_len: vec![],
             finish: None,
             error: None,
+            processor,
         };
         self.waiting.push_back(seq);
         Ok(id)
@@ -499,13 +532,10 @@ impl Engine {
     /// error for this sequence rather than a distribution.
     fn sample(seq: &mut Sequence, logits: &[f32]) -> Result<(u32, Option<TokenLogprob>), String> {
         check_logits(logits).map_err(|e| e.to_string())?;
-        let r = seq.sampler.sample(logits, &seq.tokens);
-        let lp = seq.logprobs.map(|_| TokenLogprob {
-            token: r.token,
-            logprob: r.logprob,
-            top: r.top_logprobs.clone(),
-        });
-        Ok((r.token, lp))
+        let history = std::mem::take(&mut seq.tokens);
+        let r = Self::sample_with(seq, logits, &history);
+        seq.tokens = history;
+        r
     }
 
     /// KV positions a sequence reserves at admission: prompt, completion and room for MTP drafts.
@@ -684,12 +714,22 @@ impl Engine {
             let logits = Self::row(&out.logits, 0, t)?;
             let mut history = seq.tokens.clone();
             history.extend(&drafts);
-            let (d, q) = if greedy {
-                let d = argmax(&logits).unwrap_or(0) as u32;
-                (d, vec![])
-            } else {
-                let q = seq.sampler.probs(&logits, &history);
-                (seq.sampler.sample_from_probs(&q), q)
+            let next = seq.next_token(&history);
+            let logits = mask(&logits, &next);
+            let (d, q) = match next {
+                NextToken::Force(t) if greedy => (t, vec![]),
+                NextToken::Force(t) => {
+                    let mut q = vec![0.0; logits.len()];
+                    if let Some(x) = q.get_mut(t as usize) {
+                        *x = 1.0;
+                    }
+                    (t, q)
+                }
+                _ if greedy => (argmax(&logits).unwrap_or(0) as u32, vec![]),
+                _ => {
+                    let q = seq.sampler.probs(&logits, &history);
+                    (seq.sampler.sample_from_probs(&q), q)
+                }
             };
             drafts.push(d);
             draft_probs.push(q);
@@ -715,18 +755,26 @@ impl Engine {
                 return Ok(self.push_then_fail(seq, &new, e.to_string()));
             }
             if i == k_drafts {
-                new.push(Self::sample_with(seq, &row, &history));
+                match Self::sample_with(seq, &row, &history) {
+                    Ok(s) => new.push(s),
+                    Err(m) => return Ok(self.push_then_fail(seq, &new, m)),
+                }
                 break;
             }
             let d = drafts[i];
-            let ok = if greedy {
-                let (t, lp) = Self::sample_with(seq, &row, &history);
-                if t == d {
-                    Ok(lp)
-                } else {
-                    Err((t, lp))
+            let next = seq.next_token(&history);
+            let ok = if greedy || matches!(next, NextToken::Force(_)) {
+                match Self::sample_with(seq, &row, &history) {
+                    Ok((t, lp)) if t == d => Ok(lp),
+                    Ok((t, lp)) => Err((t, lp)),
+                    Err(m) => return Ok(self.push_then_fail(seq, &new, m)),
                 }
             } else {
+                let row = mask(&row, &next);
+                if !row.iter().any(|x| x.is_finite()) {
+                    let m = format!("the logits processor allows no token ({next:?})");
+                    return Ok(self.push_then_fail(seq, &new, m));
+                }
                 let p_t = seq.sampler.probs(&row, &history);
                 let lp = |tok: u32| seq.logprobs.map(|k| logprob_entry(&p_t, tok, k));
                 match seq.sampler.speculative_accept(&p_t, &draft_probs[i], d) {
@@ -766,18 +814,33 @@ impl Engine {
         Ok(out)
     }
 
+    /// Samples the token after `history` from a checked logits row, under the sequence's hook; errors when
+    /// the hook leaves no finite logit.
     fn sample_with(
         seq: &mut Sequence,
         logits: &[f32],
         history: &[u32],
-    ) -> (u32, Option<TokenLogprob>) {
-        let r = seq.sampler.sample(logits, history);
+    ) -> Result<(u32, Option<TokenLogprob>), String> {
+        let next = seq.next_token(history);
+        if let NextToken::Force(t) = next {
+            return Ok(seq.forced(t));
+        }
+        let row = mask(logits, &next);
+        if !row.iter().any(|x| x.is_finite()) {
+            return Err(format!("the logits processor allows no token ({next:?})"));
+        }
+        let r = seq.sampler.sample(&row, history);
         let lp = seq.logprobs.map(|_| TokenLogprob {
             token: r.token,
             logprob: r.logprob,
-            top: r.top_logprobs.clone(),
+            top: r
+                .top_logprobs
+                .iter()
+                .copied()
+                .filter(|t| t.1.is_finite())
+                .collect(),
         });
-        (r.token, lp)
+        Ok((r.token, lp))
     }
 
     /// Runs until every queued request finishes; returns each request's generated tokens in id order.

@@ -3,11 +3,13 @@
 //! and out (tokenizer, chat template, stop strings) lives in `mimo-text`; [`load::Loaded`] opens a model
 //! directory (weights + text + engine) for every caller.
 
+pub mod constraint;
 pub mod engine;
 pub mod kv;
 pub mod load;
 pub mod sampling;
 
+pub use constraint::{LogitsProcessor, NextToken};
 pub use load::Loaded;
 pub use sampling::{
     check_logits, NonFiniteLogits, SampleResult, Sampler, SamplingError, SamplingParams,

@@ -465,3 +465,121 @@ fn logit_bias_ids_are_checked_against_the_vocabulary() {
     let done = engine.run_to_completion().unwrap();
     assert_eq!(done[0].1, vec![vocab - 1; 3]);
 }
+
+/// Forces token `token` at generated position `at`, and restricts every later position to `allowed`.
+struct Script {
+    at: usize,
+    token: u32,
+    allowed: Vec<u32>,
+}
+
+impl mimo_engine::LogitsProcessor for Script {
+    fn next_token(&self, generated: &[u32]) -> mimo_engine::NextToken {
+        use mimo_engine::NextToken;
+        match generated.len() {
+            n if n == self.at => NextToken::Force(self.token),
+            n if n > self.at => NextToken::OneOf(self.allowed.clone()),
+            _ => NextToken::Any,
+        }
+    }
+}
+
+/// The logits hook forces and masks tokens, the same with and without MTP drafts (greedy and sampled), and a
+/// hook that allows nothing fails only its sequence.
+#[test]
+fn logits_processor_forces_and_masks_with_and_without_mtp() {
+    let r = reference("mimo-untied");
+    let model = load("mimo-untied");
+    let prompt = r.ids[..5].to_vec();
+    let free = run(
+        &model,
+        EngineConfig::default(),
+        &[prompt.clone()],
+        &greedy(12),
+    )[0]
+    .clone();
+    // Force a token the model did not pick, then allow only two ids.
+    let token = (0..model.config().vocab_size as u32)
+        .find(|t| *t != free[3])
+        .unwrap();
+    let allowed = vec![free[0], token];
+    let script = Arc::new(Script {
+        at: 3,
+        token,
+        allowed: allowed.clone(),
+    });
+    let mut outs = vec![];
+    for (k, params) in [
+        (0, greedy(12)),
+        (2, greedy(12)),
+        (
+            0,
+            SamplingParams {
+                temperature: 0.9,
+                seed: Some(5),
+                max_tokens: 12,
+                logprobs: Some(2),
+                ..Default::default()
+            },
+        ),
+        (
+            2,
+            SamplingParams {
+                temperature: 0.9,
+                seed: Some(5),
+                max_tokens: 12,
+                logprobs: Some(2),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let cfg = EngineConfig {
+            mtp_drafts: k,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(model.clone(), cfg).unwrap();
+        let proc: Arc<dyn mimo_engine::LogitsProcessor> = script.clone();
+        engine
+            .add_request_with(prompt.clone(), params.clone(), Some(proc))
+            .unwrap();
+        let out = engine.run_to_completion().unwrap().remove(0).1;
+        assert_eq!(out.len(), 12, "mtp {k}");
+        assert_eq!(out[3], token, "mtp {k}: forced token");
+        assert!(
+            out[4..].iter().all(|t| allowed.contains(t)),
+            "mtp {k}: {out:?}"
+        );
+        if params.is_greedy() {
+            assert_eq!(&out[..3], &free[..3], "mtp {k}: free positions unchanged");
+        }
+        outs.push(out);
+    }
+    assert_eq!(outs[0], outs[1], "greedy: MTP drafts change nothing");
+
+    struct Nothing;
+    impl mimo_engine::LogitsProcessor for Nothing {
+        fn next_token(&self, _: &[u32]) -> mimo_engine::NextToken {
+            mimo_engine::NextToken::OneOf(vec![])
+        }
+    }
+    let mut engine = Engine::new(model.clone(), EngineConfig::default()).unwrap();
+    let bad = engine
+        .add_request_with(prompt.clone(), greedy(4), Some(Arc::new(Nothing)))
+        .unwrap();
+    let good = engine.add_request(prompt.clone(), greedy(4)).unwrap();
+    let mut finished = std::collections::HashMap::new();
+    while engine.has_work() {
+        for o in engine.step().unwrap() {
+            if let Some(f) = o.finish {
+                finished.insert(o.id, (f, o.error));
+            }
+        }
+    }
+    assert_eq!(finished[&bad].0, FinishReason::Error);
+    assert!(finished[&bad]
+        .1
+        .as_deref()
+        .unwrap()
+        .contains("allows no token"));
+    assert_eq!(finished[&good].0, FinishReason::Length);
+}

@@ -1,10 +1,9 @@
 //! The engine thread: owns the [`Engine`], takes new sequences and aborts over a channel between steps, and
 //! sends each sequence's tokens back over its request's channel (continuous batching).
 //!
-//! It also enforces the thinking budget: when a sequence has produced `max_thinking_tokens` tokens inside
-//! `<think>…`, the engine sequence is aborted and re-queued with `</think>` appended to its history (the
-//! forced token is reported to the client as generated). The continuation is re-prefilled; sampling state
-//! restarts from the same seed.
+//! It also enforces the thinking budget, through the engine's per-sequence logits hook: once a sequence has
+//! produced `max_thinking_tokens` tokens inside `<think>…`, its next token is forced to `</think>` (reported
+//! to the client as generated, logprob 0). The sequence keeps its KV cache and its sampler's RNG.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mimo_engine::engine::{Engine, FinishReason, TokenLogprob};
-use mimo_engine::SamplingParams;
+use mimo_engine::{LogitsProcessor, NextToken, SamplingParams};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -77,22 +76,41 @@ pub(crate) struct WorkerConfig {
     pub think_end: Option<u32>,
 }
 
-struct ThinkState {
+/// The thinking budget as a logits hook: forces `</think>` once the open think block holds `budget` tokens.
+/// A pure function of the generated tokens, as the engine requires (it is asked again for MTP drafts).
+struct ThinkLimit {
     budget: usize,
-    in_think: bool,
-    closed: bool,
-    count: usize,
+    /// The prompt already opened the think block.
+    opened: bool,
+    start: Option<u32>,
+    end: u32,
+}
+
+impl LogitsProcessor for ThinkLimit {
+    fn next_token(&self, generated: &[u32]) -> NextToken {
+        let mut in_think = self.opened;
+        let mut count = 0;
+        for &tok in generated {
+            if Some(tok) == self.start {
+                in_think = true;
+            } else if tok == self.end {
+                return NextToken::Any; // the block is closed: no budget from here on
+            } else if in_think {
+                count += 1;
+            }
+        }
+        if in_think && count >= self.budget {
+            NextToken::Force(self.end)
+        } else {
+            NextToken::Any
+        }
+    }
 }
 
 struct Track {
     engine_id: u64,
     choice: usize,
     events: mpsc::UnboundedSender<Event>,
-    prompt: Vec<u32>,
-    generated: Vec<u32>,
-    params: SamplingParams,
-    max_tokens: usize,
-    think: Option<ThinkState>,
     submitted: Instant,
     first: bool,
     last: Instant,
@@ -206,31 +224,18 @@ impl Worker {
             return Err(SubmitError::QueueFull);
         }
         let mut keys = Vec::with_capacity(seqs.len());
-        let mut pending_forced = vec![];
         for (choice, spec) in seqs.into_iter().enumerate() {
-            let mut think = spec.think.map(|t| ThinkState {
-                budget: t.budget,
-                in_think: t.in_think,
-                closed: false,
-                count: 0,
-            });
-            let mut prompt = spec.prompt;
-            let mut generated = vec![];
-            let mut params = spec.params;
-            let max_tokens = params.max_tokens;
-            // A zero budget with the think block opened by the prompt: close it before generating.
-            if let (Some(th), Some(end)) = (think.as_mut(), self.cfg.think_end) {
-                if th.in_think && th.budget == 0 && max_tokens > 1 {
-                    th.in_think = false;
-                    th.closed = true;
-                    prompt.push(end);
-                    generated.push(end);
-                    params.max_tokens -= 1;
-                    pending_forced.push((choice, end, params.logprobs.is_some()));
-                }
-            }
-            let prompt_len = prompt.len();
-            match engine.add_request(prompt.clone(), params.clone()) {
+            let limit = match (spec.think, self.cfg.think_end) {
+                (Some(t), Some(end)) => Some(Arc::new(ThinkLimit {
+                    budget: t.budget,
+                    opened: t.in_think,
+                    start: self.cfg.think_start,
+                    end,
+                }) as Arc<dyn LogitsProcessor>),
+                _ => None,
+            };
+            let prompt_len = spec.prompt.len();
+            match engine.add_request_with(spec.prompt, spec.params, limit) {
                 Ok(id) => {
                     let key = self.next_key;
                     self.next_key += 1;
@@ -241,11 +246,6 @@ impl Worker {
                             engine_id: id,
                             choice,
                             events: events.clone(),
-                            prompt,
-                            generated,
-                            params,
-                            max_tokens,
-                            think,
                             submitted: now,
                             first: true,
                             last: now,
@@ -267,19 +267,6 @@ impl Worker {
                     return Err(SubmitError::Invalid(e.to_string()));
                 }
             }
-        }
-        for (choice, end, lp) in pending_forced {
-            let logprobs = if lp {
-                vec![forced_logprob(end)]
-            } else {
-                vec![]
-            };
-            let _ = events.send(Event::Tokens {
-                choice,
-                tokens: vec![end],
-                logprobs,
-                finish: None,
-            });
         }
         Ok(keys)
     }
@@ -307,8 +294,8 @@ impl Worker {
         engine: &mut Engine,
         engine_id: u64,
         tokens: Vec<u32>,
-        mut logprobs: Vec<TokenLogprob>,
-        mut finish: Option<FinishReason>,
+        logprobs: Vec<TokenLogprob>,
+        finish: Option<FinishReason>,
     ) {
         let Some(&key) = self.by_engine.get(&engine_id) else {
             return;
@@ -329,54 +316,9 @@ impl Worker {
             m.tpot.observe(dt);
         }
         t.last = now;
-        t.generated.extend(&tokens);
-        let mut out_tokens = tokens;
-        // Thinking budget.
-        let mut force = false;
-        if let Some(th) = t.think.as_mut() {
-            for &tok in &out_tokens {
-                if th.closed {
-                    break;
-                }
-                if Some(tok) == self.cfg.think_start {
-                    th.in_think = true;
-                } else if Some(tok) == self.cfg.think_end {
-                    th.in_think = false;
-                    th.closed = true;
-                } else if th.in_think {
-                    th.count += 1;
-                }
-            }
-            force = th.in_think && !th.closed && th.count >= th.budget && finish.is_none();
-        }
-        let mut resubmit = None;
-        if force {
-            if let (Some(end), Some(th)) = (self.cfg.think_end, t.think.as_mut()) {
-                th.in_think = false;
-                th.closed = true;
-                engine.abort(engine_id);
-                self.by_engine.remove(&engine_id);
-                out_tokens.push(end);
-                if t.params.logprobs.is_some() {
-                    logprobs.push(forced_logprob(end));
-                }
-                t.generated.push(end);
-                m.generation_tokens.fetch_add(1, Ordering::Relaxed);
-                let remaining = t.max_tokens.saturating_sub(t.generated.len());
-                if remaining == 0 {
-                    finish = Some(FinishReason::Length);
-                } else {
-                    let mut prompt = t.prompt.clone();
-                    prompt.extend(&t.generated);
-                    let mut params = t.params.clone();
-                    params.max_tokens = remaining;
-                    resubmit = Some((prompt, params));
-                }
-            }
-        }
         let sent = t.events.send(Event::Tokens {
             choice: t.choice,
-            tokens: out_tokens,
+            tokens,
             logprobs,
             finish,
         });
@@ -389,21 +331,6 @@ impl Worker {
             }
             self.by_engine.remove(&t.engine_id);
             self.tracks.remove(&key);
-            return;
-        }
-        if let Some((prompt, params)) = resubmit {
-            match engine.add_request(prompt, params) {
-                Ok(id) => {
-                    t.engine_id = id;
-                    self.by_engine.insert(id, key);
-                }
-                Err(e) => {
-                    let _ = t
-                        .events
-                        .send(Event::Error(format!("closing the think block failed: {e}")));
-                    self.tracks.remove(&key);
-                }
-            }
         }
     }
 
@@ -456,13 +383,5 @@ impl Worker {
         let s = engine.mtp_stats();
         m.mtp_drafted.store(s.total_drafted(), Ordering::Relaxed);
         m.mtp_accepted.store(s.total_accepted(), Ordering::Relaxed);
-    }
-}
-
-fn forced_logprob(token: u32) -> TokenLogprob {
-    TokenLogprob {
-        token,
-        logprob: 0.0,
-        top: vec![],
     }
 }
