@@ -123,7 +123,7 @@ def build(case, seed):
 
 @torch.no_grad()
 def reference(model, mtp, case, ids):
-    """Main logits and per-MTP-layer logits (spec §7.2 alignment)."""
+    """Main logits and per-MTP-layer logits (design §7.2 alignment)."""
     captured = {}
     hook = model.model.norm.register_forward_hook(lambda m, inp, out: captured.update(pre=inp[0]))
     x = torch.tensor([ids])

@@ -2,7 +2,7 @@
 """Reference run for `mimo bench`: HF transformers (eager attention, CPU) greedy decoding of the same checkpoint.
 
 Prints one JSON object: prefill tok/s, batch-1 decode tok/s and batch-B decode throughput. A `mimo` checkpoint is
-loaded as Qwen2ForCausalLM (the MTP layers are unused by HF generate, spec §6).
+loaded as Qwen2ForCausalLM (the MTP layers are unused by HF generate, design §6).
 """
 import argparse
 import json

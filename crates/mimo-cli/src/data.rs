@@ -1,4 +1,4 @@
-//! `mimo data …`: the pretraining data pipeline (spec §2.1–2.2). Every stage is "task i of N over a shard
+//! `mimo data …`: the pretraining data pipeline (design §2.1–2.2). Every stage is "task i of N over a shard
 //! list" with completion markers, so a relaunch runs only unfinished work; the JSON report goes to stdout.
 
 use std::path::PathBuf;

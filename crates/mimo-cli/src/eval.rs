@@ -1,4 +1,4 @@
-//! `mimo eval --model DIR --data F.jsonl --k 8`: avg@k and unbiased pass@k through the engine (spec §5.1).
+//! `mimo eval --model DIR --data F.jsonl --k 8`: avg@k and unbiased pass@k through the engine (design §5.1).
 
 use std::io::Write;
 use std::path::PathBuf;

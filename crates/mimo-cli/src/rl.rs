@@ -16,6 +16,9 @@ pub struct RlCli {
     /// TOML config files (keys of `mimo rl`, see `--print-config`), layered in order.
     #[arg(long)]
     config: Vec<PathBuf>,
+    /// `key.path=value` overrides, applied after the files (repeatable).
+    #[arg(long)]
+    set: Vec<String>,
     /// Policy to start from (HF directory, usually the SFT model).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -89,6 +92,9 @@ pub struct PipelineCli {
     /// TOML files layered over the embedded `configs/tiny.toml`.
     #[arg(long)]
     config: Vec<PathBuf>,
+    /// `key.path=value` overrides, applied after the files (repeatable), e.g. `--set rl.steps=10`.
+    #[arg(long)]
+    set: Vec<String>,
     /// Run directory (default `runs/<UTC timestamp>`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -101,16 +107,7 @@ pub struct PipelineCli {
 
 #[cfg(feature = "train")]
 fn layered_rl(opts: &RlCli) -> Result<mimo_rl::rl::RlArgs> {
-    let mut table = toml::Table::new();
-    for f in &opts.config {
-        let s =
-            std::fs::read_to_string(f).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
-        let t: toml::Table =
-            toml::from_str(&s).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
-        mimo_train::config::merge(&mut table, t);
-    }
-    let mut args: mimo_rl::rl::RlArgs = table
-        .try_into()
+    let mut args: mimo_rl::rl::RlArgs = mimo_config::layered("", &opts.config, &opts.set)
         .map_err(|e| UsageError(format!("rl config: {e}")))?;
     if let Some(m) = &opts.model {
         args.model = m.clone();
@@ -217,7 +214,7 @@ pub fn rollout_bench(a: RolloutBenchCli) -> Result<()> {
 /// Runs `mimo pipeline`.
 #[cfg(feature = "train")]
 pub fn pipeline(opts: PipelineCli) -> Result<()> {
-    let mut args = mimo_pipeline::PipelineArgs::layered(&opts.config)
+    let mut args = mimo_pipeline::PipelineArgs::layered(&opts.config, &opts.set)
         .map_err(|e| UsageError(e.to_string()))?;
     if let Some(s) = opts.seed {
         args.seed = s;

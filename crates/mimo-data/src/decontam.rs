@@ -1,4 +1,4 @@
-//! Decontamination: drop documents sharing a word 16-gram with any evaluation set (spec §3.1).
+//! Decontamination: drop documents sharing a word 16-gram with any evaluation set (design §3.1).
 //! Words are normalised as for dedup (lowercase alphanumeric runs, digits → 0).
 
 use crate::common::{run_jsonl_stage, text_of, Decision, JsonlReader, Line, Report};

@@ -1,4 +1,4 @@
-//! `mimo-data`: the pretraining data pipeline (spec §2.1–2.2).
+//! `mimo-data`: the pretraining data pipeline (design §2.1–2.2).
 //!
 //! One pub function + one args struct per `mimo data` subcommand, each returning a serialisable [`Report`]:
 //! [`extract`], [`dedup`], [`filter`], [`classifier_train`], [`classifier_score`], [`decontaminate`], [`pack`].

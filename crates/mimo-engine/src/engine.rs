@@ -1,4 +1,4 @@
-//! The engine: continuous batching over a paged KV cache, and MTP speculative decoding (spec §7.3).
+//! The engine: continuous batching over a paged KV cache, and MTP speculative decoding (design §7.3).
 //!
 //! Token-level: requests are prompt ids plus [`SamplingParams`]; every [`Engine::step`] admits waiting
 //! requests (prefill), then advances every running sequence by one decode step — one batched main-model forward
@@ -668,7 +668,7 @@ impl Engine {
         Ok(outputs)
     }
 
-    /// The draft chain of spec §7.3 and one verification forward for one sequence.
+    /// The draft chain of design §7.3 and one verification forward for one sequence.
     fn spec_step(&mut self, seq: &mut Sequence) -> Result<StepOutput, EngineError> {
         let k_drafts = self.drafts();
         let n_layers = self.model.num_mtp_layers();

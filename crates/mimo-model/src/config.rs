@@ -28,7 +28,7 @@ impl Arch {
     }
 }
 
-/// Which hidden state feeds the MTP layers (spec §1.3, §7.1).
+/// Which hidden state feeds the MTP layers (design §1.3, §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MtpHidden {
     /// The last decoder layer's output before `model.norm` (Xiaomi's vLLM code; the default).
@@ -57,7 +57,7 @@ pub struct ModelConfig {
     /// Number of MTP layers (`num_nextn_predict_layers`, 0 when absent).
     pub num_nextn_predict_layers: usize,
     pub mtp_hidden: MtpHidden,
-    /// Zero the MTP token embedding at position 0 (vLLM/DeepSeek convention; off by default, spec §7.2).
+    /// Zero the MTP token embedding at position 0 (vLLM/DeepSeek convention; off by default, design §7.2).
     pub mtp_zero_pos0_embedding: bool,
     /// `torch_dtype`/`dtype` as written in the config, if any.
     pub torch_dtype: Option<String>,

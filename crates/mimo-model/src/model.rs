@@ -1,5 +1,5 @@
 //! The MiMo model for inference (candle): a Qwen2 decoder plus `num_nextn_predict_layers` MTP layers
-//! (spec §1.2–1.4, §7). With zero MTP layers this is exactly Qwen2 (or Llama without q/k/v bias).
+//! (design §1.2–1.4, §7). With zero MTP layers this is exactly Qwen2 (or Llama without q/k/v bias).
 //!
 //! Shapes: `b` batch, `t` new positions, `T` cached + new positions, `H` hidden size, `V` vocab.
 //! Every forward is per position: the engine needs all positions' logits to verify MTP drafts.
@@ -30,7 +30,7 @@ impl RmsNorm {
     }
 }
 
-/// Rotary position embedding, "rotate-half" layout, tables and rotation in f32 (spec §1.2).
+/// Rotary position embedding, "rotate-half" layout, tables and rotation in f32 (design §1.2).
 #[derive(Debug, Clone)]
 struct Rope {
     /// θ^(−2i/d) for i in 0..d/2, computed in f32 as transformers does.
@@ -182,7 +182,7 @@ impl DecoderLayer {
     }
 }
 
-/// One MTP layer (spec §1.3): norms of the hidden state and of the next token's embedding, `input_proj` over
+/// One MTP layer (design §1.3): norms of the hidden state and of the next token's embedding, `input_proj` over
 /// `concat[hidden, embedding]`, one decoder layer with its own KV cache, and `final_layernorm` before the shared
 /// `lm_head`.
 #[derive(Debug, Clone)]
@@ -504,7 +504,7 @@ impl MimoModel {
         Ok(MainOutput { logits, hidden: x })
     }
 
-    /// The hidden state the MTP layers read, per `mtp_hidden` (spec §7.1): the pre-norm residual stream by
+    /// The hidden state the MTP layers read, per `mtp_hidden` (design §7.1): the pre-norm residual stream by
     /// default, or `model.norm` of it.
     pub fn mtp_input_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
         match self.cfg.mtp_hidden {
@@ -515,7 +515,7 @@ impl MimoModel {
 
     /// MTP layer `k` over draft rows: row `i` pairs `hidden[:, i]` (the main model's state at position
     /// `start_pos + i`) with the embedding of `next_ids[:, i]` (the token one step ahead), runs at RoPE position
-    /// `start_pos + i` and predicts the token after `next_ids[:, i]` (spec §7.2–7.3). `hidden` is the output of
+    /// `start_pos + i` and predicts the token after `next_ids[:, i]` (design §7.2–7.3). `hidden` is the output of
     /// [`MimoModel::mtp_input_hidden`]. Uses the cache layer `num_hidden_layers + k`.
     pub fn mtp_layer(
         &self,
@@ -569,7 +569,7 @@ impl MimoModel {
 
     /// Teacher-forced forward of one sequence with a fresh cache, as `mimo forward` prints it: main logits
     /// `[n, V]` and, for each MTP layer `k`, logits `[n-1-k, V]` where row `p` uses `h_p` and token `x_{p+1+k}`
-    /// to predict `x_{p+2+k}` (spec §7.2).
+    /// to predict `x_{p+2+k}` (design §7.2).
     pub fn forward_teacher_forced(&self, ids: &[u32]) -> Result<(Tensor, Vec<Tensor>)> {
         if ids.is_empty() {
             return Err(ModelError::Input("no input ids".into()));

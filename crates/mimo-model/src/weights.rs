@@ -80,7 +80,7 @@ fn decoder_layer_specs(cfg: &ModelConfig, prefix: &str, out: &mut Vec<TensorSpec
     ));
 }
 
-/// Every tensor a checkpoint with this config must hold, in checkpoint order (spec §1.4).
+/// Every tensor a checkpoint with this config must hold, in checkpoint order (design §1.4).
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<TensorSpec> {
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
     let mut out = vec![TensorSpec::new("model.embed_tokens.weight", &[v, h])];

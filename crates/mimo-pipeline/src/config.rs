@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use mimo_rl::bench::BenchSection;
-use mimo_train::config::merge;
 use mimo_train::synth::SynthKind;
 use serde::{Deserialize, Serialize};
 
@@ -83,18 +82,9 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    /// The embedded defaults with `files` layered over them, in order.
-    pub fn layered(files: &[PathBuf]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(DEFAULT_PIPELINE)
-            .map_err(|e| PipelineError::Config(format!("embedded pipeline defaults: {e}")))?;
-        for f in files {
-            let s = std::fs::read_to_string(f).map_err(|e| PipelineError::io(f, e))?;
-            let t: toml::Table = toml::from_str(&s)
-                .map_err(|e| PipelineError::Config(format!("{}: {e}", f.display())))?;
-            merge(&mut table, t);
-        }
-        table
-            .try_into()
+    /// The embedded defaults with `files` layered over them, in order, then `sets` (`key.path=value`).
+    pub fn layered(files: &[PathBuf], sets: &[String]) -> Result<Self> {
+        mimo_config::layered(DEFAULT_PIPELINE, files, sets)
             .map_err(|e| PipelineError::Config(format!("pipeline config: {e}")))
     }
 }

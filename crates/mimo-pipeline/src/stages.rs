@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use mimo_config::merge;
 use mimo_engine::engine::EngineConfig;
 use mimo_engine::{Loaded, SamplingParams};
 use mimo_eval::{evaluate, EvalOptions, EvalReport};
@@ -13,7 +14,6 @@ use mimo_reward::{load_problems, Problem};
 use mimo_rl::bench::{rollout_bench, rollout_bench_simulated, BenchSection, SimDevice};
 use mimo_rl::rl::{run_rl, RlArgs, RlReport, RlStepMetrics};
 use mimo_rl::RolloutStats;
-use mimo_train::config::merge;
 use mimo_train::synth::{SynthArgs, SynthKind};
 use mimo_train::tokenizer::TokenizerTrainArgs;
 use mimo_train::TrainArgs;

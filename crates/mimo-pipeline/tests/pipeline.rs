@@ -75,7 +75,7 @@ fn micro_pipeline_runs_every_stage_and_writes_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("micro.toml");
     std::fs::write(&cfg, MICRO).unwrap();
-    let args = PipelineArgs::layered(&[cfg]).unwrap();
+    let args = PipelineArgs::layered(&[cfg], &[]).unwrap();
     let out = tmp.path().join("run");
     let report = run_pipeline(&args, &out, |l| eprintln!("{l}")).unwrap();
 

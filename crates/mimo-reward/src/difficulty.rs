@@ -1,4 +1,4 @@
-//! Test-difficulty-driven code reward (spec §3.4, project decision §7.6).
+//! Test-difficulty-driven code reward (design §3.4, project decision §7.6).
 //!
 //! Tests are grouped into difficulty levels by their pass rate over many rollouts (lower pass rate = harder),
 //! by default 3 levels split at the terciles of the pass-rate distribution, with equal level weights summing
@@ -27,7 +27,7 @@ pub struct LevelConfig {
 }
 
 impl Default for LevelConfig {
-    /// Three levels at the terciles, weights 1/3 each (spec §7.6).
+    /// Three levels at the terciles, weights 1/3 each (design §7.6).
     fn default() -> Self {
         LevelConfig {
             split: Split::Quantiles(vec![1.0 / 3.0, 2.0 / 3.0]),

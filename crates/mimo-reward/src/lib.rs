@@ -1,4 +1,4 @@
-//! Rule-based rewards for mimo (spec §3.2–3.4, §7.6).
+//! Rule-based rewards for mimo (design §3.2–3.4, §7.6).
 //!
 //! * [`math`]: a Math-Verify–style answer verifier (extraction, LaTeX normalisation, equivalence).
 //! * [`difficulty`]: the test-difficulty-driven code reward (strict / soft / binary).

@@ -1,4 +1,4 @@
-//! The rollout-engine benchmark (spec §4.1, Table 2): seamless vs naive dynamic sampling on a workload with
+//! The rollout-engine benchmark (design §4.1, Table 2): seamless vs naive dynamic sampling on a workload with
 //! skewed response lengths, same weights, same problems, same request seeds, so both modes select the same
 //! batches and only the time differs.
 

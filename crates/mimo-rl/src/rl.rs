@@ -1,4 +1,4 @@
-//! `mimo rl`: MiMo's GRPO loop (spec §3.3–3.5, §7.5).
+//! `mimo rl`: MiMo's GRPO loop (design §3.3–3.5, §7.5).
 //!
 //! Each step: the rollout engine fills a batch of valid groups from the candle engine (current policy), the
 //! libtorch [`GrpoTrainer`] recomputes old log-probs and runs its mini-batch updates (MTP layers frozen), and

@@ -1,4 +1,4 @@
-//! The Seamless Rollout Engine (spec §4.1) and the `naive` dynamic-sampling baseline it is measured against.
+//! The Seamless Rollout Engine (design §4.1) and the `naive` dynamic-sampling baseline it is measured against.
 //!
 //! A *task* is one prompt rolled out `G` times (a GRPO group). One call of [`RolloutEngine::collect`] fills a
 //! training batch of `B` valid groups (rewards not all equal, [`is_valid_group`]):

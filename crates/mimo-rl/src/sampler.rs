@@ -1,4 +1,4 @@
-//! Which problem to roll out next (spec §3.5): a shuffled pass over the data, one epoch after another, plus the
+//! Which problem to roll out next (design §3.5): a shuffled pass over the data, one epoch after another, plus the
 //! **easy-data pool** — problems whose whole group was correct (pass rate 1) leave the normal order and are drawn
 //! again only with probability α (default 0.1). Dynamic sampling itself (dropping groups with pass rate 0 or 1)
 //! is [`is_valid_group`]; the rollout engine over-samples to keep the batch full.

@@ -1,4 +1,4 @@
-//! The MiMo training objective (spec §1.5, §7.4): `L = L_main + λ · mean_k L_mtp,k`, each a token-mean
+//! The MiMo training objective (design §1.5, §7.4): `L = L_main + λ · mean_k L_mtp,k`, each a token-mean
 //! cross-entropy over the positions whose loss mask is 1, plus top-1 accuracies.
 
 use tch::{Kind, Reduction, Tensor};

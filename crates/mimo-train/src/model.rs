@@ -1,5 +1,5 @@
 //! The training-side MiMo model on libtorch (tch): the Qwen2 decoder plus `num_nextn_predict_layers` MTP layers
-//! (spec §1.2–1.4, §7.1–7.2), differentiable end to end, with the checkpoint's tensor names.
+//! (design §1.2–1.4, §7.1–7.2), differentiable end to end, with the checkpoint's tensor names.
 //!
 //! Every op is a plain libtorch op with autograd: RMSNorm composed in f32, RoPE "rotate-half" with f32 tables,
 //! GQA by repeating KV heads, `scaled_dot_product_attention` with a causal mask, SwiGLU. Windows are packed
@@ -424,7 +424,7 @@ impl TrainModel {
         self.mtp.len()
     }
 
-    /// Switches RoPE to base `theta` (a pretraining stage boundary, spec §2.2) and raises
+    /// Switches RoPE to base `theta` (a pretraining stage boundary, design §2.2) and raises
     /// `max_position_embeddings` to at least `context`; checkpoints written afterwards record both in
     /// config.json (`rope_parameters.rope_theta` / `rope_scaling.rope_theta` where the input config had
     /// them, else the top-level `rope_theta`).
@@ -497,7 +497,7 @@ impl TrainModel {
 
     /// Teacher-forced forward of `ids` (`[b, t]`, int64) at positions `0..t`: main logits for every position and,
     /// for MTP layer `k`, rows `p = 0..t-2-k` pairing `h_p` with the embedding of `ids[:, p+1+k]` at RoPE
-    /// position `p` (spec §7.2). `h` is the pre- or post-norm hidden state per `mtp_hidden`.
+    /// position `p` (design §7.2). `h` is the pre- or post-norm hidden state per `mtp_hidden`.
     pub fn forward(&self, ids: &Tensor) -> Result<ForwardOutput> {
         let (_, t) = self.check_ids(ids)?;
         let ids = ids.to_device(self.device);

@@ -1,4 +1,4 @@
-//! Math-Verify–style answer verification (spec §3.2: math rewards are checked with Math-Verify).
+//! Math-Verify–style answer verification (design §3.2: math rewards are checked with Math-Verify).
 //!
 //! [`verify`] extracts the answer from a model response, normalises LaTeX, parses both sides into an
 //! [`ast::Node`] and decides equivalence:
