@@ -15,7 +15,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use mimo_engine::engine::{Engine, EngineConfig};
-use mimo_model::{HostWeights, MimoModel};
+use mimo_model::MimoModel;
 use mimo_reward::{load_problems, CodeReward, RewardSettings};
 use mimo_text::ModelText;
 use mimo_train::grpo::{Group, GrpoArgs, GrpoTrainer, Rollout, UpdateStats};
@@ -138,19 +138,10 @@ pub struct RlReport {
     pub update_s: f64,
 }
 
-/// The trainer's weights as the engine's in-memory weight map.
-pub fn host_weights(trainer: &GrpoTrainer) -> HostWeights {
-    trainer
-        .export_weights()
-        .into_iter()
-        .map(|(name, shape, data)| (name, (shape, data)))
-        .collect()
-}
-
 /// Builds a candle model from the trainer's current weights.
 pub fn engine_model(trainer: &GrpoTrainer, cfg: &mimo_model::ModelConfig) -> Result<MimoModel> {
     Ok(MimoModel::from_host_weights(
-        &host_weights(trainer),
+        &trainer.export_weights(),
         cfg,
         DType::F32,
         &Device::Cpu,

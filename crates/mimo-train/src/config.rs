@@ -14,7 +14,7 @@ seed = 0                   # init RNG and data order
 out = "runs/train"         # run directory (metrics.jsonl, checkpoint/, model/, loss.png)
 force = false              # overwrite a finished run in `out`
 resume = true              # continue from `out/checkpoint` when present
-stages = []                # pretrain mixture schedule (spec §2.2): [[stages]] tables, see below
+stages = []                # pretrain mixture schedule (design §2.2): [[stages]] tables, see below
 
 # [[stages]]               # one table per stage, in training order; with none, `data.path` at `train.seq_len`
 # name = "stage1"          #   unique name (metrics.jsonl and trainer_state.json record the stage index)
@@ -32,7 +32,7 @@ init_std = 0.02            # std of the random init (matrices and embeddings)
 [data]
 path = ""                  # pretrain: packed dataset dir (index.json); sft: JSONL file; empty with [[stages]]
 tokenizer = ""             # tokenizer.json for SFT text fields and for the checkpoint (default: model's, data's)
-chat_template = true       # sft text fields: wrap as ChatML user/assistant turns
+chat_template = true       # sft text fields: render through the checkpoint's chat template (as inference does)
 
 [train]
 steps = 100
@@ -42,6 +42,7 @@ grad_accum = 1             # micro-batches per optimizer step
 log_every = 1              # metrics.jsonl line every N steps
 save_every = 0             # checkpoint every N steps (0: only at the end)
 threads = 0                # libtorch intra-op threads (0: libtorch default)
+device = "cpu"             # "cpu", "cuda" (= "cuda:0"), "cuda:N" or "mps"
 progress = true            # progress bar on stderr
 plot = true                # loss.png at the end
 stop_after = 0             # stop after this many steps as if killed (tests of resume; 0: off)
@@ -59,7 +60,7 @@ grad_clip = 1.0            # max global grad norm (0: off)
 
 [mtp]
 lambda = 0.3               # weight of mean_k L_mtp,k ...
-lambda_late = 0.1          # ... switched to this after `switch_fraction` of the steps (spec §2.3)
+lambda_late = 0.1          # ... switched to this after `switch_fraction` of the steps (design §2.3)
 switch_fraction = 0.4
 "#;
 
@@ -108,27 +109,122 @@ pub struct LoopArgs {
     pub log_every: usize,
     pub save_every: usize,
     pub threads: usize,
+    /// Where the model trains: `"cpu"`, `"cuda"`, `"cuda:N"` or `"mps"` (see [`parse_device`]).
+    pub device: String,
     pub progress: bool,
     pub plot: bool,
     pub stop_after: usize,
 }
 
-/// `[optim]`: AdamW and the LR schedule (spec §2.3 shape: warmup, constant, cosine).
+/// `[optim]`: the LR schedule (design §2.3 shape: warmup, constant, cosine) and the AdamW constants.
+///
+/// The AdamW keys sit in the same table (`[optim] beta1 = …`): [`AdamWArgs`] is flattened into it. serde's
+/// `deny_unknown_fields` on this (outer) struct still rejects unknown keys; a unit test pins that.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimArgs {
+    /// Peak LR.
     pub lr: f64,
     pub min_lr: f64,
     pub warmup_steps: usize,
     pub decay_fraction: f64,
+    /// β1, β2, ε, weight decay and the grad-norm clip (keys of this table).
+    #[serde(flatten)]
+    pub adamw: AdamWArgs,
+}
+
+/// The constants of one optimizer step, shared by `[optim]` (pretrain/SFT) and `[grpo]` (flattened into
+/// both tables): AdamW's β1, β2, ε, decoupled weight decay, and the global grad-norm clip applied before it.
+/// The LR is not here: each loop supplies it per step (a schedule, or GRPO's constant `lr`).
+///
+/// The [`Default`] (used for keys a `[grpo]` table leaves out) has no weight decay; `[optim]` takes its
+/// defaults from [`DEFAULT_CONFIG`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamWArgs {
+    /// AdamW β1.
     pub beta1: f64,
+    /// AdamW β2.
     pub beta2: f64,
+    /// AdamW ε.
     pub eps: f64,
+    /// Decoupled weight decay (matrices and embeddings only).
     pub weight_decay: f64,
+    /// Max global gradient norm (0: off).
     pub grad_clip: f64,
 }
 
-/// `[mtp]`: the MTP loss weight λ schedule (spec §1.5, §7.4).
+impl Default for AdamWArgs {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+impl AdamWArgs {
+    /// Rejects betas outside `[0, 1)`, `eps` not finite and > 0, and a negative or non-finite weight decay or
+    /// clip. Errors name the key as `{table}.{field}`.
+    pub fn validate(&self, table: &str) -> Result<()> {
+        let bad = |field: &str, v: f64, need: &str| {
+            Err(TrainError::Config(format!(
+                "{table}.{field} = {v} (need {need})"
+            )))
+        };
+        for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(field, v, "0 <= beta < 1");
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return bad("eps", self.eps, "a finite value > 0");
+        }
+        for (field, v) in [
+            ("weight_decay", self.weight_decay),
+            ("grad_clip", self.grad_clip),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(field, v, "a finite value >= 0");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `train.device`: `"cpu"`, `"cuda"` (= `"cuda:0"`), `"cuda:N"` or `"mps"`. A config error names the
+/// key for any other value, and for a device this machine's libtorch does not have.
+#[cfg(feature = "tch")]
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    let bad = |why: String| {
+        Err(TrainError::Config(format!(
+            "train.device = {s:?}: {why} (expected \"cpu\", \"cuda\", \"cuda:N\" or \"mps\")"
+        )))
+    };
+    let cuda = |n: usize| {
+        let count = tch::Cuda::device_count().max(0) as usize;
+        if n < count {
+            Ok(tch::Device::Cuda(n))
+        } else {
+            bad(format!("libtorch sees {count} CUDA device(s)"))
+        }
+    };
+    match s.trim() {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => cuda(0),
+        "mps" if tch::utils::has_mps() => Ok(tch::Device::Mps),
+        "mps" => bad("libtorch has no MPS device here".into()),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => cuda(n),
+            _ => bad("unknown device".into()),
+        },
+    }
+}
+
+/// `[mtp]`: the MTP loss weight λ schedule (design §1.5, §7.4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MtpArgs {
@@ -137,7 +233,7 @@ pub struct MtpArgs {
     pub switch_fraction: f64,
 }
 
-/// One `[[stages]]` table: a stage of the pretraining mixture schedule (spec §2.2).
+/// One `[[stages]]` table: a stage of the pretraining mixture schedule (design §2.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageArgs {
@@ -181,25 +277,7 @@ impl Default for TrainArgs {
     }
 }
 
-fn parse_value(raw: &str) -> toml::Value {
-    // A TOML scalar/array if it parses as one, else a plain string (`--set data.path=/x/y`).
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-/// Merges `over` into `base`, recursing into tables (later layers win key by key).
-pub fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
+use mimo_config::merge;
 
 impl TrainArgs {
     /// Defaults, then each TOML file in order, then `key.path=value` overrides. Unknown keys are errors that
@@ -212,49 +290,7 @@ impl TrainArgs {
 
     /// Like [`TrainArgs::load`] without the final consistency checks (for `--print-config`).
     pub fn layered(files: &[PathBuf], sets: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(DEFAULT_CONFIG)
-            .map_err(|e| TrainError::Config(format!("embedded defaults: {e}")))?;
-        for f in files {
-            let s = std::fs::read_to_string(f).map_err(|e| TrainError::io(f, e))?;
-            let t: toml::Table = toml::from_str(&s)
-                .map_err(|e| TrainError::Config(format!("{}: {e}", f.display())))?;
-            // Check each file on its own so that the error names it.
-            let mut probe = table.clone();
-            merge(&mut probe, t.clone());
-            probe
-                .try_into::<TrainArgs>()
-                .map_err(|e| TrainError::Config(format!("{}: {e}", f.display())))?;
-            merge(&mut table, t);
-        }
-        for s in sets {
-            let (key, raw) = s
-                .split_once('=')
-                .ok_or_else(|| TrainError::Config(format!("--set {s:?}: expected key=value")))?;
-            let parts: Vec<&str> = key.trim().split('.').collect();
-            let mut over = toml::Table::new();
-            let mut cur = &mut over;
-            for (i, p) in parts.iter().enumerate() {
-                if i + 1 == parts.len() {
-                    cur.insert(p.to_string(), parse_value(raw.trim()));
-                } else {
-                    cur = match cur
-                        .entry(p.to_string())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    {
-                        toml::Value::Table(t) => t,
-                        _ => return Err(TrainError::Config(format!("--set {s:?}: bad key"))),
-                    };
-                }
-            }
-            merge(&mut table, over);
-            table
-                .clone()
-                .try_into::<TrainArgs>()
-                .map_err(|e| TrainError::Config(format!("--set {s:?}: {e}")))?;
-        }
-        table
-            .try_into()
-            .map_err(|e| TrainError::Config(e.to_string()))
+        mimo_config::layered(DEFAULT_CONFIG, files, sets).map_err(|e| TrainError::Config(e.0))
     }
 
     /// Parses one TOML document layered over the defaults.
@@ -299,12 +335,7 @@ impl TrainArgs {
                 o.decay_fraction
             ));
         }
-        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
-            return bad("optim.beta1/beta2 must be in [0, 1) and optim.eps > 0".into());
-        }
-        if o.weight_decay < 0.0 || o.grad_clip < 0.0 {
-            return bad("optim.weight_decay and optim.grad_clip must be >= 0".into());
-        }
+        o.adamw.validate("optim")?;
         let m = &self.mtp;
         if m.lambda < 0.0 || m.lambda_late < 0.0 || !(0.0..=1.0).contains(&m.switch_fraction) {
             return bad(
@@ -321,6 +352,8 @@ impl TrainArgs {
         if self.out.as_os_str().is_empty() {
             return bad("out is required".into());
         }
+        #[cfg(feature = "tch")]
+        parse_device(&self.train.device)?;
         Ok(())
     }
 
@@ -430,6 +463,16 @@ impl TrainArgs {
     }
 }
 
+impl LoopArgs {
+    /// The step the loop stops at: `steps`, or `stop_after` when that is set (> 0) and smaller.
+    pub fn stop_step(&self) -> usize {
+        match self.stop_after {
+            0 => self.steps,
+            n => n.min(self.steps),
+        }
+    }
+}
+
 /// A resolved stage of the schedule: optimizer steps `start..end` (0-based) and what they train on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
@@ -489,7 +532,9 @@ mod tests {
     fn defaults_parse_and_round_trip() {
         let d = TrainArgs::default();
         assert_eq!(d.mode, Mode::Pretrain);
-        assert_eq!(d.optim.beta2, 0.95);
+        assert_eq!(d.optim.adamw.beta2, 0.95);
+        assert_eq!(d.optim.adamw.weight_decay, 0.1);
+        assert_eq!(d.train.device, "cpu");
         let back: TrainArgs = toml::from_str(&d.to_toml()).unwrap();
         assert_eq!(back, d);
     }
@@ -519,6 +564,57 @@ mod tests {
             e.to_string().contains("x.toml") && e.to_string().contains("stepz"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn optim_table_is_flat_and_strict() {
+        // The AdamW keys are flattened into [optim]; unknown keys there are still rejected, naming the key.
+        let a = TrainArgs::from_toml_str(
+            "[model]\nconfig = \"c.json\"\n[data]\npath = \"d\"\n[optim]\nbeta1 = 0.8\ngrad_clip = 2",
+        )
+        .unwrap();
+        assert_eq!((a.optim.adamw.beta1, a.optim.adamw.grad_clip), (0.8, 2.0));
+        assert_eq!(a.optim.lr, 3e-4);
+        let e = TrainArgs::layered(&[], &["optim.betta1=0.8".into()]).unwrap_err();
+        assert!(e.to_string().contains("unknown field `betta1`"), "{e}");
+        let e = TrainArgs::from_toml_str("[optim]\nadam_eps = 1e-8").unwrap_err();
+        assert!(e.to_string().contains("adam_eps"), "{e}");
+        let mut a = TrainArgs::default();
+        a.model.config = "c.json".into();
+        a.data.path = "d".into();
+        a.optim.adamw.beta2 = 1.0;
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("optim.beta2 = 1"), "{e}");
+        a.optim.adamw.beta2 = 0.95;
+        a.optim.adamw.eps = 0.0;
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("optim.eps"), "{e}");
+    }
+
+    #[cfg(feature = "tch")]
+    #[test]
+    fn device_setting() {
+        assert_eq!(parse_device("cpu").unwrap(), tch::Device::Cpu);
+        for bad in ["gpu", "cuda:x", "cuda:-1", ""] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("train.device") && e.contains("cuda:N"),
+                "{bad}: {e}"
+            );
+        }
+        let n = tch::Cuda::device_count().max(0) as usize;
+        let e = parse_device(&format!("cuda:{n}")).unwrap_err().to_string();
+        assert!(e.contains("CUDA device"), "{e}");
+        let e = TrainArgs::layered(&[], &["train.device=tpu".into()])
+            .and_then(|a| {
+                let mut a = a;
+                a.model.config = "c.json".into();
+                a.data.path = "d".into();
+                a.validate()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.device = \"tpu\""), "{e}");
     }
 
     const STAGES: &str = r#"

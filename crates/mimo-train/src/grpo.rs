@@ -1,4 +1,4 @@
-//! MiMo's modified GRPO policy update (spec §3.3, §7.5), driven by the RL loop.
+//! MiMo's modified GRPO policy update (design §3.3, §7.5), driven by the RL loop.
 //!
 //! For each prompt the loop samples a [`Group`] of rollouts and scores them. One [`GrpoTrainer::update`] then
 //! recomputes the old-policy log-probs once, splits the groups into `mini_batches` and takes one AdamW step per
@@ -16,9 +16,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::AdamWArgs;
 use crate::error::{Result, TrainError};
 
-/// Added to the population std of a group's rewards before dividing (spec §7.5).
+/// Added to the population std of a group's rewards before dividing (design §7.5).
 pub const ADV_EPS: f64 = 1e-6;
 
 /// One sampled response to a prompt with its reward.
@@ -82,7 +83,7 @@ impl Group {
     }
 }
 
-/// `(r − mean) / (std + 1e-6)` with the population std over the group (spec §7.5). A group whose rewards are
+/// `(r − mean) / (std + 1e-6)` with the population std over the group (design §7.5). A group whose rewards are
 /// all equal (std 0) gets all zeros; an empty slice gives an empty vector.
 pub fn group_advantages(rewards: &[f64]) -> Vec<f64> {
     let Some(&first) = rewards.first() else {
@@ -119,7 +120,10 @@ pub fn validate_groups(groups: &[Group], vocab_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// GRPO hyperparameters (spec §3.3, §3.6, §7.5); a `[grpo]` TOML table with every key optional.
+/// GRPO hyperparameters (design §3.3, §3.6, §7.5); a `[grpo]` TOML table with every key optional.
+///
+/// The optimizer-step keys are those of `[optim]` ([`AdamWArgs`], flattened into this table): `beta1`,
+/// `beta2`, `eps`, `weight_decay`, `grad_clip`. Unknown keys are still rejected (a unit test pins that).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoArgs {
@@ -136,19 +140,12 @@ pub struct GrpoArgs {
     pub mini_batches: usize,
     /// Rollouts per forward/backward pass inside a mini-batch (gradients accumulate; the loss is unchanged).
     pub micro_batch: usize,
-    /// Global gradient-norm clip (0 = off).
-    pub max_grad_norm: f64,
-    /// AdamW decoupled weight decay (matrices and embeddings only).
-    pub weight_decay: f64,
-    /// AdamW β1.
-    pub beta1: f64,
-    /// AdamW β2.
-    pub beta2: f64,
-    /// AdamW ε.
-    pub adam_eps: f64,
     /// Sampling temperature of the rollouts: log-probs are taken of `softmax(logits / T)`, the policy that
     /// generated them (`mimo rl` sets it from `rollout.temperature`).
     pub temperature: f64,
+    /// AdamW β1, β2, ε, weight decay (default 0) and the global grad-norm clip (default 1; 0 = off).
+    #[serde(flatten)]
+    pub adamw: AdamWArgs,
 }
 
 impl Default for GrpoArgs {
@@ -160,19 +157,15 @@ impl Default for GrpoArgs {
             lr: 1e-5,
             mini_batches: 2,
             micro_batch: 16,
-            max_grad_norm: 1.0,
-            weight_decay: 0.0,
-            beta1: 0.9,
-            beta2: 0.95,
-            adam_eps: 1e-8,
             temperature: 1.0,
+            adamw: AdamWArgs::default(),
         }
     }
 }
 
 impl GrpoArgs {
     /// Rejects values the update cannot use (negative or non-finite rates, `eps_low ∉ [0, 1)`, zero
-    /// mini-batches or micro-batch, betas outside `[0, 1)`).
+    /// mini-batches or micro-batch, and the [`AdamWArgs::validate`] checks). Errors name the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, v: String| Err(TrainError::Config(format!("grpo.{field} = {v}")));
         if !(0.0..1.0).contains(&self.eps_low) {
@@ -184,13 +177,7 @@ impl GrpoArgs {
         if !(self.eps_high >= 0.0 && self.eps_high.is_finite()) {
             return bad("eps_high", format!("{} (need >= 0)", self.eps_high));
         }
-        for (field, v) in [
-            ("kl_beta", self.kl_beta),
-            ("lr", self.lr),
-            ("max_grad_norm", self.max_grad_norm),
-            ("weight_decay", self.weight_decay),
-            ("adam_eps", self.adam_eps),
-        ] {
+        for (field, v) in [("kl_beta", self.kl_beta), ("lr", self.lr)] {
             if !(v >= 0.0 && v.is_finite()) {
                 return bad(field, format!("{v} (need a finite value >= 0)"));
             }
@@ -201,11 +188,7 @@ impl GrpoArgs {
                 format!("{} (need a finite value > 0)", self.temperature),
             );
         }
-        for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(field, format!("{v} (need 0 <= beta < 1)"));
-            }
-        }
+        self.adamw.validate("grpo")?;
         if self.mini_batches == 0 {
             return bad("mini_batches", "0 (need >= 1)".into());
         }
@@ -322,7 +305,30 @@ mod tests {
         assert_eq!(a.eps_high, 0.3);
         assert_eq!(a.mini_batches, 4);
         assert_eq!(a.eps_low, 0.2);
-        assert!(toml::from_str::<GrpoArgs>("eps = 0.3").is_err());
+        let e = toml::from_str::<GrpoArgs>("epz = 0.3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `epz`"), "{e}");
+        // The old names of the AdamW keys are gone (now `eps` and `grad_clip`, as in `[optim]`).
+        for old in ["adam_eps = 1e-8", "max_grad_norm = 1.0"] {
+            assert!(toml::from_str::<GrpoArgs>(old).is_err(), "{old}");
+        }
+        // A partial table keeps the other AdamW defaults.
+        let a: GrpoArgs = toml::from_str("lr = 2e-5\neps = 1e-6\ngrad_clip = 0.5").unwrap();
+        assert_eq!((a.lr, a.adamw.eps, a.adamw.grad_clip), (2e-5, 1e-6, 0.5));
+        assert_eq!(a.adamw.beta2, 0.95);
+        assert_eq!(a.adamw.weight_decay, 0.0);
+        let back: GrpoArgs = toml::from_str(&toml::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+        let bad = GrpoArgs {
+            adamw: AdamWArgs {
+                beta2: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("grpo.beta2"), "{e}");
         assert!(GrpoArgs::default().validate().is_ok());
         let bad = GrpoArgs {
             mini_batches: 0,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use crate::config::OptimArgs;
+use crate::config::AdamWArgs;
 use crate::error::{Result, TrainError};
 use crate::model::Param;
 
@@ -31,8 +31,9 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr`: `p ← p·(1 − lr·wd)` (decayed params only), then the Adam step with
-    /// bias correction. Parameters without a gradient are left alone.
-    pub fn step(&mut self, params: &[Param], lr: f64, o: &OptimArgs) {
+    /// bias correction. Parameters without a gradient are left alone; `o.grad_clip` is not applied here (see
+    /// [`crate::step::train_step`]).
+    pub fn step(&mut self, params: &[Param], lr: f64, o: &AdamWArgs) {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - o.beta1.powi(t);

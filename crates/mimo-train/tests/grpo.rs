@@ -1,4 +1,4 @@
-//! MiMo's GRPO (spec §3.3, §7.5): advantages, the clipped token-level loss against hand-computed values, and
+//! MiMo's GRPO (design §3.3, §7.5): advantages, the clipped token-level loss against hand-computed values, and
 //! the policy trainer on a tiny random model.
 #![cfg(feature = "tch")]
 
@@ -345,7 +345,7 @@ fn trainer_raises_rewarded_responses_and_freezes_mtp() {
     // The exported weights are the state dict, MTP layers included.
     let exported = trainer.export_weights();
     assert_eq!(exported.len(), after.len());
-    for (name, shape, data) in &exported {
+    for (name, (shape, data)) in &exported {
         let t = &after[name];
         let dims: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         assert_eq!(&dims, shape, "{name}");

@@ -1,4 +1,4 @@
-//! The three-stage mixture schedule (spec §2.2): per-stage data, sequence length, batch size and RoPE θ, and
+//! The three-stage mixture schedule (design §2.2): per-stage data, sequence length, batch size and RoPE θ, and
 //! exact resume across a stage boundary.
 #![cfg(feature = "tch")]
 

@@ -7,16 +7,16 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::{split_even, validate_groups, Group, GrpoArgs, LossStats, Rollout, UpdateStats};
-use crate::config::{OptimArgs, TrainArgs};
 use crate::error::{Result, TrainError};
 use crate::model::{Param, TrainModel};
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::AdamW;
+use crate::step::{train_step, zero_grad};
 
 /// Log-ratios are clamped to ±this before `exp`, so that one extreme token cannot overflow to inf (and turn
 /// the gradient into NaN); verl does the same.
 const MAX_LOG_RATIO: f64 = 20.0;
 
-/// Checkpoint-name prefix of the MTP layers, which RL freezes (spec §7.4).
+/// Checkpoint-name prefix of the MTP layers, which RL freezes (design §7.4).
 const MTP_PREFIX: &str = "model.mtp_layers.";
 
 /// Rollouts as one right-padded teacher-forcing batch.
@@ -143,7 +143,7 @@ pub fn response_logprobs(
 ///
 /// Because `G` and `N_g` are passed in rather than counted, a mini-batch may be split into row chunks whose
 /// losses (and gradients) add up to the mini-batch's.
-// The argument list is the loss's definition (spec §3.3); bundling it into a struct would only hide that.
+// The argument list is the loss's definition (design §3.3); bundling it into a struct would only hide that.
 #[allow(clippy::too_many_arguments)]
 pub fn grpo_loss(
     logp_new: &Tensor,
@@ -156,48 +156,15 @@ pub fn grpo_loss(
     eps_high: f64,
     kl: Option<(&Tensor, f64)>,
 ) -> Result<(Tensor, LossStats)> {
-    let shape = logp_new.size();
-    if shape.len() != 2 {
-        return Err(TrainError::Input(format!(
-            "logp_new must be [b, T], got {shape:?}"
-        )));
-    }
-    for (name, t) in [("logp_old", logp_old), ("mask", mask)]
-        .into_iter()
-        .chain(kl.map(|(r, _)| ("logp_ref", r)))
-    {
-        if t.size() != shape {
-            return Err(TrainError::Input(format!(
-                "{name} has shape {:?}, logp_new {shape:?}",
-                t.size()
-            )));
-        }
-    }
-    let b = shape[0];
-    let adv_shape = adv.size();
-    if adv_shape != [b] && adv_shape != shape {
-        return Err(TrainError::Input(format!(
-            "adv must be [{b}] or {shape:?}, got {adv_shape:?}"
-        )));
-    }
-    if group_of_row.len() != b as usize {
-        return Err(TrainError::Input(format!(
-            "group_of_row has {} entries for {b} rows",
-            group_of_row.len()
-        )));
-    }
-    if let Some(&g) = group_of_row.iter().find(|&&g| g >= group_tokens.len()) {
-        return Err(TrainError::Input(format!(
-            "group index {g} with only {} groups",
-            group_tokens.len()
-        )));
-    }
-    if let Some(n) = group_tokens.iter().find(|n| !(n.is_finite() && **n > 0.0)) {
-        return Err(TrainError::Input(format!(
-            "group token count {n} (need > 0)"
-        )));
-    }
-
+    check_loss_inputs(
+        logp_new,
+        [("logp_old", logp_old), ("mask", mask)]
+            .into_iter()
+            .chain(kl.map(|(r, _)| ("logp_ref", r))),
+        adv,
+        group_of_row,
+        group_tokens,
+    )?;
     let dev = logp_new.device();
     let mask = mask.to_kind(Kind::Float).to_device(dev);
     let adv = if adv.dim() == 1 {
@@ -251,6 +218,56 @@ pub fn grpo_loss(
     Ok((loss, stats))
 }
 
+/// The shape and index checks of [`grpo_loss`]: `logp_new` is `[b, T]` and so is each of `like_new`, `adv` is
+/// `[b]` or `[b, T]`, `group_of_row` has `b` entries indexing `group_tokens`, whose counts are > 0.
+fn check_loss_inputs<'a>(
+    logp_new: &Tensor,
+    like_new: impl Iterator<Item = (&'static str, &'a Tensor)>,
+    adv: &Tensor,
+    group_of_row: &[usize],
+    group_tokens: &[f64],
+) -> Result<()> {
+    let shape = logp_new.size();
+    if shape.len() != 2 {
+        return Err(TrainError::Input(format!(
+            "logp_new must be [b, T], got {shape:?}"
+        )));
+    }
+    for (name, t) in like_new {
+        if t.size() != shape {
+            return Err(TrainError::Input(format!(
+                "{name} has shape {:?}, logp_new {shape:?}",
+                t.size()
+            )));
+        }
+    }
+    let b = shape[0];
+    let adv_shape = adv.size();
+    if adv_shape != [b] && adv_shape != shape {
+        return Err(TrainError::Input(format!(
+            "adv must be [{b}] or {shape:?}, got {adv_shape:?}"
+        )));
+    }
+    if group_of_row.len() != b as usize {
+        return Err(TrainError::Input(format!(
+            "group_of_row has {} entries for {b} rows",
+            group_of_row.len()
+        )));
+    }
+    if let Some(&g) = group_of_row.iter().find(|&&g| g >= group_tokens.len()) {
+        return Err(TrainError::Input(format!(
+            "group index {g} with only {} groups",
+            group_tokens.len()
+        )));
+    }
+    if let Some(n) = group_tokens.iter().find(|n| !(n.is_finite() && **n > 0.0)) {
+        return Err(TrainError::Input(format!(
+            "group token count {n} (need > 0)"
+        )));
+    }
+    Ok(())
+}
+
 /// One micro-batch of a planned update with its fixed (no-grad) log-probs.
 struct Chunk {
     batch: RolloutBatch,
@@ -277,7 +294,6 @@ pub struct GrpoTrainer {
     /// Handles to the optimised parameters: all but the MTP layers.
     trainable: Vec<Param>,
     opt: AdamW,
-    optim: OptimArgs,
     args: GrpoArgs,
     /// The initial policy's weights (CPU copies); swapped into `model` to compute reference log-probs once per
     /// update, so that no second model has to be built.
@@ -299,22 +315,11 @@ impl GrpoTrainer {
             })
             .collect();
         let opt = AdamW::new(&trainable);
-        // Only the AdamW fields matter here; starting from the defaults keeps this independent of any
-        // schedule fields OptimArgs may gain.
-        let mut optim = TrainArgs::default().optim;
-        optim.lr = args.lr;
-        optim.min_lr = args.lr;
-        optim.beta1 = args.beta1;
-        optim.beta2 = args.beta2;
-        optim.eps = args.adam_eps;
-        optim.weight_decay = args.weight_decay;
-        optim.grad_clip = args.max_grad_norm;
         let reference = (args.kl_beta > 0.0).then(|| snapshot(&model));
         Ok(Self {
             model,
             trainable,
             opt,
-            optim,
             args,
             reference,
         })
@@ -345,7 +350,7 @@ impl GrpoTrainer {
         self.trainable.iter().map(|p| p.name.as_str()).collect()
     }
 
-    /// One GRPO iteration on `groups` (spec §3.3): old-policy log-probs recomputed once by this model with no
+    /// One GRPO iteration on `groups` (design §3.3): old-policy log-probs recomputed once by this model with no
     /// gradient, then one clipped-surrogate AdamW step per mini-batch of groups (in the given order).
     /// Errors on unusable groups (see [`validate_groups`](super::validate_groups)) before touching the
     /// weights, and with [`TrainError::Diverged`] on a non-finite loss or gradient (that step is not taken).
@@ -360,38 +365,37 @@ impl GrpoTrainer {
         let mut per_mb = Vec::with_capacity(plan.len());
         let mut grad_norm_sum = 0.0;
         for mb in &plan {
-            self.zero_grad();
             let mut st = LossStats::default();
-            for c in &mb.chunks {
-                let new = token_logprobs(&self.model, &c.batch, self.args.temperature)?;
-                let kl = c.reference.as_ref().map(|r| (r, self.args.kl_beta));
-                let (loss, s) = grpo_loss(
-                    &new,
-                    &c.old,
-                    &c.adv,
-                    &c.batch.mask,
-                    &c.group_of_row,
-                    &mb.group_tokens,
-                    eps_low,
-                    eps_high,
-                    kl,
-                )?;
-                if !s.loss.is_finite() {
-                    return Err(self.diverged(s.loss));
-                }
-                loss.backward();
-                st.merge(&s);
-            }
-            let grad_norm = clip_grad_norm(&self.trainable, self.args.max_grad_norm);
-            if !grad_norm.is_finite() {
-                return Err(self.diverged(st.loss));
-            }
-            self.opt.step(&self.trainable, self.args.lr, &self.optim);
+            let (model, args) = (&self.model, &self.args);
+            let grad_norm = train_step(
+                &self.trainable,
+                &mut self.opt,
+                args.lr,
+                &args.adamw,
+                &mb.chunks,
+                |c| {
+                    let new = token_logprobs(model, &c.batch, args.temperature)?;
+                    let kl = c.reference.as_ref().map(|r| (r, args.kl_beta));
+                    let (loss, s) = grpo_loss(
+                        &new,
+                        &c.old,
+                        &c.adv,
+                        &c.batch.mask,
+                        &c.group_of_row,
+                        &mb.group_tokens,
+                        eps_low,
+                        eps_high,
+                        kl,
+                    )?;
+                    st.merge(&s);
+                    Ok((loss, s.loss))
+                },
+            )?;
             grad_norm_sum += grad_norm;
             total.merge(&st);
             per_mb.push(st);
         }
-        self.zero_grad();
+        zero_grad(&self.trainable);
 
         let steps = per_mb.len();
         let rewards: Vec<f64> = groups
@@ -416,9 +420,9 @@ impl GrpoTrainer {
         })
     }
 
-    /// The weights by checkpoint name as `(name, shape, f32 data)` (row-major, CPU), MTP layers included, for
-    /// the engine to rebuild its model in-process.
-    pub fn export_weights(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    /// The weights by checkpoint name as the engine's in-memory weight map (`name → (shape, row-major f32
+    /// data)`, MTP layers included), from which it rebuilds its model in process.
+    pub fn export_weights(&self) -> mimo_model::HostWeights {
         self.model
             .state_dict()
             .into_iter()
@@ -428,7 +432,7 @@ impl GrpoTrainer {
                 let mut data = vec![0f32; n];
                 // `state_dict` gives contiguous f32 CPU tensors, so this copy cannot fail.
                 t.copy_data(&mut data, n);
-                (name, shape, data)
+                (name, (shape, data))
             })
             .collect()
     }
@@ -436,22 +440,6 @@ impl GrpoTrainer {
     /// Writes the current policy as an HF directory (see [`TrainModel::save_hf`]).
     pub fn save_hf(&self, dir: &Path, extra: &[(&str, &Path)]) -> Result<()> {
         self.model.save_hf(dir, extra)
-    }
-
-    fn diverged(&self, loss: f64) -> TrainError {
-        TrainError::Diverged {
-            step: self.opt.step as usize + 1,
-            loss,
-        }
-    }
-
-    fn zero_grad(&self) {
-        for p in &self.trainable {
-            let mut g = p.tensor.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
     }
 
     /// Splits `groups` into mini-batches and micro-batches, with advantages and the old-policy log-probs.
