@@ -122,7 +122,7 @@ mod tests {
         let defaults = "a = 1\n[sub]\nx = 1.0\nname = \"d\"\n";
         let c: Cfg = layered(
             defaults,
-            &[f.clone()],
+            std::slice::from_ref(&f),
             &["sub.name=run 1".into(), "a=7".into()],
         )
         .unwrap();
@@ -144,7 +144,7 @@ mod tests {
             "{e}"
         );
         std::fs::write(&f, "b = 1\n").unwrap();
-        let e = layered::<Cfg>(defaults, &[f.clone()], &[])
+        let e = layered::<Cfg>(defaults, std::slice::from_ref(&f), &[])
             .unwrap_err()
             .to_string();
         assert!(

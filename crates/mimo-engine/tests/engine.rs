@@ -494,7 +494,7 @@ fn logits_processor_forces_and_masks_with_and_without_mtp() {
     let free = run(
         &model,
         EngineConfig::default(),
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         &greedy(12),
     )[0]
     .clone();

@@ -124,7 +124,7 @@ struct Evals {
 }
 
 impl Evals {
-    /// 6. Evaluates checkpoint `dir` as `name` (samples to `out/eval-NAME.jsonl`) and logs its figures.
+    /// Stage 6: evaluates checkpoint `dir` as `name` (samples to `out/eval-NAME.jsonl`) and logs its figures.
     fn run(
         &mut self,
         run: &mut Run,

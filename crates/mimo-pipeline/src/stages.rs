@@ -86,7 +86,7 @@ fn toml_table(s: &str) -> Result<toml::Table> {
     toml::from_str(s).map_err(|e| PipelineError::Config(e.to_string()))
 }
 
-/// 1. Synthetic verifiable problems with worked responses (`data/synth`), and the pretraining sources made
+/// Stage 1: Synthetic verifiable problems with worked responses (`data/synth`), and the pretraining sources made
 /// from them (`data/corpus`). Returns the corpus directory.
 pub(crate) fn synth(run: &mut Run) -> Result<PathBuf> {
     run.log("synth: verifiable problems with chain-of-thought responses");
@@ -142,7 +142,7 @@ fn write_sources(train: &[mimo_train::synth::Example], dir: &Path) -> Result<()>
     jsonl(&dir.join("cot.jsonl"), &cot)
 }
 
-/// 2. A byte-level BPE tokenizer with the ChatML and `<think>` specials. Returns `tokenizer.json`, the
+/// Stage 2: A byte-level BPE tokenizer with the ChatML and `<think>` specials. Returns `tokenizer.json`, the
 /// vocabulary size and the id of `<|im_end|>` (EOS).
 pub(crate) fn tokenizer(run: &mut Run, corpus: &Path) -> Result<(PathBuf, usize, u32)> {
     run.log("tokenizer: byte-level BPE with ChatML and <think> specials");
@@ -186,7 +186,7 @@ fn mixture_toml(stages: &[StageSection]) -> String {
     s
 }
 
-/// 3. One packed dataset per mixture stage (design §2.2). Returns the trainer's `[[stages]]` tables.
+/// Stage 3: One packed dataset per mixture stage (design §2.2). Returns the trainer's `[[stages]]` tables.
 pub(crate) fn pack(
     run: &mut Run,
     corpus: &Path,
@@ -259,7 +259,7 @@ fn model_config(run: &Run, vocab: usize, eos: u32) -> toml::Table {
     cfg
 }
 
-/// 4. Pretraining with the MTP loss over the mixture stages (design §1.5, §2.2). Returns the base model.
+/// Stage 4: Pretraining with the MTP loss over the mixture stages (design §1.5, §2.2). Returns the base model.
 pub(crate) fn pretrain(
     run: &mut Run,
     tokenizer_json: &Path,
@@ -291,7 +291,7 @@ pub(crate) fn pretrain(
     Ok(base)
 }
 
-/// 5. Prompt-masked SFT of the base model on the chat-rendered problems (design §3.1). Returns the SFT model.
+/// Stage 5: Prompt-masked SFT of the base model on the chat-rendered problems (design §3.1). Returns the SFT model.
 pub(crate) fn sft(run: &mut Run, base: &Path, tokenizer_json: &Path) -> Result<PathBuf> {
     run.log("sft: prompt-masked SFT, MTP tuned");
     let mut extra = toml_table(&format!(
@@ -398,7 +398,7 @@ pub(crate) fn mtp_acceptance(
     Ok(st.total_accepted() as f64 / st.total_drafted().max(1) as f64)
 }
 
-/// 7. GRPO with the Seamless Rollout Engine from the SFT model (design §3.3–§4.1). Returns the RL report,
+/// Stage 7: GRPO with the Seamless Rollout Engine from the SFT model (design §3.3–§4.1). Returns the RL report,
 /// every step's metrics and the arguments it ran with.
 pub(crate) fn rl(run: &mut Run, sft: &Path) -> Result<(RlReport, Vec<RlStepMetrics>, RlArgs)> {
     run.log("rl: GRPO with the Seamless Rollout Engine");
@@ -436,7 +436,7 @@ pub(crate) struct BenchResults {
     pub sim_speedup: f64,
 }
 
-/// 8. Seamless vs naive rollout (paper Table 2) on this CPU with the SFT model, then on the simulated
+/// Stage 8: Seamless vs naive rollout (paper Table 2) on this CPU with the SFT model, then on the simulated
 /// GPU-like device with the problem mix the RL stage measured.
 pub(crate) fn bench(
     run: &mut Run,
