@@ -110,6 +110,21 @@ fn unit_f64(rng: &mut SplitMix64) -> f64 {
 mod tests {
     use super::*;
 
+    /// rand_xoshiro's SplitMix64 is the reference SplitMix64 (Steele et al.), seeded with the state itself, so
+    /// draws are those of the hand-written generator this crate used before.
+    #[test]
+    fn splitmix_is_the_reference_generator() {
+        let mut state = 0x005E_ED0F_E4A5u64 ^ 7;
+        let mut rng = SplitMix64::from_seed(state.to_le_bytes());
+        for _ in 0..4 {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            assert_eq!(rng.next_u64(), z ^ (z >> 31));
+        }
+    }
+
     #[test]
     fn dynamic_sampling_keeps_only_mixed_groups() {
         assert!(!is_valid_group(&[0.0, 0.0, 0.0]));
