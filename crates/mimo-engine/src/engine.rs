@@ -764,7 +764,7 @@ impl Engine {
             let d = drafts[i];
             let next = seq.next_token(&history);
             let ok = if greedy || matches!(next, NextToken::Force(_)) {
-                match Self::sample_with(seq, &row, &history) {
+                match Self::sample_next(seq, &row, &history, next) {
                     Ok((t, lp)) if t == d => Ok(lp),
                     Ok((t, lp)) => Err((t, lp)),
                     Err(m) => return Ok(self.push_then_fail(seq, &new, m)),
@@ -822,6 +822,16 @@ impl Engine {
         history: &[u32],
     ) -> Result<(u32, Option<TokenLogprob>), String> {
         let next = seq.next_token(history);
+        Self::sample_next(seq, logits, history, next)
+    }
+
+    /// [`Engine::sample_with`] with the hook's constraint `next` already asked for.
+    fn sample_next(
+        seq: &mut Sequence,
+        logits: &[f32],
+        history: &[u32],
+        next: NextToken,
+    ) -> Result<(u32, Option<TokenLogprob>), String> {
         if let NextToken::Force(t) = next {
             return Ok(seq.forced(t));
         }

@@ -508,30 +508,19 @@ fn logits_processor_forces_and_masks_with_and_without_mtp() {
         token,
         allowed: allowed.clone(),
     });
+    let sampled = SamplingParams {
+        temperature: 0.9,
+        seed: Some(5),
+        max_tokens: 12,
+        logprobs: Some(2),
+        ..Default::default()
+    };
     let mut outs = vec![];
     for (k, params) in [
         (0, greedy(12)),
         (2, greedy(12)),
-        (
-            0,
-            SamplingParams {
-                temperature: 0.9,
-                seed: Some(5),
-                max_tokens: 12,
-                logprobs: Some(2),
-                ..Default::default()
-            },
-        ),
-        (
-            2,
-            SamplingParams {
-                temperature: 0.9,
-                seed: Some(5),
-                max_tokens: 12,
-                logprobs: Some(2),
-                ..Default::default()
-            },
-        ),
+        (0, sampled.clone()),
+        (2, sampled),
     ] {
         let cfg = EngineConfig {
             mtp_drafts: k,

@@ -76,6 +76,28 @@ pub(crate) fn write_report(
     write(&out.join("report.md"), &report_markdown(r, bench, &plots))
 }
 
+fn curve(name: &str, color: RGBColor, points: Vec<(f64, f64)>) -> Curve {
+    Curve {
+        name: name.into(),
+        color,
+        points,
+    }
+}
+
+/// `out/plots`, and the plot files written into it so far (a plot that fails is skipped, not an error).
+struct PlotDir {
+    dir: PathBuf,
+    made: Vec<String>,
+}
+
+impl PlotDir {
+    fn plot(&mut self, file: &str, curves: Vec<Curve>, x: &str, y: &str) {
+        if plot_lines(&curves, x, y, &self.dir.join(file)).is_ok() {
+            self.made.push(file.to_string());
+        }
+    }
+}
+
 /// Loss, MTP acceptance, reward, response length, pass@1 and rollout plots; returns the files written.
 fn write_plots(
     out: &Path,
@@ -83,46 +105,43 @@ fn write_plots(
     rl_steps: &[RlStepMetrics],
     bench: &[BenchRun],
 ) -> Result<Vec<String>> {
-    let c = |name: &str, color: RGBColor, points: Vec<(f64, f64)>| Curve {
-        name: name.into(),
-        color,
-        points,
-    };
-    let plots = out.join("plots");
-    std::fs::create_dir_all(&plots).map_err(|e| PipelineError::io(&plots, e))?;
-    let mut made = vec![];
-    let mut plot = |file: &str, curves: Vec<Curve>, x: &str, y: &str| {
-        let p = plots.join(file);
-        if plot_lines(&curves, x, y, &p).is_ok() {
-            made.push(file.to_string());
-        }
-    };
+    let dir = out.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
+    let mut d = PlotDir { dir, made: vec![] };
+    training_plots(&mut d, out, r);
+    rl_plots(&mut d, r, rl_steps);
+    rollout_plot(&mut d, bench);
+    Ok(d.made)
+}
+
+/// Pretraining and SFT losses, MTP acceptance.
+fn training_plots(d: &mut PlotDir, out: &Path, r: &PipelineReport) {
     let train_metrics = |dir: &str| {
         mimo_train::metrics::read_metrics(&out.join(dir).join("metrics.jsonl")).unwrap_or_default()
     };
     let (pre, sft) = (train_metrics("pretrain"), train_metrics("sft"));
     let off = pre.last().map_or(0, |m| m.step) as f64;
-    plot(
+    d.plot(
         "loss.png",
         vec![
-            c(
+            curve(
                 "pretrain main",
                 RGBColor(0, 0, 200),
                 pre.iter().map(|m| (m.step as f64, m.loss_main)).collect(),
             ),
-            c(
+            curve(
                 "pretrain MTP",
                 RGBColor(200, 0, 0),
                 pre.iter().map(|m| (m.step as f64, m.loss_mtp)).collect(),
             ),
-            c(
+            curve(
                 "SFT main",
                 RGBColor(0, 120, 0),
                 sft.iter()
                     .map(|m| (off + m.step as f64, m.loss_main))
                     .collect(),
             ),
-            c(
+            curve(
                 "SFT MTP",
                 RGBColor(200, 120, 0),
                 sft.iter()
@@ -133,10 +152,10 @@ fn write_plots(
         "step (pretrain, then SFT)",
         "loss",
     );
-    plot(
+    d.plot(
         "mtp_acceptance.png",
         vec![
-            c(
+            curve(
                 "MTP top-1 acc (train)",
                 RGBColor(200, 0, 0),
                 pre.iter()
@@ -145,7 +164,7 @@ fn write_plots(
                     .map(|(i, m)| (i as f64, m.mtp_acc))
                     .collect(),
             ),
-            c(
+            curve(
                 "SFT / RL greedy acceptance",
                 RGBColor(0, 0, 0),
                 vec![
@@ -157,10 +176,14 @@ fn write_plots(
         "step",
         "MTP acceptance",
     );
-    plot(
+}
+
+/// RL reward and response length per step, pass@1 per stage.
+fn rl_plots(d: &mut PlotDir, r: &PipelineReport, rl_steps: &[RlStepMetrics]) {
+    d.plot(
         "reward.png",
         vec![
-            c(
+            curve(
                 "rollout mean reward",
                 RGBColor(0, 0, 200),
                 rl_steps
@@ -168,7 +191,7 @@ fn write_plots(
                     .map(|m| (m.step as f64, m.rollout.mean_reward))
                     .collect(),
             ),
-            c(
+            curve(
                 "clip-high fraction ×10",
                 RGBColor(200, 0, 0),
                 rl_steps
@@ -180,9 +203,9 @@ fn write_plots(
         "RL step",
         "reward",
     );
-    plot(
+    d.plot(
         "response_length.png",
-        vec![c(
+        vec![curve(
             "mean response tokens of the trained rollouts",
             RGBColor(0, 120, 0),
             rl_steps
@@ -193,9 +216,9 @@ fn write_plots(
         "RL step",
         "tokens",
     );
-    plot(
+    d.plot(
         "pass_at_1.png",
-        vec![c(
+        vec![curve(
             "held-out pass@1 (0 = base, 1 = SFT, 2 = RL)",
             RGBColor(0, 0, 200),
             STAGES
@@ -207,6 +230,10 @@ fn write_plots(
         "stage",
         "pass@1",
     );
+}
+
+/// Seamless vs naive step times on both devices.
+fn rollout_plot(d: &mut PlotDir, bench: &[BenchRun]) {
     let colors = [
         (RGBColor(0, 120, 0), RGBColor(200, 0, 0)),
         (RGBColor(0, 0, 200), RGBColor(200, 120, 0)),
@@ -226,16 +253,15 @@ fn write_plots(
                 .collect::<Vec<_>>()
         };
         let tag = b.device.split(" (").next().unwrap_or(b.device);
-        curves.push(c(&format!("seamless, {tag}"), cs, rel(b.seamless)));
-        curves.push(c(&format!("naive, {tag}"), cn, rel(b.naive)));
+        curves.push(curve(&format!("seamless, {tag}"), cs, rel(b.seamless)));
+        curves.push(curve(&format!("naive, {tag}"), cn, rel(b.naive)));
     }
-    plot(
+    d.plot(
         "rollout.png",
         curves,
         "benchmark step",
         "step wall time / slowest naive step",
     );
-    Ok(made)
 }
 
 /// The human-readable report.
