@@ -110,8 +110,8 @@ fn median_run(mut runs: Vec<Value>) -> Value {
 
 /// Runs the benchmark and prints JSON.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let (device, dtype) = args.place.resolve()?;
-    let model = Arc::new(MimoModel::from_dir(&args.model, dtype, &device)?);
+    let (device, fmt) = args.place.resolve()?;
+    let model = Arc::new(MimoModel::open(&args.model, fmt, &device)?);
     let (main_params, mtp_params) = mimo_model::parameter_counts(model.config());
     // Prefill: one forward over the prompt.
     let ids = prompt(99, args.prompt_len, model.config().vocab_size);

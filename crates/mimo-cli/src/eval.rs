@@ -61,13 +61,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(n) = args.limit {
         problems.truncate(n);
     }
-    let (device, dtype) = args.place.resolve()?;
+    let (device, fmt) = args.place.resolve()?;
     let cfg = EngineConfig {
         max_num_seqs: args.max_num_seqs,
         mtp_drafts: args.mtp,
         ..Default::default()
     };
-    let mut l = Loaded::open(&args.model, dtype, &device, cfg)?;
+    let mut l = Loaded::open(&args.model, fmt, &device, cfg)?;
     let opts = EvalOptions {
         k: args.k,
         temperature: args.temperature,

@@ -75,13 +75,13 @@ pub struct GenerateArgs {
 
 /// Opens the model (the tokenizer is optional: `--prompt-ids` works without one) with a batch-1 engine.
 fn load(opts: &GenOpts) -> Result<Loaded> {
-    let (device, dtype) = opts.place.resolve()?;
+    let (device, fmt) = opts.place.resolve()?;
     let cfg = EngineConfig {
         max_num_seqs: 1,
         mtp_drafts: opts.mtp,
         ..Default::default()
     };
-    Loaded::open_ids_only(&opts.model, dtype, &device, cfg)
+    Loaded::open_ids_only(&opts.model, fmt, &device, cfg)
         .with_context(|| format!("loading {}", opts.model.display()))
 }
 

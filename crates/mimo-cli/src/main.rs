@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod generate;
 mod inspect;
+mod quantize;
 mod reward;
 mod rl;
 mod serve;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
-use mimo_model::{MimoModel, ModelError};
+use mimo_model::{MimoModel, ModelError, WeightFormat};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +65,8 @@ enum Cmd {
     },
     /// Engine throughput against HF transformers on the same checkpoint (JSON with ratios).
     Bench(bench::BenchArgs),
+    /// Quantize an HF checkpoint (MTP layers included) once: writes OUT/model.gguf plus its text files.
+    Quantize(quantize::QuantizeArgs),
     /// Pretraining (MTP loss) and SFT on libtorch, with exact resume (needs the `train` feature).
     #[command(subcommand)]
     Train(train::TrainCmd),
@@ -98,14 +101,23 @@ pub struct Placement {
     /// Device: cpu, cuda, cuda:N, or auto (CUDA device 0 when available).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Quantize the weights at load (MTP layers included): q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k.
+    /// GGUF files keep their own formats; `mimo quantize` saves the result once.
+    #[arg(long)]
+    pub quant: Option<String>,
 }
 
 impl Placement {
-    /// The device and dtype named.
-    pub fn resolve(&self) -> Result<(Device, DType)> {
+    /// The device and weight format named.
+    pub fn resolve(&self) -> Result<(Device, WeightFormat)> {
         let device = mimo_model::parse_device(&self.device)?;
         let dtype = mimo_model::parse_dtype(&self.dtype, &device)?;
-        Ok((device, dtype))
+        let quant = self
+            .quant
+            .as_deref()
+            .map(mimo_model::QuantType::parse)
+            .transpose()?;
+        Ok((device, WeightFormat { dtype, quant }))
     }
 }
 
@@ -140,8 +152,8 @@ fn rows_json(t: &candle_core::Tensor) -> Result<serde_json::Value> {
 
 fn forward(model_dir: &std::path::Path, ids: &str, place: &Placement) -> Result<()> {
     let ids = parse_ids(ids)?;
-    let (device, dtype) = place.resolve()?;
-    let model = MimoModel::from_dir(model_dir, dtype, &device)?;
+    let (device, fmt) = place.resolve()?;
+    let model = MimoModel::open(model_dir, fmt, &device)?;
     let (logits, mtp) = model.forward_teacher_forced(&ids)?;
     let mtp = mtp.iter().map(rows_json).collect::<Result<Vec<_>>>()?;
     let out = serde_json::json!({ "logits": rows_json(&logits)?, "mtp_logits": mtp });
@@ -167,6 +179,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pipeline(opts) => rl::pipeline(opts),
         Cmd::Data(cmd) => data::run(cmd),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Quantize(args) => quantize::run(args),
         Cmd::Eval(args) => eval::run(args),
         Cmd::Serve(args) => serve::run(args),
         Cmd::Train(cmd) => train::run(cmd),

@@ -38,6 +38,9 @@ pub struct ServeCli {
     /// auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// Quantize the weights at load: q8_0, q4_0, q4_k, … (GGUF files keep their formats).
+    #[arg(long)]
+    quant: Option<String>,
     /// auto (CUDA device 0 when available, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -71,6 +74,7 @@ pub fn run(a: ServeCli) -> Result<()> {
         mtp: a.mtp,
         api_key: a.api_key,
         dtype: a.dtype,
+        quant: a.quant,
         device: a.device,
         max_queue: a.max_queue,
         limits: mimo_serve::ListenLimits {

@@ -37,6 +37,9 @@ pub struct EngineConfig {
     /// Most bytes the KV cache may take; default: on CPU, the memory the OS reports available
     /// (`MemAvailable`), elsewhere unbounded (the device allocator reports what does not fit).
     pub kv_cache_bytes: Option<u64>,
+    /// Benchmarks only: accept each MTP draft with this probability instead of verifying it (the cost
+    /// structure of speculative decoding on random weights; outputs are not the model's).
+    pub simulated_acceptance: Option<f32>,
 }
 
 /// Most MTP drafts per step: acceptance falls geometrically with depth, so deeper chains only cost time.
@@ -52,6 +55,7 @@ impl Default for EngineConfig {
             mtp_drafts: 0,
             eos_ids: vec![],
             kv_cache_bytes: None,
+            simulated_acceptance: None,
         }
     }
 }
@@ -138,7 +142,7 @@ pub struct StepOutput {
     pub error: Option<String>,
 }
 
-/// Draft and acceptance counts, per MTP layer used.
+/// Draft and acceptance counts per draft position (index `j-1` for draft `j` of a step).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MtpStats {
     pub drafted: Vec<u64>,
@@ -156,14 +160,14 @@ impl MtpStats {
         self.accepted.iter().sum()
     }
 
-    fn count(&mut self, layer: usize, accepted: bool) {
-        if self.drafted.len() <= layer {
-            self.drafted.resize(layer + 1, 0);
-            self.accepted.resize(layer + 1, 0);
+    fn count(&mut self, position: usize, accepted: bool) {
+        if self.drafted.len() <= position {
+            self.drafted.resize(position + 1, 0);
+            self.accepted.resize(position + 1, 0);
         }
-        self.drafted[layer] += 1;
+        self.drafted[position] += 1;
         if accepted {
-            self.accepted[layer] += 1;
+            self.accepted[position] += 1;
         }
     }
 }
@@ -177,8 +181,8 @@ struct Sequence {
     max_tokens: usize,
     stop_ids: Vec<u32>,
     logprobs: Option<usize>,
-    /// MTP input hidden states (`[1, 1, H]` each) of positions `hidden_base..`.
-    hidden: Vec<Tensor>,
+    /// MTP input hidden states (f32, `H` values per position) of positions `hidden_base..`.
+    hidden: Vec<f32>,
     hidden_base: usize,
     /// Rows of real (non-draft) input each MTP layer has cached.
     mtp_len: Vec<usize>,
@@ -190,6 +194,20 @@ struct Sequence {
 }
 
 impl Sequence {
+    /// The MTP input hidden state of position `r` (kept from `hidden_base`).
+    fn hidden_row(&self, r: usize, h: usize) -> &[f32] {
+        &self.hidden[(r - self.hidden_base) * h..][..h]
+    }
+
+    /// Drops hidden states no MTP layer (of the first `used`) will read again.
+    fn drop_unused_hidden(&mut self, used: usize, h: usize) {
+        let keep_from = self.mtp_len[..used].iter().copied().min().unwrap_or(0);
+        if keep_from > self.hidden_base {
+            self.hidden.drain(..(keep_from - self.hidden_base) * h);
+            self.hidden_base = keep_from;
+        }
+    }
+
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
@@ -213,6 +231,154 @@ impl Sequence {
     }
 }
 
+/// One sequence's drafts in a speculative step, and the distributions they were sampled from (empty when
+/// greedy).
+#[derive(Debug, Default)]
+struct DraftChain {
+    drafts: Vec<u32>,
+    probs: Vec<Vec<f32>>,
+}
+
+/// What verification decided for one sequence.
+struct Verdict {
+    /// Accepted drafts, then the verified token that follows them.
+    new: Vec<(u32, Option<TokenLogprob>)>,
+    accepted: usize,
+    /// Per draft position: accepted or not.
+    outcomes: Vec<bool>,
+    /// Set when the sequence cannot go on (its tokens so far in `new` still count).
+    error: Option<String>,
+}
+
+impl DraftChain {
+    /// Token `i` of the sequence extended by the drafts so far.
+    fn token(&self, seq: &Sequence, i: usize) -> u32 {
+        let n = seq.tokens.len();
+        if i < n {
+            seq.tokens[i]
+        } else {
+            self.drafts[i - n]
+        }
+    }
+
+    /// Samples the next draft from an MTP logits row under the sequence's hook.
+    fn propose(&mut self, seq: &mut Sequence, logits: &[f32]) {
+        let mut history = seq.tokens.clone();
+        history.extend(&self.drafts);
+        let next = seq.next_token(&history);
+        let logits = mask(logits, &next);
+        let greedy = seq.sampler.params().is_greedy();
+        let (d, q) = match next {
+            NextToken::Force(t) if greedy => (t, vec![]),
+            NextToken::Force(t) => {
+                let mut q = vec![0.0; logits.len()];
+                if let Some(x) = q.get_mut(t as usize) {
+                    *x = 1.0;
+                }
+                (t, q)
+            }
+            _ if greedy => (argmax(&logits).unwrap_or(0) as u32, vec![]),
+            _ => {
+                let q = seq.sampler.probs(&logits, &history);
+                (seq.sampler.sample_from_probs(&q), q)
+            }
+        };
+        self.drafts.push(d);
+        self.probs.push(q);
+    }
+
+    /// Accepts drafts left to right against the verification rows (`K+1` rows of logits): greedy drafts must
+    /// equal the target's choice, sampled ones pass the speculative-sampling test; the first rejection
+    /// yields the target's token, full acceptance a bonus token. `simulate` replaces the test by a coin with
+    /// that acceptance probability (benchmarks of the cost structure on random weights).
+    fn verify(&self, seq: &mut Sequence, rows: &[f32], simulate: Option<f32>) -> Verdict {
+        let k = self.drafts.len();
+        let vocab = rows.len() / (k + 1);
+        let greedy = seq.sampler.params().is_greedy();
+        let mut v = Verdict {
+            new: vec![],
+            accepted: 0,
+            outcomes: vec![false; k],
+            error: None,
+        };
+        let mut history = seq.tokens.clone();
+        for i in 0..=k {
+            let row = &rows[i * vocab..][..vocab];
+            // Draft logits only propose; the verification rows decide, so a broken one fails the sequence
+            // (after the drafts already verified).
+            if let Err(e) = check_logits(row) {
+                v.error = Some(e.to_string());
+                break;
+            }
+            if i == k {
+                match Engine::sample_with(seq, row, &history) {
+                    Ok(s) => v.new.push(s),
+                    Err(m) => v.error = Some(m),
+                }
+                break;
+            }
+            let d = self.drafts[i];
+            let next = seq.next_token(&history);
+            let ok = if let Some(p) = simulate {
+                if coin(seq.id, history.len()) < p {
+                    Ok(seq.forced(d).1)
+                } else {
+                    match Engine::sample_next(seq, row, &history, next) {
+                        Ok((t, lp)) => Err((t, lp)),
+                        Err(m) => {
+                            v.error = Some(m);
+                            break;
+                        }
+                    }
+                }
+            } else if greedy || matches!(next, NextToken::Force(_)) {
+                match Engine::sample_next(seq, row, &history, next) {
+                    Ok((t, lp)) if t == d => Ok(lp),
+                    Ok((t, lp)) => Err((t, lp)),
+                    Err(m) => {
+                        v.error = Some(m);
+                        break;
+                    }
+                }
+            } else {
+                let row = mask(row, &next);
+                if !row.iter().any(|x| x.is_finite()) {
+                    v.error = Some(format!("the logits processor allows no token ({next:?})"));
+                    break;
+                }
+                let p_t = seq.sampler.probs(&row, &history);
+                let lp = |tok: u32| seq.logprobs.map(|k| logprob_entry(&p_t, tok, k));
+                match seq.sampler.speculative_accept(&p_t, &self.probs[i], d) {
+                    Ok(()) => Ok(lp(d)),
+                    Err(t) => Err((t, lp(t))),
+                }
+            };
+            match ok {
+                Ok(lp) => {
+                    v.outcomes[i] = true;
+                    v.new.push((d, lp));
+                    history.push(d);
+                    v.accepted += 1;
+                }
+                Err((t, lp)) => {
+                    v.new.push((t, lp));
+                    break;
+                }
+            }
+        }
+        v
+    }
+}
+
+/// A uniform draw in [0, 1) from (sequence id, position): SplitMix64, so simulated runs are reproducible.
+fn coin(id: u64, pos: usize) -> f32 {
+    let mut z =
+        (id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (pos as u64).wrapping_add(0x2545_F491_4F6C_DD1D);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+}
+
 /// Most prompt tokens (padding included) in one batched prefill forward.
 const PREFILL_TOKENS: usize = 2048;
 
@@ -226,6 +392,8 @@ pub struct Engine {
     running: Vec<Sequence>,
     next_id: u64,
     mtp_stats: MtpStats,
+    /// The MTP layer each draft position runs (checked at construction).
+    draft_layers: Vec<usize>,
 }
 
 impl Engine {
@@ -233,7 +401,7 @@ impl Engine {
     pub fn new(model: Arc<MimoModel>, cfg: EngineConfig) -> Result<Self, EngineError> {
         let mcfg = model.config().clone();
         let max_model_len = check_settings(&cfg, mcfg.max_position_embeddings)?;
-        let per_seq = (max_model_len + cfg.mtp_drafts + 1).div_ceil(cfg.block_size);
+        let per_seq = (max_model_len + spec_margin(cfg.mtp_drafts)).div_ceil(cfg.block_size);
         let num_blocks = match cfg.num_blocks {
             Some(n) => n,
             None => per_seq.checked_mul(cfg.max_num_seqs).ok_or_else(|| {
@@ -248,6 +416,7 @@ impl Engine {
             model.dtype(),
             model.device(),
         )?;
+        let draft_layers = draft_layers(&model, cfg.mtp_drafts)?;
         Ok(Self {
             model,
             max_model_len,
@@ -256,6 +425,7 @@ impl Engine {
             running: vec![],
             next_id: 0,
             mtp_stats: MtpStats::default(),
+            draft_layers,
             cfg,
         })
     }
@@ -373,7 +543,7 @@ impl Engine {
         }
         let need = self
             .kv
-            .blocks_for(prompt.len() + params.max_tokens + self.cfg.mtp_drafts + 1);
+            .blocks_for(prompt.len() + params.max_tokens + spec_margin(self.cfg.mtp_drafts));
         if need > self.kv.total_blocks() {
             return Err(EngineError::InvalidRequest(format!(
                 "request needs {need} KV blocks, the pool has {}",
@@ -452,11 +622,7 @@ impl Engine {
         }
         if !self.running.is_empty() {
             if self.drafts() > 0 {
-                let mut running = std::mem::take(&mut self.running);
-                for seq in running.iter_mut() {
-                    outputs.push(self.spec_step(seq)?);
-                }
-                self.running = running;
+                outputs.extend(self.spec_decode_batch()?);
             } else {
                 outputs.extend(self.decode_batch()?);
             }
@@ -472,14 +638,6 @@ impl Engine {
         }
         self.running = kept;
         Ok(outputs)
-    }
-
-    fn row(logits: &Tensor, r: usize, t: usize) -> Result<Vec<f32>, EngineError> {
-        Ok(logits
-            .get(r)?
-            .get(t)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?)
     }
 
     /// Appends sampled tokens, stopping at a stop token or the length limit; returns the tokens kept.
@@ -540,7 +698,7 @@ impl Engine {
 
     /// KV positions a sequence reserves at admission: prompt, completion and room for MTP drafts.
     fn reservation(&self, seq: &Sequence) -> usize {
-        seq.prompt_len + seq.max_tokens + self.cfg.mtp_drafts + 1
+        seq.prompt_len + seq.max_tokens + spec_margin(self.drafts())
     }
 
     /// Splits newly admitted sequences (indices into `fresh`) into groups prefilled by one forward each:
@@ -593,16 +751,27 @@ impl Engine {
             ids.extend_from_slice(&fresh[i].tokens);
             ids.resize(ids.len() + longest - fresh[i].tokens.len(), 0);
         }
-        let ids = Tensor::from_vec(ids, (group.len(), longest), self.model.device())?;
+        let dev = self.model.device().clone();
+        let ids = Tensor::from_vec(ids, (group.len(), longest), &dev)?;
         let rows: Vec<usize> = group.iter().map(|&i| fresh[i].slot).collect();
-        let out = self
-            .model
-            .forward_rows(&ids, &vec![0; group.len()], &mut self.kv.view(&rows))?;
-        let hidden = if self.drafts() > 0 {
-            Some(self.model.mtp_input_hidden(&out.hidden)?)
-        } else {
-            None
-        };
+        let hidden =
+            self.model
+                .hidden_rows(&ids, &vec![0; group.len()], &mut self.kv.view(&rows))?;
+        // Logits of each prompt's last position only (lm_head over every prompt row would cost more than a
+        // decoder layer).
+        let last: Vec<u32> = group
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| (r * longest + fresh[i].prompt_len - 1) as u32)
+            .collect();
+        let h = self.model.config().hidden_size;
+        let picked = hidden
+            .reshape((group.len() * longest, h))?
+            .index_select(&Tensor::from_vec(last, group.len(), &dev)?, 0)?;
+        let logits = self.model.logits(&picked)?.to_vec2::<f32>()?;
+        if self.drafts() > 0 {
+            self.mtp_prefill(fresh, group, &ids, &hidden)?;
+        }
         let mut outputs = Vec::with_capacity(group.len());
         for (r, &i) in group.iter().enumerate() {
             let len = fresh[i].prompt_len;
@@ -613,21 +782,63 @@ impl Engine {
                 self.kv.reserve(fresh[i].slot, total)?;
             }
             let seq = &mut fresh[i];
-            if let Some(h) = &hidden {
-                let h = h.narrow(0, r, 1)?;
-                seq.hidden = (0..len)
-                    .map(|p| h.narrow(1, p, 1))
-                    .collect::<Result<_, _>>()?;
-                seq.hidden_base = 0;
-                seq.mtp_len = vec![0; self.model.num_mtp_layers()];
-            }
-            let logits = Self::row(&out.logits, r, len - 1)?;
-            outputs.push(match Self::sample(seq, &logits) {
+            outputs.push(match Self::sample(seq, &logits[r]) {
                 Ok(s) => self.push_tokens(seq, &[s]),
                 Err(m) => self.push_then_fail(seq, &[], m),
             });
         }
         Ok(outputs)
+    }
+
+    /// The MTP layers' pass over the prompts of a prefill group: layer `L` caches rows `0 ..= len-2-L` (hidden
+    /// state h_r with prompt token x_{r+1+L}), so that speculative steps only catch up a few rows. Each sequence
+    /// keeps the hidden states those steps will read.
+    fn mtp_prefill(
+        &mut self,
+        fresh: &mut [Sequence],
+        group: &[usize],
+        ids: &Tensor,
+        hidden: &Tensor,
+    ) -> Result<(), EngineError> {
+        let used = self.drafts().min(self.model.num_mtp_layers());
+        let longest = ids.dim(1)?;
+        let mh = self.model.mtp_input_hidden(hidden)?;
+        let rows: Vec<usize> = group.iter().map(|&i| fresh[i].slot).collect();
+        for layer in 0..used {
+            let n = longest.saturating_sub(1 + layer);
+            if n == 0 {
+                continue;
+            }
+            self.model.mtp_hidden_rows(
+                layer,
+                &mh.narrow(1, 0, n)?,
+                &ids.narrow(1, 1 + layer, n)?,
+                &vec![0; group.len()],
+                &mut self.kv.view(&rows),
+            )?;
+        }
+        let mh = mh.to_dtype(DType::F32)?;
+        for (r, &i) in group.iter().enumerate() {
+            let seq = &mut fresh[i];
+            let len = seq.prompt_len;
+            seq.mtp_len = (0..self.model.num_mtp_layers())
+                .map(|l| {
+                    if l < used {
+                        len.saturating_sub(1 + l)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let base = seq.mtp_len[..used].iter().copied().min().unwrap_or(0);
+            seq.hidden = mh
+                .get(r)?
+                .narrow(0, base, len - base)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            seq.hidden_base = base;
+        }
+        Ok(())
     }
 
     /// One batched decode step over every running sequence (rows at different positions).
@@ -668,150 +879,158 @@ impl Engine {
         Ok(outputs)
     }
 
-    /// The draft chain of design §7.3 and one verification forward for one sequence.
-    fn spec_step(&mut self, seq: &mut Sequence) -> Result<StepOutput, EngineError> {
+    /// One speculative step for every running sequence (design §7.3): the draft chain, one batched MTP forward
+    /// per draft position, then one batched verification forward of `[pending, d_1 .. d_K]` for all sequences.
+    fn spec_decode_batch(&mut self) -> Result<Vec<StepOutput>, EngineError> {
         let k_drafts = self.drafts();
-        let n_layers = self.model.num_mtp_layers();
-        let dev = self.model.device().clone();
-        let rows = [seq.slot];
-        let n = seq.tokens.len();
-        // Positions 0..=p are in the main cache and have hidden states; token n-1 (position p+1) is pending.
-        let p = n - 2;
-        let greedy = seq.sampler.params().is_greedy();
-        let mut drafts: Vec<u32> = Vec::with_capacity(k_drafts);
-        let mut draft_probs: Vec<Vec<f32>> = Vec::with_capacity(k_drafts);
-        let mut draft_layer: Vec<usize> = Vec::with_capacity(k_drafts);
-        let tok = |i: usize, drafts: &[u32]| -> u32 {
-            if i < n {
-                seq.tokens[i]
-            } else {
-                drafts[i - n]
-            }
-        };
+        let mut running = std::mem::take(&mut self.running);
+        let mut chains: Vec<DraftChain> = running.iter().map(|_| DraftChain::default()).collect();
         for j in 1..=k_drafts {
-            let first_use = j - 1 < n_layers;
-            let layer = (j - 1).min(n_layers - 1);
-            let (h, ids, start) = if first_use {
-                // Catch up this layer's cache with every row since its last real row; the last row (at p)
-                // carries the newest token (or draft) and yields the draft.
-                let c = seq.mtp_len[layer].max(seq.hidden_base);
-                let rows_n = p + 1 - c;
-                let ids: Vec<u32> = (c..=p).map(|r| tok(r + 1 + layer, &drafts)).collect();
-                let h = Tensor::cat(&seq.hidden[c - seq.hidden_base..=p - seq.hidden_base], 1)?;
-                (h, Tensor::from_vec(ids, (1, rows_n), &dev)?, c)
-            } else {
-                let h = seq.hidden[p - seq.hidden_base].clone();
-                let ids = Tensor::from_vec(vec![drafts[j - 2]], (1, 1), &dev)?;
-                (h, ids, p)
-            };
-            let out =
-                self.model
-                    .mtp_layer_rows(layer, &h, &ids, &[start], &mut self.kv.view(&rows))?;
-            if first_use {
-                seq.mtp_len[layer] = (p + 1).saturating_sub(layer).max(start);
-            }
-            let t = out.logits.dim(1)? - 1;
-            let logits = Self::row(&out.logits, 0, t)?;
-            let mut history = seq.tokens.clone();
-            history.extend(&drafts);
-            let next = seq.next_token(&history);
-            let logits = mask(&logits, &next);
-            let (d, q) = match next {
-                NextToken::Force(t) if greedy => (t, vec![]),
-                NextToken::Force(t) => {
-                    let mut q = vec![0.0; logits.len()];
-                    if let Some(x) = q.get_mut(t as usize) {
-                        *x = 1.0;
-                    }
-                    (t, q)
-                }
-                _ if greedy => (argmax(&logits).unwrap_or(0) as u32, vec![]),
-                _ => {
-                    let q = seq.sampler.probs(&logits, &history);
-                    (seq.sampler.sample_from_probs(&q), q)
-                }
-            };
-            drafts.push(d);
-            draft_probs.push(q);
-            draft_layer.push(layer);
+            self.draft_position(&mut running, &mut chains, j)?;
         }
-        // Verification: the pending token and the drafts at positions p+1.. in one main-model forward.
-        let mut input = vec![seq.tokens[n - 1]];
-        input.extend(&drafts);
-        let len = input.len();
-        let ids = Tensor::from_vec(input, (1, len), &dev)?;
-        let out = self
+        let outputs = self.verify_batch(&mut running, &chains);
+        self.running = running;
+        outputs
+    }
+
+    /// Draft position `j` (1-based) for every sequence: MTP layer `draft_layers[j-1]` over its catch-up rows (the
+    /// rows since its last real one, padded to the batch's longest) proposes `d_j` from each sequence's last row.
+    fn draft_position(
+        &mut self,
+        running: &mut [Sequence],
+        chains: &mut [DraftChain],
+        j: usize,
+    ) -> Result<(), EngineError> {
+        let layer = self.draft_layers[j - 1];
+        let first_use = j - 1 < self.model.num_mtp_layers();
+        let h_dim = self.model.config().hidden_size;
+        let dev = self.model.device().clone();
+        // Row r of `layer` pairs h_r with token x_{r+1+layer} (design §7.2); this step's rows are c..=p.
+        let spans: Vec<(usize, usize)> = running
+            .iter()
+            .map(|s| {
+                let p = s.tokens.len() - 2;
+                let c = if first_use {
+                    s.mtp_len[layer].max(s.hidden_base)
+                } else {
+                    p
+                };
+                (c, p + 1 - c)
+            })
+            .collect();
+        let m = spans.iter().map(|x| x.1).max().unwrap_or(1);
+        let (mut ids, mut hid) = (Vec::with_capacity(running.len() * m), vec![]);
+        hid.reserve(running.len() * m * h_dim);
+        for ((seq, chain), &(c, rows)) in running.iter().zip(chains.iter()).zip(&spans) {
+            for r in c..c + m {
+                let (tok, h) = if r < c + rows {
+                    let tok = if first_use {
+                        chain.token(seq, r + 1 + layer)
+                    } else {
+                        chain.drafts[j - 2]
+                    };
+                    (tok, seq.hidden_row(r, h_dim))
+                } else {
+                    (0, seq.hidden_row(c + rows - 1, h_dim))
+                };
+                ids.push(tok);
+                hid.extend_from_slice(h);
+            }
+        }
+        let b = running.len();
+        let ids = Tensor::from_vec(ids, (b, m), &dev)?;
+        let hid = Tensor::from_vec(hid, (b, m, h_dim), &dev)?.to_dtype(self.model.dtype())?;
+        let starts: Vec<usize> = spans.iter().map(|x| x.0).collect();
+        let slots: Vec<usize> = running.iter().map(|s| s.slot).collect();
+        let u =
+            self.model
+                .mtp_hidden_rows(layer, &hid, &ids, &starts, &mut self.kv.view(&slots))?;
+        // Only each sequence's last real row proposes a draft: lm_head over b rows, not b × m.
+        let last: Vec<u32> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (i * m + x.1 - 1) as u32)
+            .collect();
+        let picked = u
+            .reshape((b * m, h_dim))?
+            .index_select(&Tensor::from_vec(last, b, &dev)?, 0)?;
+        let logits = self
             .model
-            .forward_rows(&ids, &[p + 1], &mut self.kv.view(&rows))?;
-        let logits = out.logits.to_dtype(DType::F32)?;
-        let mut new: Vec<(u32, Option<TokenLogprob>)> = vec![];
-        let mut history = seq.tokens.clone();
-        let mut accepted = 0;
-        for i in 0..=k_drafts {
-            let row = Self::row(&logits, 0, i)?;
-            // Draft logits only propose; the verification rows decide, so a broken one fails the sequence
-            // (after the drafts already verified).
-            if let Err(e) = check_logits(&row) {
-                return Ok(self.push_then_fail(seq, &new, e.to_string()));
-            }
-            if i == k_drafts {
-                match Self::sample_with(seq, &row, &history) {
-                    Ok(s) => new.push(s),
-                    Err(m) => return Ok(self.push_then_fail(seq, &new, m)),
-                }
-                break;
-            }
-            let d = drafts[i];
-            let next = seq.next_token(&history);
-            let ok = if greedy || matches!(next, NextToken::Force(_)) {
-                match Self::sample_next(seq, &row, &history, next) {
-                    Ok((t, lp)) if t == d => Ok(lp),
-                    Ok((t, lp)) => Err((t, lp)),
-                    Err(m) => return Ok(self.push_then_fail(seq, &new, m)),
-                }
-            } else {
-                let row = mask(&row, &next);
-                if !row.iter().any(|x| x.is_finite()) {
-                    let m = format!("the logits processor allows no token ({next:?})");
-                    return Ok(self.push_then_fail(seq, &new, m));
-                }
-                let p_t = seq.sampler.probs(&row, &history);
-                let lp = |tok: u32| seq.logprobs.map(|k| logprob_entry(&p_t, tok, k));
-                match seq.sampler.speculative_accept(&p_t, &draft_probs[i], d) {
-                    Ok(()) => Ok(lp(d)),
-                    Err(t) => Err((t, lp(t))),
-                }
-            };
-            self.mtp_stats.count(draft_layer[i], ok.is_ok());
-            match ok {
-                Ok(lp) => {
-                    new.push((d, lp));
-                    history.push(d);
-                    accepted += 1;
-                }
-                Err((t, lp)) => {
-                    new.push((t, lp));
-                    break;
-                }
+            .mtp_logits(layer, &picked)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let vocab = logits.len() / b;
+        running
+            .par_iter_mut()
+            .zip(chains.par_iter_mut())
+            .zip(logits.par_chunks(vocab))
+            .for_each(|((seq, chain), row)| chain.propose(seq, row));
+        if first_use {
+            for (seq, &(c, _)) in running.iter_mut().zip(&spans) {
+                // Rows that read a draft token are rewritten next step; the real ones stay.
+                seq.mtp_len[layer] = (seq.tokens.len() - 1).saturating_sub(layer).max(c);
             }
         }
-        for &layer in draft_layer.iter().skip(accepted + 1) {
-            self.mtp_stats.count(layer, false);
+        Ok(())
+    }
+
+    /// Verification of every sequence's chain in one main-model forward at positions p+1 ..= p+1+K, then
+    /// acceptance per sequence (in parallel; each has its own sampler), counts per draft position, and the
+    /// hidden states of the positions now fed for real.
+    fn verify_batch(
+        &mut self,
+        running: &mut [Sequence],
+        chains: &[DraftChain],
+    ) -> Result<Vec<StepOutput>, EngineError> {
+        let k = self.drafts();
+        let b = running.len();
+        let dev = self.model.device().clone();
+        let mut input = Vec::with_capacity(b * (k + 1));
+        for (seq, chain) in running.iter().zip(chains) {
+            input.push(seq.tokens[seq.tokens.len() - 1]);
+            input.extend(&chain.drafts);
         }
-        // Keep hidden states of the positions now fed for real: p+1 ..= p+1+accepted.
-        let h = self.model.mtp_input_hidden(&out.hidden)?;
-        for i in 0..=accepted {
-            seq.hidden.push(h.narrow(1, i, 1)?);
+        let ids = Tensor::from_vec(input, (b, k + 1), &dev)?;
+        let starts: Vec<usize> = running.iter().map(|s| s.tokens.len() - 1).collect();
+        let slots: Vec<usize> = running.iter().map(|s| s.slot).collect();
+        let hidden = self
+            .model
+            .hidden_rows(&ids, &starts, &mut self.kv.view(&slots))?;
+        let logits = self
+            .model
+            .logits(&hidden)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mtp_hidden = self
+            .model
+            .mtp_input_hidden(&hidden)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let per_seq = logits.len() / b;
+        let h_per_seq = mtp_hidden.len() / b;
+        let simulate = self.cfg.simulated_acceptance;
+        let verdicts: Vec<Verdict> = running
+            .par_iter_mut()
+            .zip(chains.par_iter())
+            .zip(logits.par_chunks(per_seq))
+            .map(|((seq, chain), rows)| chain.verify(seq, rows, simulate))
+            .collect();
+        let mut outputs = Vec::with_capacity(b);
+        for (i, (seq, v)) in running.iter_mut().zip(verdicts).enumerate() {
+            for (pos, &ok) in v.outcomes.iter().enumerate() {
+                self.mtp_stats.count(pos, ok);
+            }
+            let h = &mtp_hidden[i * h_per_seq..][..(v.accepted + 1) * (h_per_seq / (k + 1))];
+            seq.hidden.extend_from_slice(h);
+            outputs.push(match v.error {
+                Some(m) => self.push_then_fail(seq, &v.new, m),
+                None => self.push_tokens(seq, &v.new),
+            });
+            seq.drop_unused_hidden(self.model.num_mtp_layers().min(k), h_per_seq / (k + 1));
         }
-        let out = self.push_tokens(seq, &new);
-        // Drop hidden states no MTP layer will read again.
-        let used = k_drafts.min(n_layers);
-        let keep_from = seq.mtp_len[..used].iter().copied().min().unwrap_or(0);
-        if keep_from > seq.hidden_base {
-            seq.hidden.drain(..keep_from - seq.hidden_base);
-            seq.hidden_base = keep_from;
-        }
-        Ok(out)
+        Ok(outputs)
     }
 
     /// Samples the token after `history` from a checked logits row, under the sequence's hook; errors when
@@ -885,6 +1104,41 @@ impl Engine {
         done.sort_by_key(|d| d.0);
         Ok(done)
     }
+}
+
+/// KV positions beyond prompt + completion a sequence may write: the verified drafts, and the padding of a
+/// batched MTP catch-up (at most `2K` rows past the last real one).
+fn spec_margin(drafts: usize) -> usize {
+    if drafts == 0 {
+        1
+    } else {
+        3 * drafts + 2
+    }
+}
+
+/// The MTP layer of each draft position: draft `j` runs layer `j-1` (the layer trained to predict `j+1`
+/// tokens ahead), the last layer again beyond the model's depth. Checked against where each layer's weights
+/// came from and which cache layer it uses, so that a loader bug that mixes layers fails here, not silently in
+/// the acceptance rate.
+fn draft_layers(model: &MimoModel, drafts: usize) -> Result<Vec<usize>, EngineError> {
+    let n = model.num_mtp_layers();
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let mut cache_layers = std::collections::HashSet::new();
+    for k in 0..n {
+        let (origin, cache_layer) = model.mtp_layer_origin(k)?;
+        if origin != format!("model.mtp_layers.{k}")
+            || cache_layer != model.config().mtp_cache_layer(k)
+            || !cache_layers.insert(cache_layer)
+        {
+            return Err(EngineError::Config(format!(
+                "MTP layer {k} was loaded from `{origin}` with cache layer {cache_layer}; expected                  `model.mtp_layers.{k}` and cache layer {}",
+                model.config().mtp_cache_layer(k)
+            )));
+        }
+    }
+    Ok((1..=drafts).map(|j| (j - 1).min(n - 1)).collect())
 }
 
 /// Checks the settings against each other and the model; returns the context length.

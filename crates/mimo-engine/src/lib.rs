@@ -10,7 +10,7 @@ pub mod load;
 pub mod sampling;
 
 pub use constraint::{LogitsProcessor, NextToken};
-pub use load::Loaded;
+pub use load::{model_text, Loaded};
 pub use sampling::{
     check_logits, NonFiniteLogits, SampleResult, Sampler, SamplingError, SamplingParams,
     MAX_LOGIT_BIAS, MAX_LOGPROBS, SAMPLING_EPS,

@@ -34,6 +34,9 @@ pub enum ModelError {
     /// The directory holds no safetensors weights.
     #[error("{dir}: no model.safetensors or model.safetensors.index.json found")]
     NoWeights { dir: PathBuf },
+    /// A GGUF file is malformed, truncated, or of an architecture or tensor type mimo cannot run.
+    #[error("{path}: GGUF: {msg}")]
+    Gguf { path: PathBuf, msg: String },
     /// A safetensors file is malformed or truncated.
     #[error("{path}: not a readable safetensors file: {msg}")]
     Safetensors { path: PathBuf, msg: String },

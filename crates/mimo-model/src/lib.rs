@@ -6,6 +6,9 @@ pub mod cache;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod gguf;
+pub mod half;
+pub mod linear;
 pub mod model;
 pub mod weights;
 
@@ -14,5 +17,7 @@ pub use cache::{ContiguousKvCache, KvCache};
 pub use config::{Arch, ModelConfig, MtpHidden};
 pub use device::{parse_device, parse_dtype};
 pub use error::{ModelError, Result};
-pub use model::{parameter_counts, HostWeights, MainOutput, MimoModel, MtpOutput};
+pub use gguf::{gguf_path, GgufFile};
+pub use linear::QuantType;
+pub use model::{parameter_counts, HostWeights, MainOutput, MimoModel, MtpOutput, WeightFormat};
 pub use weights::{expected_tensors, TensorSpec, WeightStore};

@@ -4,13 +4,14 @@
 //! Shapes: `b` batch, `t` new positions, `T` cached + new positions, `H` hidden size, `V` vocab.
 //! Every forward is per position: the engine needs all positions' logits to verify MTP drafts.
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Linear};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::attention::{attend, Heads};
 use crate::cache::KvCache;
 use crate::config::{ModelConfig, MtpHidden};
 use crate::error::{ModelError, Result};
+use crate::gguf::{GgufFile, GgufSource};
+use crate::linear::{Embed, Proj, QuantType, RawWeight, WeightPlan};
 use crate::weights::{expected_tensors, TensorSpec, WeightStore};
 
 /// An RMSNorm weight (`y = w ⊙ x / sqrt(mean(x²) + eps)`), computed in f32 inside candle's fused kernel.
@@ -89,8 +90,8 @@ impl RopeTables {
 #[derive(Debug, Clone)]
 struct Attention {
     /// `q_proj`, `k_proj` and `v_proj` merged (outputs side by side).
-    qkv_proj: Linear,
-    o_proj: Linear,
+    qkv_proj: Proj,
+    o_proj: Proj,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -137,8 +138,8 @@ impl Attention {
 #[derive(Debug, Clone)]
 struct Mlp {
     /// `gate_proj` and `up_proj` merged (outputs side by side).
-    gate_up_proj: Linear,
-    down_proj: Linear,
+    gate_up_proj: Proj,
+    down_proj: Proj,
     intermediate_size: usize,
 }
 
@@ -189,9 +190,11 @@ impl DecoderLayer {
 struct MtpLayer {
     token_layernorm: RmsNorm,
     hidden_layernorm: RmsNorm,
-    input_proj: Linear,
+    input_proj: Proj,
     block: DecoderLayer,
     final_layernorm: RmsNorm,
+    /// The checkpoint prefix the weights came from (`model.mtp_layers.{k}`).
+    origin: String,
 }
 
 /// Output of the main model over `t` positions.
@@ -216,24 +219,45 @@ pub struct MtpOutput {
 #[derive(Debug, Clone)]
 pub struct MimoModel {
     cfg: ModelConfig,
-    embed_tokens: Embedding,
+    embed_tokens: Embed,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     mtp_layers: Vec<MtpLayer>,
     rope: Rope,
     dtype: DType,
     device: Device,
 }
 
-/// Where the loader reads named tensors from: a checkpoint on disk or weights handed over in memory.
+/// Where the loader reads named tensors from: a checkpoint on disk, a GGUF file, or weights handed over in memory.
 trait TensorSource {
     fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
+
+    /// A weight matrix as stored: GGUF sources keep quantized blocks and their own float dtype.
+    fn raw(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<RawWeight> {
+        Ok(RawWeight::Float(self.get(name, shape, dtype, device)?))
+    }
 }
 
 impl TensorSource for WeightStore {
     fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         WeightStore::get(self, name, shape, dtype, device)
+    }
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        GgufSource::get(self, name, shape, dtype, device)
+    }
+
+    fn raw(
+        &self,
+        name: &str,
+        shape: &[usize],
+        _dtype: DType,
+        device: &Device,
+    ) -> Result<RawWeight> {
+        GgufSource::raw(self, name, shape, device)
     }
 }
 
@@ -257,17 +281,51 @@ impl TensorSource for HostWeights {
     }
 }
 
+/// How weights are held in memory: the dtype float weights are loaded in, and an optional block quantization
+/// applied at load (`--quant`). On the CPU activations are f32 whatever the weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightFormat {
+    /// Dtype of float weights (f32, bf16, f16). GGUF files keep their own formats.
+    pub dtype: DType,
+    /// Quantize float linear weights and the embedding table to this format (MTP layers included).
+    pub quant: Option<QuantType>,
+}
+
+impl WeightFormat {
+    /// Float weights in `dtype`, no quantization.
+    pub fn float(dtype: DType) -> Self {
+        Self { dtype, quant: None }
+    }
+}
+
 /// Builds the modules of the model from a tensor source, one tensor at a time.
 struct Loader<'a> {
     store: &'a dyn TensorSource,
     cfg: &'a ModelConfig,
-    dtype: DType,
-    device: &'a Device,
+    /// Dtype float weights are read in.
+    wdtype: DType,
+    plan: WeightPlan,
 }
 
 impl Loader<'_> {
+    /// A small tensor (norm weight, bias) in the activation dtype.
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.store.get(name, shape, self.dtype, self.device)
+        self.store
+            .get(name, shape, self.plan.act, &self.plan.device)
+    }
+
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<RawWeight> {
+        let dtype = if self.plan.quant.is_some() {
+            DType::F32
+        } else {
+            self.wdtype
+        };
+        let device = if self.plan.quant.is_some() {
+            &Device::Cpu
+        } else {
+            &self.plan.device
+        };
+        self.store.raw(name, shape, dtype, device)
     }
 
     fn norm(&self, name: &str) -> Result<RmsNorm> {
@@ -277,29 +335,26 @@ impl Loader<'_> {
         })
     }
 
-    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Proj> {
         self.merged_linear(&[(name, out)], inp, bias)
     }
 
-    /// One linear layer computing the checkpoint's projections `parts` (name, output size) side by side, as
-    /// vLLM's merged QKV and gate/up projections: one matmul instead of several. The weight is kept transposed
-    /// (`[in, out]` contiguous), which lets the CPU gemm stream it without re-packing at every call.
-    fn merged_linear(&self, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Linear> {
-        let mut ws = Vec::with_capacity(parts.len());
-        let mut bs = Vec::with_capacity(parts.len());
-        for &(name, out) in parts {
-            ws.push(self.tensor(&format!("{name}.weight"), &[out, inp])?);
-            if bias {
-                bs.push(self.tensor(&format!("{name}.bias"), &[out])?);
-            }
-        }
-        let w = Tensor::cat(&ws, 0)?.t()?.contiguous()?.t()?;
-        let b = if bias {
-            Some(Tensor::cat(&bs, 0)?)
-        } else {
-            None
-        };
-        Ok(Linear::new(w, b))
+    /// One projection computing the checkpoint's projections `parts` (name, output size) side by side, as
+    /// vLLM's merged QKV and gate/up projections: one matmul instead of several.
+    fn merged_linear(&self, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Proj> {
+        let parts = parts
+            .iter()
+            .map(|&(name, out)| {
+                let w = self.raw(&format!("{name}.weight"), &[out, inp])?;
+                let b = if bias {
+                    Some(self.tensor(&format!("{name}.bias"), &[out])?)
+                } else {
+                    None
+                };
+                Ok((w, b))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Proj::merged(parts, &self.plan)
     }
 
     fn decoder_layer(&self, prefix: &str, cache_layer: usize) -> Result<DecoderLayer> {
@@ -349,6 +404,7 @@ impl Loader<'_> {
             input_proj: self.linear(&format!("{p}.input_proj"), h, 2 * h, false)?,
             block: self.decoder_layer(&p, self.cfg.mtp_cache_layer(k))?,
             final_layernorm: self.norm(&format!("{p}.final_layernorm"))?,
+            origin: p,
         })
     }
 }
@@ -359,12 +415,12 @@ impl MimoModel {
     pub fn load(
         store: &WeightStore,
         cfg: &ModelConfig,
-        dtype: DType,
+        fmt: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
         store.check_all(&expected_tensors(cfg))?;
         store.check_layer_counts(cfg)?;
-        Self::build(store, cfg, dtype, device)
+        Self::build(store, cfg, fmt, device)
     }
 
     /// Builds the model from weights held in memory (names and shapes as in the HF checkpoint), e.g. the RL
@@ -375,30 +431,49 @@ impl MimoModel {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        Self::build(weights, cfg, dtype, device)
+        Self::build(weights, cfg, WeightFormat::float(dtype), device)
+    }
+
+    /// Loads the model from a GGUF file (config from its metadata; weights keep the file's formats unless
+    /// `fmt.quant` re-quantizes float ones).
+    pub fn from_gguf(file: &GgufFile, fmt: WeightFormat, device: &Device) -> Result<Self> {
+        let cfg = file.config()?;
+        let source = GgufSource { file, cfg: &cfg };
+        Self::build(&source, &cfg, fmt, device)
     }
 
     fn build(
         store: &dyn TensorSource,
         cfg: &ModelConfig,
-        dtype: DType,
+        fmt: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        if !matches!(fmt.dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::Input(format!(
-                "unsupported compute dtype {dtype:?} (use f32, bf16 or f16)"
+                "unsupported weight dtype {:?} (use f32, bf16 or f16)",
+                fmt.dtype
             )));
         }
+        // On the CPU activations are f32 whatever the weights (half and quantized weights only cut the bytes read).
+        let act = if device.is_cpu() {
+            DType::F32
+        } else {
+            fmt.dtype
+        };
         let ld = Loader {
             store,
             cfg,
-            dtype,
-            device,
+            wdtype: fmt.dtype,
+            plan: WeightPlan {
+                act,
+                quant: fmt.quant,
+                device: device.clone(),
+            },
         };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let embed = ld.tensor("model.embed_tokens.weight", &[v, h])?;
+        let embed = Embed::new(ld.raw("model.embed_tokens.weight", &[v, h])?, &ld.plan)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.clone(), None)
+            Proj::tied(&embed, &ld.plan)?
         } else {
             ld.linear("lm_head", v, h, false)?
         };
@@ -409,23 +484,34 @@ impl MimoModel {
             .map(|k| ld.mtp_layer(k))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed_tokens: Embedding::new(embed, h),
+            embed_tokens: embed,
             layers,
             norm: ld.norm("model.norm")?,
             lm_head,
             mtp_layers,
             rope: Rope::new(cfg),
-            dtype,
+            dtype: act,
             device: device.clone(),
             cfg: cfg.clone(),
         })
     }
 
-    /// Opens `dir` (config + weights) and loads the model.
+    /// Opens `dir` (config + safetensors weights) and loads the model with float weights in `dtype`.
     pub fn from_dir(dir: &std::path::Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = ModelConfig::from_dir(dir)?;
-        let store = WeightStore::open(dir)?;
-        Self::load(&store, &cfg, dtype, device)
+        Self::open(dir, WeightFormat::float(dtype), device)
+    }
+
+    /// Opens a model: an HF directory (config.json + safetensors), a `.gguf` file, or a directory holding
+    /// `model.gguf` (what `mimo quantize` writes). The one way every command opens `--model`.
+    pub fn open(path: &std::path::Path, fmt: WeightFormat, device: &Device) -> Result<Self> {
+        match crate::gguf::gguf_path(path) {
+            Some(file) => Self::from_gguf(&GgufFile::open(&file)?, fmt, device),
+            None => {
+                let cfg = ModelConfig::from_dir(path)?;
+                let store = WeightStore::open(path)?;
+                Self::load(&store, &cfg, fmt, device)
+            }
+        }
     }
 
     /// The model's config.
@@ -433,7 +519,7 @@ impl MimoModel {
         &self.cfg
     }
 
-    /// The weight and activation dtype.
+    /// The activation dtype (f32 on the CPU; the weight dtype on accelerators).
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -466,7 +552,7 @@ impl MimoModel {
     /// Token embeddings `[b, t, H]` from the shared `model.embed_tokens`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.check_ids(ids)?;
-        Ok(self.embed_tokens.forward(ids)?)
+        self.embed_tokens.forward(ids, self.dtype)
     }
 
     /// `lm_head · x` in f32 (the input is already normalised).
@@ -494,14 +580,31 @@ impl MimoModel {
         starts: &[usize],
         cache: &mut dyn KvCache,
     ) -> Result<MainOutput> {
+        let hidden = self.hidden_rows(ids, starts, cache)?;
+        let logits = self.logits(&hidden)?;
+        Ok(MainOutput { logits, hidden })
+    }
+
+    /// The decoder stack only: pre-norm hidden states `[b, t, H]`, no `lm_head` (callers that need logits of a
+    /// few rows — the last prompt position, the verified drafts — compute them with [`MimoModel::logits`]).
+    pub fn hidden_rows(
+        &self,
+        ids: &Tensor,
+        starts: &[usize],
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
         check_rows(ids, starts)?;
         let mut x = self.embed(ids)?;
         let rope = self.rope.tables(starts, ids.dim(1)?, &self.device)?;
         for layer in &self.layers {
             x = layer.forward(&x, &rope, starts, cache)?;
         }
-        let logits = self.lm_head(&self.norm.forward(&x)?)?;
-        Ok(MainOutput { logits, hidden: x })
+        Ok(x)
+    }
+
+    /// Main-model logits (f32) of pre-norm hidden states (any leading shape).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head(&self.norm.forward(hidden)?)
     }
 
     /// The hidden state the MTP layers read, per `mtp_hidden` (design §7.1): the pre-norm residual stream by
@@ -538,13 +641,22 @@ impl MimoModel {
         starts: &[usize],
         cache: &mut dyn KvCache,
     ) -> Result<MtpOutput> {
+        let u = self.mtp_hidden_rows(k, hidden, next_ids, starts, cache)?;
+        let logits = self.mtp_logits(k, &u)?;
+        Ok(MtpOutput { logits, hidden: u })
+    }
+
+    /// MTP layer `k`'s block output (before `final_layernorm`) over draft rows, no `lm_head`.
+    pub fn mtp_hidden_rows(
+        &self,
+        k: usize,
+        hidden: &Tensor,
+        next_ids: &Tensor,
+        starts: &[usize],
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
         check_rows(next_ids, starts)?;
-        let layer = self.mtp_layers.get(k).ok_or_else(|| {
-            ModelError::Input(format!(
-                "MTP layer {k} requested, the model has {}",
-                self.mtp_layers.len()
-            ))
-        })?;
+        let layer = self.mtp(k)?;
         let (b, t) = next_ids.dims2()?;
         let mut e = self.embed(next_ids)?;
         if self.cfg.mtp_zero_pos0_embedding && starts.contains(&0) {
@@ -562,9 +674,28 @@ impl MimoModel {
             .input_proj
             .forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
         let rope = self.rope.tables(starts, t, &self.device)?;
-        let u = layer.block.forward(&u, &rope, starts, cache)?;
-        let logits = self.lm_head(&layer.final_layernorm.forward(&u)?)?;
-        Ok(MtpOutput { logits, hidden: u })
+        layer.block.forward(&u, &rope, starts, cache)
+    }
+
+    /// Draft logits (f32) of MTP layer `k` from its block output: `lm_head(final_layernorm(u))`.
+    pub fn mtp_logits(&self, k: usize, u: &Tensor) -> Result<Tensor> {
+        self.lm_head(&self.mtp(k)?.final_layernorm.forward(u)?)
+    }
+
+    /// The checkpoint prefix MTP layer `k` was loaded from and its KV cache layer: the engine checks at load that
+    /// draft step `j` runs the layer loaded from `model.mtp_layers.{j-1}`.
+    pub fn mtp_layer_origin(&self, k: usize) -> Result<(&str, usize)> {
+        let layer = self.mtp(k)?;
+        Ok((&layer.origin, layer.block.cache_layer))
+    }
+
+    fn mtp(&self, k: usize) -> Result<&MtpLayer> {
+        self.mtp_layers.get(k).ok_or_else(|| {
+            ModelError::Input(format!(
+                "MTP layer {k} requested, the model has {}",
+                self.mtp_layers.len()
+            ))
+        })
     }
 
     /// Teacher-forced forward of one sequence with a fresh cache, as `mimo forward` prints it: main logits

@@ -161,7 +161,13 @@ fn unused_tensors_are_reported() {
     });
     let store = WeightStore::open(tmp.path()).unwrap();
     let cfg = mimo_model::ModelConfig::from_dir(tmp.path()).unwrap();
-    MimoModel::load(&store, &cfg, DType::F32, &Device::Cpu).unwrap();
+    MimoModel::load(
+        &store,
+        &cfg,
+        mimo_model::WeightFormat::float(DType::F32),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(store.unused(), vec!["model.extra.weight".to_string()]);
 }
 

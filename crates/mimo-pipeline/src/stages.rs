@@ -328,7 +328,12 @@ fn eval_engine(dir: &Path, mtp: usize, max_num_seqs: usize) -> Result<Loaded> {
         max_model_len: Some(512),
         ..Default::default()
     };
-    Ok(Loaded::open(dir, DType::F32, &Device::Cpu, cfg)?)
+    Ok(Loaded::open(
+        dir,
+        mimo_model::WeightFormat::float(DType::F32),
+        &Device::Cpu,
+        cfg,
+    )?)
 }
 
 /// Held-out pass@1 of one checkpoint, the fraction of samples with a `\boxed{}` answer and their mean

@@ -25,7 +25,6 @@ use anyhow::{bail, Context};
 use mimo_engine::engine::EngineConfig;
 use mimo_engine::Loaded;
 use mimo_model::MimoModel;
-use mimo_text::ModelText;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,7 +36,7 @@ pub use server::MAX_CHOICES;
 /// Settings of `mimo serve`.
 #[derive(Debug, Clone)]
 pub struct ServeArgs {
-    /// HF-layout model directory (weights, config and tokenizer files).
+    /// HF-layout model directory (weights, config and tokenizer files), or a GGUF file.
     pub model: PathBuf,
     /// Address to bind.
     pub host: String,
@@ -55,6 +54,8 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// Weight dtype: `auto` (bf16 on GPU, f32 on CPU), `f32`, `bf16` or `f16`.
     pub dtype: String,
+    /// Quantize weights at load (`q8_0`, `q4_k`, …); `None` keeps them as stored.
+    pub quant: Option<String>,
     /// Device: `auto` (CUDA device 0 when built with CUDA and present, else the CPU), `cpu`, `cuda`, `cuda:N`.
     pub device: String,
     /// Most sequences waiting for admission; further requests get 429.
@@ -79,6 +80,7 @@ impl Default for ServeArgs {
             mtp: 0,
             api_key: None,
             dtype: "auto".into(),
+            quant: None,
             device: "auto".into(),
             max_queue: 256,
             shutdown_grace: Duration::from_secs(30),
@@ -105,10 +107,18 @@ impl Server {
         if args.max_num_seqs == 0 {
             bail!("--max-num-seqs must be ≥ 1");
         }
-        let text = ModelText::load(&args.model)
-            .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
+        let text = mimo_engine::model_text(&args.model)
+            .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?
+            .with_context(|| format!("{} has no tokenizer", args.model.display()))?;
         let device = mimo_model::parse_device(&args.device)?;
-        let dtype = mimo_model::parse_dtype(&args.dtype, &device)?;
+        let fmt = mimo_model::WeightFormat {
+            dtype: mimo_model::parse_dtype(&args.dtype, &device)?,
+            quant: args
+                .quant
+                .as_deref()
+                .map(mimo_model::QuantType::parse)
+                .transpose()?,
+        };
         let served_name = args.served_model_name.clone().unwrap_or_else(|| {
             args.model
                 .file_name()
@@ -135,7 +145,7 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("mimo-engine".into())
             .spawn(move || {
-                let built = MimoModel::from_dir(&dir, dtype, &device)
+                let built = MimoModel::open(&dir, fmt, &device)
                     .with_context(|| format!("loading the model in {}", dir.display()))
                     .and_then(|m| {
                         let vocab = m.config().vocab_size;

@@ -1,4 +1,5 @@
-//! The `tokenizer.json` tokenizer and the streaming detokenizer.
+//! The `tokenizer.json` tokenizer (or one built in memory, e.g. from GGUF metadata) and the streaming
+//! detokenizer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,14 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
+    /// Wraps a `tokenizers` tokenizer built in memory; `path` is the file it was built from, named in errors.
+    pub fn new(inner: tokenizers::Tokenizer, path: impl Into<PathBuf>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            path: path.into(),
+        }
+    }
+
     /// Loads `DIR/tokenizer.json`.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         Self::from_file(dir.as_ref().join("tokenizer.json"))
@@ -45,10 +54,7 @@ impl Tokenizer {
                 }
             }
         })?;
-        Ok(Self {
-            inner: Arc::new(inner),
-            path,
-        })
+        Ok(Self::new(inner, path))
     }
 
     /// The file this tokenizer was loaded from.
