@@ -5,8 +5,10 @@
 //! Reading the file is not done here (mimo-model parses GGUF): callers fill a [`GgufVocab`].
 //!
 //! Supported: `tokenizer.ggml.model` "gpt2" (byte-level BPE) with the pre-tokenizers listed in
-//! [`GGUF_PRE_TOKENIZERS`]. Where transformers and llama.cpp differ, llama.cpp (which is what the file was
-//! written for, and what reproduces the model's original `tokenizer.json`) is followed:
+//! [`GGUF_PRE_TOKENIZERS`]; "llama" (SentencePiece) and other models are refused with a clear error.
+//!
+//! Where transformers and llama.cpp differ, llama.cpp (which is what the file was written for, and what
+//! reproduces the model's original `tokenizer.json`) is followed:
 //! * "smollm" splits digits one by one before the GPT-2 regex, as llama.cpp and SmolLM's `tokenizer.json` do
 //!   (transformers uses the GPT-2 regex alone);
 //! * the Llama-3 family and "tekken" ignore merges for a word that is a whole token, as llama.cpp does;
@@ -71,6 +73,8 @@ const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 const TOKEN_TYPE_MAX: i32 = 6;
 
+// Split regexes as the models' `tokenizer.json` (and transformers' GGUF loader) spell them; llama.cpp's
+// adaptations of them (`'[sS]` for `(?i:'s)`, no trailing `\s+`) split the same way.
 const GPT2_SPLIT: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -90,8 +94,8 @@ struct PreSpec {
     ignore_merges: bool,
 }
 
-/// The `tokenizer.ggml.pre` names a "gpt2" vocabulary may have here; a missing name means "default" (the
-/// GPT-2 regex, as both llama.cpp and transformers fall back to).
+/// The `tokenizer.ggml.pre` names a "gpt2" vocabulary may have here. A missing name means "default", which
+/// splits with the GPT-2 regex as transformers does (llama.cpp's "default" is an older, looser split).
 pub const GGUF_PRE_TOKENIZERS: &[&str] = &[
     "default",
     "gpt-2",
@@ -447,18 +451,22 @@ impl Tokenizer {
     /// tokens prepends BOS / appends EOS when `add_bos` / `add_eos` say so.
     pub fn from_gguf(vocab: &GgufVocab, source: &Path) -> Result<Self> {
         check_vocab(vocab, source)?;
-        let inner = match vocab.model.as_str() {
-            "gpt2" => byte_level_tokenizer(vocab, source)?,
-            other => {
-                return Err(field_err(
-                    source,
-                    "tokenizer.ggml.model",
-                    format!(
+        let unsupported = |what: String| field_err(source, "tokenizer.ggml.model", what);
+        let inner =
+            match vocab.model.as_str() {
+                "gpt2" => byte_level_tokenizer(vocab, source)?,
+                "" => return Err(unsupported("missing".into())),
+                "llama" => return Err(unsupported(
+                    "\"llama\" (SentencePiece) vocabularies are not supported yet; only \"gpt2\" \
+                     (byte-level BPE) is"
+                        .into(),
+                )),
+                other => {
+                    return Err(unsupported(format!(
                     "unsupported tokenizer model {other:?} (supported: \"gpt2\", byte-level BPE)"
-                ),
-                ))
-            }
-        };
+                )))
+                }
+            };
         Ok(Self::new(inner, source))
     }
 }
