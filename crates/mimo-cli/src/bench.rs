@@ -18,7 +18,7 @@ use crate::Placement;
 /// `mimo bench` arguments.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// HF model directory.
+    /// HF model directory, GGUF file, or `mimo quantize` output.
     #[arg(long)]
     model: PathBuf,
     /// Prompt length in tokens (random ids).
@@ -33,14 +33,25 @@ pub struct BenchArgs {
     /// Timed runs of each measurement, interleaved (batch 1, batch N, batch 1, ...); the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
     repeat: u64,
-    /// MTP drafts for an extra batch-1 run (0 = skip).
+    /// MTP drafts for extra speculative runs at batch 1 and batch N (0 = skip).
     #[arg(long, default_value_t = 0)]
     mtp: usize,
+    /// SIMULATED: accept each MTP draft with this probability instead of verifying it, to measure the cost
+    /// structure of speculative decoding on random weights at real shapes (the tokens are not the model's).
+    #[arg(long, value_parser = parse_probability)]
+    simulated_acceptance: Option<f32>,
     /// Python with torch + transformers for the reference run (default: .venv/bin/python; "none" skips it).
     #[arg(long)]
     python: Option<String>,
     #[command(flatten)]
     place: Placement,
+}
+
+fn parse_probability(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?}: expected a probability in [0, 1]")),
+    }
 }
 
 /// Deterministic pseudo-random prompt ids (SplitMix64).
@@ -64,6 +75,11 @@ fn decode_run(model: &Arc<MimoModel>, args: &BenchArgs, batch: usize, mtp: usize
         max_num_seqs: batch,
         max_model_len: Some(args.prompt_len + args.new_tokens + 8),
         mtp_drafts: mtp,
+        simulated_acceptance: if mtp > 0 {
+            args.simulated_acceptance
+        } else {
+            None
+        },
         ..Default::default()
     };
     let mut engine = Engine::new(model.clone(), cfg)?;
@@ -95,6 +111,9 @@ fn decode_run(model: &Arc<MimoModel>, args: &BenchArgs, batch: usize, mtp: usize
         "decode_tok_s": tokens as f64 / decode_s,
         "mtp_drafted": stats.total_drafted(),
         "mtp_accepted": stats.total_accepted(),
+        "mtp_accepted_per_position": stats.accepted,
+        "mtp_drafted_per_position": stats.drafted,
+        "simulated_acceptance": if mtp > 0 { json!(args.simulated_acceptance) } else { Value::Null },
     }))
 }
 
@@ -116,11 +135,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // Prefill: one forward over the prompt.
     let ids = prompt(99, args.prompt_len, model.config().vocab_size);
     let input = candle_core::Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
-    let mut cache = ContiguousKvCache::new(model.config().num_cache_layers());
-    model.forward(&input, 0, &mut cache)?; // warm-up
-    let mut cache = ContiguousKvCache::new(model.config().num_cache_layers());
+    // Prompt processing as the engine does it: the decoder over every position, logits of the last one.
+    let prefill = || -> Result<()> {
+        let mut cache = ContiguousKvCache::new(model.config().num_cache_layers());
+        let h = model.hidden_rows(&input, &[0], &mut cache)?;
+        model.logits(&h.narrow(1, args.prompt_len - 1, 1)?)?;
+        Ok(())
+    };
+    prefill()?; // warm-up
     let t0 = Instant::now();
-    model.forward(&input, 0, &mut cache)?;
+    prefill()?;
     let prefill_tok_s = args.prompt_len as f64 / t0.elapsed().as_secs_f64();
     eprintln!("mimo: prefill {prefill_tok_s:.1} tok/s; decoding batch 1 ...");
     let b1 = decode_run(&model, &args, 1, 0)?;
@@ -137,19 +161,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         runs_n.push(decode_run(&model, &args, args.batch, 0)?);
     }
     let (b1, bn) = (median_run(runs1), median_run(runs_n));
-    let spec = if args.mtp > 0 {
-        let runs = (0..args.repeat)
-            .map(|_| decode_run(&model, &args, 1, args.mtp))
-            .collect::<Result<Vec<_>>>()?;
-        Some(median_run(runs))
+    let (spec, spec_n) = if args.mtp > 0 {
+        let (mut r1, mut rn) = (vec![], vec![]);
+        for _ in 0..args.repeat {
+            r1.push(decode_run(&model, &args, 1, args.mtp)?);
+            rn.push(decode_run(&model, &args, args.batch, args.mtp)?);
+        }
+        (Some(median_run(r1)), Some(median_run(rn)))
     } else {
-        None
+        (None, None)
     };
     let ours = json!({
         "prefill_tok_s": prefill_tok_s,
         "batch1": b1,
         "batchN": bn,
         "mtp_batch1": spec,
+        "mtp_batchN": spec_n,
     });
     let python = args.python.clone().unwrap_or_else(|| {
         let venv = PathBuf::from(".venv/bin/python");
@@ -159,7 +186,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "none".into()
         }
     });
-    let reference = if python == "none" {
+    // The transformers reference reads HF directories only; GGUF files are compared with llama.cpp
+    // (tools/bench/llamacpp.sh).
+    let reference = if python == "none" || mimo_model::gguf_path(&args.model).is_some() {
         Value::Null
     } else {
         eprintln!("reference: transformers eager via {python} ...");
@@ -209,6 +238,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "batchN_decode_vs_reference": ratio(&ours["batchN"]["decode_tok_s"], &reference[&bkey]["decode_tok_s"]),
             "prefill_vs_reference": ratio(&ours["prefill_tok_s"], &reference["batch1"]["prefill_tok_s"]),
             "batchN_vs_batch1": ratio(&ours["batchN"]["decode_tok_s"], &ours["batch1"]["decode_tok_s"]),
+            "mtp_vs_plain_batch1": ratio(&ours["mtp_batch1"]["decode_tok_s"], &ours["batch1"]["decode_tok_s"]),
+            "mtp_vs_plain_batchN": ratio(&ours["mtp_batchN"]["decode_tok_s"], &ours["batchN"]["decode_tok_s"]),
         },
     });
     crate::write_stdout(&report.to_string())

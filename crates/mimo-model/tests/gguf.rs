@@ -31,7 +31,13 @@ fn closeness(got: &Tensor, want: &Tensor) -> (f32, f32) {
     let g = got.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     let w = want.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     let agree = g.iter().zip(&w).filter(|(a, b)| a == b).count() as f32 / g.len() as f32;
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     (agree, max_abs_diff(got, want) / scale)
 }
 
@@ -69,10 +75,16 @@ fn quantized_files_and_in_situ_quant_stay_close() {
         for (what, model) in [("file", &from_file), ("in situ", &in_situ)] {
             let (logits, mtp) = model.forward_teacher_forced(&r.ids).unwrap();
             let (agree, rel) = closeness(&logits, &r.logits);
-            assert!(agree >= 0.9 && rel < 0.05, "{case} q8_0 {what}: argmax agreement {agree}, relative max |Δ| {rel}");
+            assert!(
+                agree >= 0.9 && rel < 0.05,
+                "{case} q8_0 {what}: argmax agreement {agree}, relative max |Δ| {rel}"
+            );
             for (k, (m, want)) in mtp.iter().zip(&r.mtp).enumerate() {
                 let (agree, rel) = closeness(m, want);
-                assert!(agree >= 0.9 && rel < 0.05, "{case} q8_0 {what} MTP {k}: {agree} {rel}");
+                assert!(
+                    agree >= 0.9 && rel < 0.05,
+                    "{case} q8_0 {what} MTP {k}: {agree} {rel}"
+                );
             }
         }
     }
@@ -86,7 +98,10 @@ fn quantized_files_and_in_situ_quant_stay_close() {
     let (logits, _) = model.forward_teacher_forced(&r.ids).unwrap();
     // Random tiny weights give near-flat logits, so 5-bit noise flips argmaxes easily: bound the error instead.
     let (agree, rel) = closeness(&logits, &r.logits);
-    assert!(agree >= 0.5 && rel < 0.2, "q4_k fallback: argmax agreement {agree}, relative max |Δ| {rel}");
+    assert!(
+        agree >= 0.5 && rel < 0.2,
+        "q4_k fallback: argmax agreement {agree}, relative max |Δ| {rel}"
+    );
 }
 
 #[test]
@@ -94,7 +109,11 @@ fn bad_gguf_files_get_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let file = write("llama-tied", QuantType(GgmlDType::F32), tmp.path());
     let bytes = std::fs::read(&file).unwrap();
-    let err = |path: &Path| MimoModel::open(path, f32_fmt(), &Device::Cpu).unwrap_err().to_string();
+    let err = |path: &Path| {
+        MimoModel::open(path, f32_fmt(), &Device::Cpu)
+            .unwrap_err()
+            .to_string()
+    };
 
     let cut = tmp.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
@@ -118,9 +137,15 @@ fn bad_gguf_files_get_clear_errors() {
     b[pos..pos + 5].copy_from_slice(b"gemma");
     std::fs::write(&other, &b).unwrap();
     let e = err(&other);
-    assert!(e.contains("unsupported architecture") && e.contains("gemma"), "{e}");
+    assert!(
+        e.contains("unsupported architecture") && e.contains("gemma"),
+        "{e}"
+    );
 
-    assert!(QuantType::parse("iq2_xs").unwrap_err().to_string().contains("q4_k"));
+    assert!(QuantType::parse("iq2_xs")
+        .unwrap_err()
+        .to_string()
+        .contains("q4_k"));
 }
 
 fn python() -> Option<PathBuf> {
@@ -138,19 +163,29 @@ fn python() -> Option<PathBuf> {
 #[test]
 fn smollm2_gguf_matches_transformers() {
     let Some(py) = python() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the Python reference tests");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the Python reference tests"
+        );
         eprintln!("SKIPPED: no Python env (.venv or MIMO_PYTHON)");
         return;
     };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/gguf_logits_reference.py");
-    let ids: Vec<u32> = vec![1, 504, 3458, 282, 4649, 314, 28, 506, 3575, 282, 6138, 314, 2114, 30];
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/gguf_logits_reference.py");
+    let ids: Vec<u32> = vec![
+        1, 504, 3458, 282, 4649, 314, 28, 506, 3575, 282, 6138, 314, 2114, 30,
+    ];
     let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let out = Command::new(&py)
         .arg(&script)
         .args(["--ids", &ids_arg])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let path = PathBuf::from(v["gguf"].as_str().unwrap());
     let rows: Vec<Vec<f32>> = serde_json::from_value(v["logits"].clone()).unwrap();
@@ -159,5 +194,8 @@ fn smollm2_gguf_matches_transformers() {
     assert_eq!(model.config().num_hidden_layers, 30);
     let (logits, _) = model.forward_teacher_forced(&ids).unwrap();
     let (agree, rel) = closeness(&logits, &want);
-    assert!(agree >= 0.85 && rel < 0.08, "argmax agreement {agree}, relative max |Δ| {rel}");
+    assert!(
+        agree >= 0.85 && rel < 0.08,
+        "argmax agreement {agree}, relative max |Δ| {rel}"
+    );
 }
