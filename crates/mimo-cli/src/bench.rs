@@ -80,6 +80,7 @@ fn decode_run(model: &Arc<MimoModel>, args: &BenchArgs, batch: usize, mtp: usize
         } else {
             None
         },
+        kv_dtype: args.place.kv_dtype()?,
         ..Default::default()
     };
     let mut engine = Engine::new(model.clone(), cfg)?;

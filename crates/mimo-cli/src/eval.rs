@@ -65,6 +65,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let cfg = EngineConfig {
         max_num_seqs: args.max_num_seqs,
         mtp_drafts: args.mtp,
+        kv_dtype: args.place.kv_dtype()?,
         ..Default::default()
     };
     let mut l = Loaded::open(&args.model, fmt, &device, cfg)?;

@@ -79,6 +79,7 @@ fn load(opts: &GenOpts) -> Result<Loaded> {
     let cfg = EngineConfig {
         max_num_seqs: 1,
         mtp_drafts: opts.mtp,
+        kv_dtype: opts.place.kv_dtype()?,
         ..Default::default()
     };
     Loaded::open_ids_only(&opts.model, fmt, &device, cfg)

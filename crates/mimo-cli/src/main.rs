@@ -105,6 +105,9 @@ pub struct Placement {
     /// GGUF files keep their own formats; `mimo quantize` saves the result once.
     #[arg(long)]
     pub quant: Option<String>,
+    /// KV cache dtype: auto (the activation dtype, f32 on the CPU) or f16 (half the cache memory).
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
 }
 
 impl Placement {
@@ -118,6 +121,11 @@ impl Placement {
             .map(mimo_model::QuantType::parse)
             .transpose()?;
         Ok((device, WeightFormat { dtype, quant }))
+    }
+
+    /// The KV cache dtype named (`None`: the model's activation dtype).
+    pub fn kv_dtype(&self) -> Result<Option<DType>> {
+        Ok(mimo_model::parse_kv_dtype(&self.kv_cache_dtype)?)
     }
 }
 

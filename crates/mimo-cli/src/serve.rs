@@ -41,6 +41,9 @@ pub struct ServeCli {
     /// Quantize the weights at load: q8_0, q4_0, q4_k, … (GGUF files keep their formats).
     #[arg(long)]
     quant: Option<String>,
+    /// KV cache dtype: auto (the activation dtype) or f16.
+    #[arg(long, default_value = "auto")]
+    kv_cache_dtype: String,
     /// auto (CUDA device 0 when available, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -75,6 +78,7 @@ pub fn run(a: ServeCli) -> Result<()> {
         api_key: a.api_key,
         dtype: a.dtype,
         quant: a.quant,
+        kv_cache_dtype: a.kv_cache_dtype,
         device: a.device,
         max_queue: a.max_queue,
         limits: mimo_serve::ListenLimits {

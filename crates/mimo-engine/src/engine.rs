@@ -37,6 +37,9 @@ pub struct EngineConfig {
     /// Most bytes the KV cache may take; default: on CPU, the memory the OS reports available
     /// (`MemAvailable`), elsewhere unbounded (the device allocator reports what does not fit).
     pub kv_cache_bytes: Option<u64>,
+    /// KV cache dtype; default: the model's activation dtype (f32 on the CPU). f16 halves the cache and the
+    /// bytes attention reads per step (the fused CPU kernel widens it on the fly).
+    pub kv_dtype: Option<DType>,
     /// Benchmarks only: accept each MTP draft with this probability instead of verifying it (the cost
     /// structure of speculative decoding on random weights; outputs are not the model's).
     pub simulated_acceptance: Option<f32>,
@@ -55,6 +58,7 @@ impl Default for EngineConfig {
             mtp_drafts: 0,
             eos_ids: vec![],
             kv_cache_bytes: None,
+            kv_dtype: None,
             simulated_acceptance: None,
         }
     }
@@ -408,14 +412,9 @@ impl Engine {
                 EngineError::Config("max_num_seqs × max_model_len overflows".into())
             })?,
         };
-        check_kv_budget(&cfg, &mcfg, num_blocks, model.dtype(), model.device())?;
-        let kv = PagedKvCache::new(
-            &mcfg,
-            num_blocks,
-            cfg.block_size,
-            model.dtype(),
-            model.device(),
-        )?;
+        let kv_dtype = cfg.kv_dtype.unwrap_or(model.dtype());
+        check_kv_budget(&cfg, &mcfg, num_blocks, kv_dtype, model.device())?;
+        let kv = PagedKvCache::new(&mcfg, num_blocks, cfg.block_size, kv_dtype, model.device())?;
         let draft_layers = draft_layers(&model, cfg.mtp_drafts)?;
         Ok(Self {
             model,

@@ -66,7 +66,10 @@ impl LayerKv {
 pub(crate) fn attend(q: &Tensor, kv: LayerKv, starts: &[usize], heads: Heads) -> Result<Tensor> {
     let t = q.dim(2)?;
     if let LayerKv::Paged { k, v, slots } = &kv {
-        if q.device().is_cpu() && k.dtype() == DType::F32 && t <= FUSED_MAX_QUERIES {
+        if q.device().is_cpu()
+            && matches!(k.dtype(), DType::F32 | DType::F16)
+            && t <= FUSED_MAX_QUERIES
+        {
             let op = PagedAttention {
                 slots,
                 starts,
@@ -128,7 +131,8 @@ fn dense_attention(
     Ok(probs.matmul(&v)?.reshape((b, h, t, d))?)
 }
 
-/// The fused paged attention kernel (CPU, f32): reads each row's keys and values from block storage in place.
+/// The fused paged attention kernel (CPU, f32 or f16 storage, f32 math): reads each row's keys and values from
+/// block storage in place.
 struct PagedAttention<'a> {
     slots: &'a [Vec<u32>],
     starts: &'a [usize],
@@ -136,14 +140,38 @@ struct PagedAttention<'a> {
     scale: f32,
 }
 
-fn f32_slice<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'s [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("paged attention: {what} must be f32");
-    };
+/// A cache element type the fused kernel reads: f32 as is, f16 widened per head row (F16C via `half`).
+trait KvElem: Copy + Send + Sync {
+    /// `src` as f32, converted into `buf` when needed.
+    fn row<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    fn row<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl KvElem for half::f16 {
+    fn row<'a>(src: &'a [half::f16], buf: &'a mut [f32]) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(&mut buf[..src.len()]);
+        &buf[..src.len()]
+    }
+}
+
+fn contiguous<'s, T>(data: &'s [T], l: &Layout, what: &str) -> candle_core::Result<&'s [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("paged attention: {what} must be contiguous"),
     }
+}
+
+fn f32_slice<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'s [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("paged attention: {what} must be f32");
+    };
+    contiguous(data, l, what)
 }
 
 /// `a·b + c`, fused when the caller is compiled with FMA (a plain `mul_add` without it is a slow libm call).
@@ -196,13 +224,14 @@ impl GroupJob<'_> {
     /// Attention of the group's queries, written to `out` (`[n_rep, t, d]`, zeroed): scores of every cached key
     /// against all `n_rep` queries, softmax, then the probability-weighted sum of the values.
     #[inline(always)]
-    fn run<const FMA: bool>(&self, k: &[f32], v: &[f32], out: &mut [f32]) {
+    fn run<const FMA: bool, T: KvElem>(&self, k: &[T], v: &[T], out: &mut [f32]) {
         let (t, d, n_rep) = (self.t, self.d, self.n_rep);
         let mut scores = vec![0f32; n_rep * (self.start + t)];
+        let mut buf = vec![0f32; d];
         for i in 0..t {
             let len = self.start + i + 1;
             for (j, &s) in self.slots[..len].iter().enumerate() {
-                let key = &k[s as usize * self.width + self.off..][..d];
+                let key = T::row(&k[s as usize * self.width + self.off..][..d], &mut buf);
                 for rep in 0..n_rep {
                     let query = &self.q[(rep * t + i) * d..][..d];
                     scores[rep * len + j] = dot::<FMA>(query, key) * self.scale;
@@ -221,7 +250,7 @@ impl GroupJob<'_> {
                 }
             }
             for (j, &s) in self.slots[..len].iter().enumerate() {
-                let value = &v[s as usize * self.width + self.off..][..d];
+                let value = T::row(&v[s as usize * self.width + self.off..][..d], &mut buf);
                 for rep in 0..n_rep {
                     let p = scores[rep * len + j];
                     let o = &mut out[(rep * t + i) * d..][..d];
@@ -240,18 +269,18 @@ impl GroupJob<'_> {
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, k: &[f32], v: &[f32], out: &mut [f32]) {
-        self.run::<true>(k, v, out)
+    unsafe fn run_avx2<T: KvElem>(&self, k: &[T], v: &[T], out: &mut [f32]) {
+        self.run::<true, T>(k, v, out)
     }
 
-    fn run_best(&self, k: &[f32], v: &[f32], out: &mut [f32]) {
+    fn run_best<T: KvElem>(&self, k: &[T], v: &[T], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: both features were just detected.
             return unsafe { self.run_avx2(k, v, out) };
         }
-        self.run::<false>(k, v, out)
+        self.run::<false, T>(k, v, out)
     }
 }
 
@@ -269,11 +298,35 @@ impl candle_core::CustomOp3 for PagedAttention<'_> {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            f32_slice(qs, ql, "q")?,
-            f32_slice(ks, kl, "key storage")?,
-            f32_slice(vs, vl, "value storage")?,
-        );
+        let q = f32_slice(qs, ql, "q")?;
+        match (ks, vs) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => self.run(
+                q,
+                ql,
+                contiguous(k, kl, "key storage")?,
+                contiguous(v, vl, "value storage")?,
+            ),
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => self.run(
+                q,
+                ql,
+                contiguous(k, kl, "key storage")?,
+                contiguous(v, vl, "value storage")?,
+            ),
+            _ => candle_core::bail!(
+                "paged attention: key/value storage must be both f32 or both f16"
+            ),
+        }
+    }
+}
+
+impl PagedAttention<'_> {
+    fn run<T: KvElem>(
+        &self,
+        q: &[f32],
+        ql: &Layout,
+        k: &[T],
+        v: &[T],
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h, t, d) = ql.shape().dims4()?;
         let Heads {
             n_kv_heads: kv,
@@ -371,6 +424,36 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-5, "t {t} starts {starts:?}: max |Δ| {diff}");
         }
+    }
+
+    #[test]
+    fn fused_kernel_reads_f16_storage() {
+        let heads = Heads {
+            n_kv_heads: 2,
+            head_dim: 12,
+        };
+        let starts = vec![5, 0, 9];
+        let lens: Vec<usize> = starts.iter().map(|s| s + 2).collect();
+        let (k, v, slots) = paged(&lens, heads, 7);
+        let q = Tensor::randn(0f32, 1.0, (3, 4, 2, 12), &Device::Cpu).unwrap();
+        let half = |x: &Tensor| x.to_dtype(DType::F16).unwrap();
+        let kv16 = LayerKv::Paged {
+            k: half(&k),
+            v: half(&v),
+            slots: slots.clone(),
+        };
+        let fused = attend(&q, kv16, &starts, heads).unwrap();
+        let (dk, dv) = LayerKv::Paged { k, v, slots }.into_dense(2, 12).unwrap();
+        let dense = dense_attention(&q, &dk, &dv, &starts, heads).unwrap();
+        let diff = (fused - dense)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-2, "f16 storage: max |Δ| {diff}");
     }
 
     #[test]

@@ -51,6 +51,22 @@ pub fn parse_dtype(name: &str, device: &Device) -> Result<DType> {
     })
 }
 
+/// The KV cache dtype `name` names: `auto` (the activation dtype), `f32` or `f16` (what the fused CPU
+/// attention kernel reads).
+pub fn parse_kv_dtype(name: &str) -> Result<Option<DType>> {
+    Ok(match name.trim().to_ascii_lowercase().as_str() {
+        "auto" => None,
+        "f32" | "float32" => Some(DType::F32),
+        "f16" | "float16" => Some(DType::F16),
+        _ => {
+            return Err(ModelError::Setting {
+                setting: "kv-cache-dtype".into(),
+                msg: format!("{name:?}: expected auto, f32 or f16"),
+            })
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub mod weights;
 pub use attention::LayerKv;
 pub use cache::{ContiguousKvCache, KvCache};
 pub use config::{Arch, ModelConfig, MtpHidden};
-pub use device::{parse_device, parse_dtype};
+pub use device::{parse_device, parse_dtype, parse_kv_dtype};
 pub use error::{ModelError, Result};
 pub use gguf::{gguf_path, GgufFile};
 pub use linear::QuantType;

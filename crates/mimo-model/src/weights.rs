@@ -149,6 +149,27 @@ fn scan_non_finite<const W: usize>(data: &[u8], exp_mask: u64) -> Option<(usize,
     Some((per_chunk.iter().map(|c| c.0).sum(), first))
 }
 
+/// Drops the resident pages of a mapped tensor once its values were copied out: loading a 15 GB bf16
+/// checkpoint (to quantize it, say) would otherwise keep every page mapped and count it in the RSS twice.
+/// The mapping is read-only and private, so the pages are simply re-read from the file if touched again.
+fn release_pages(data: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (data.as_ptr() as usize).div_ceil(PAGE) * PAGE;
+        let end = (data.as_ptr() as usize + data.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside the read-only file mapping `data` borrows from; MADV_DONTNEED on
+            // an unmodified private file mapping only drops pages, later reads fault them in from the file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = data;
+}
+
 /// Metadata of one stored tensor.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
@@ -355,6 +376,7 @@ impl WeightStore {
             });
         }
         let t = view.load(&Device::Cpu).map_err(wrap)?;
+        release_pages(view.data());
         let t = t
             .to_dtype(dtype)
             .map_err(wrap)?

@@ -56,6 +56,8 @@ pub struct ServeArgs {
     pub dtype: String,
     /// Quantize weights at load (`q8_0`, `q4_k`, …); `None` keeps them as stored.
     pub quant: Option<String>,
+    /// KV cache dtype: `auto` (the activation dtype) or `f16`.
+    pub kv_cache_dtype: String,
     /// Device: `auto` (CUDA device 0 when built with CUDA and present, else the CPU), `cpu`, `cuda`, `cuda:N`.
     pub device: String,
     /// Most sequences waiting for admission; further requests get 429.
@@ -81,6 +83,7 @@ impl Default for ServeArgs {
             api_key: None,
             dtype: "auto".into(),
             quant: None,
+            kv_cache_dtype: "auto".into(),
             device: "auto".into(),
             max_queue: 256,
             shutdown_grace: Duration::from_secs(30),
@@ -133,6 +136,7 @@ impl Server {
             max_model_len: args.max_model_len,
             mtp_drafts: args.mtp,
             eos_ids: text.eos_ids.clone(),
+            kv_dtype: mimo_model::parse_kv_dtype(&args.kv_cache_dtype)?,
             ..EngineConfig::default()
         };
         let wcfg = worker::WorkerConfig {
