@@ -572,3 +572,48 @@ fn logits_processor_forces_and_masks_with_and_without_mtp() {
         .contains("allows no token"));
     assert_eq!(finished[&good].0, FinishReason::Length);
 }
+
+/// Simulated acceptance (benchmarks) accepts every draft at p = 1 and none at p = 0, at batch 1 and batched,
+/// and counts per draft position.
+#[test]
+fn simulated_acceptance_counts_per_draft_position() {
+    let r = reference("mimo-untied");
+    let model = load("mimo-untied");
+    let prompts: Vec<Vec<u32>> = (0..3).map(|i| r.ids[i..i + 4].to_vec()).collect();
+    for (p, want_all) in [(1.0f32, true), (0.0, false)] {
+        let cfg = EngineConfig {
+            mtp_drafts: 2,
+            simulated_acceptance: Some(p),
+            ..Default::default()
+        };
+        let mut engine = Engine::new(model.clone(), cfg).unwrap();
+        for prompt in &prompts {
+            engine.add_request(prompt.clone(), greedy(12)).unwrap();
+        }
+        let done = engine.run_to_completion().unwrap();
+        assert!(done.iter().all(|d| d.1.len() == 12));
+        let s = engine.mtp_stats();
+        assert_eq!(s.drafted.len(), 2, "two draft positions");
+        if want_all {
+            assert_eq!(s.accepted, s.drafted, "p = 1 accepts every draft");
+        } else {
+            assert_eq!(s.total_accepted(), 0, "p = 0 accepts none");
+        }
+    }
+}
+
+/// An f16 KV cache gives the f32 cache's greedy tokens on the fixtures (the fused kernel widens f16 keys and
+/// values; rounding is far below the logit gaps of these prompts).
+#[test]
+fn f16_kv_cache_keeps_greedy_output() {
+    for case in CASES {
+        let r = reference(case);
+        let model = load(case);
+        let cfg = EngineConfig {
+            kv_dtype: Some(DType::F16),
+            ..Default::default()
+        };
+        let out = run(&model, cfg, &[r.ids[..5].to_vec()], &greedy(r.greedy.len()));
+        assert_eq!(out[0], r.greedy, "{case}");
+    }
+}
