@@ -5,26 +5,37 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Result;
+use mimo_model::gguf::gguf_name;
 use mimo_model::weights::is_ignorable;
-use mimo_model::{expected_tensors, parameter_counts, ModelConfig, WeightStore};
+use mimo_model::{expected_tensors, parameter_counts, GgufFile, ModelConfig, WeightStore};
 use serde_json::json;
 
 use crate::write_stdout;
 
-/// Prints the report for `dir` as text or JSON.
-pub fn run(dir: &Path, as_json: bool) -> Result<()> {
+/// What a checkpoint stores, from safetensors or GGUF.
+struct Stored {
+    cfg: ModelConfig,
+    problems: Vec<String>,
+    unused: Vec<String>,
+    dtypes: BTreeMap<String, usize>,
+    files: Vec<String>,
+    count: usize,
+}
+
+fn stored_safetensors(dir: &Path) -> Result<Stored> {
     let cfg = ModelConfig::from_dir(dir)?;
     let store = WeightStore::open(dir)?;
     let specs = expected_tensors(&cfg);
     let expected: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    let problems: Vec<String> = specs
+    let problems = specs
         .iter()
         .filter_map(|s| store.check(s).err().map(|e| e.to_string()))
         .chain(store.check_layer_counts(&cfg).err().map(|e| e.to_string()))
         .collect();
-    let unused: Vec<&str> = store
+    let unused = store
         .names()
         .filter(|n| !expected.contains(n) && !is_ignorable(n))
+        .map(str::to_string)
         .collect();
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for name in store.names() {
@@ -34,12 +45,76 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
                 .or_default() += 1;
         }
     }
-    let (main, mtp) = parameter_counts(&cfg);
-    let files: Vec<String> = store
+    let files = store
         .files()
         .iter()
         .map(|p| p.display().to_string())
         .collect();
+    let count = store.names().count();
+    Ok(Stored {
+        cfg,
+        problems,
+        unused,
+        dtypes,
+        files,
+        count,
+    })
+}
+
+fn stored_gguf(path: &Path) -> Result<Stored> {
+    let file = GgufFile::open(path)?;
+    let cfg = file.config()?;
+    let tensors = file.tensors();
+    let by_name: BTreeMap<&str, &Vec<usize>> =
+        tensors.iter().map(|(n, _, s)| (n.as_str(), s)).collect();
+    let specs = expected_tensors(&cfg);
+    let mut expected = BTreeSet::new();
+    let mut problems = vec![];
+    for spec in &specs {
+        let name = gguf_name(&spec.name);
+        match by_name.get(name.as_str()) {
+            None => problems.push(format!("missing tensor `{name}` (HF `{}`)", spec.name)),
+            Some(shape) if **shape != spec.shape => problems.push(format!(
+                "tensor `{name}` has shape {shape:?}, expected {:?}",
+                spec.shape
+            )),
+            Some(_) => {}
+        }
+        expected.insert(name);
+    }
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, t, _) in &tensors {
+        *dtypes.entry(format!("{t:?}").to_lowercase()).or_default() += 1;
+    }
+    Ok(Stored {
+        cfg,
+        problems,
+        unused: tensors
+            .iter()
+            .filter(|(n, _, _)| !expected.contains(n))
+            .map(|(n, _, _)| n.clone())
+            .collect(),
+        dtypes,
+        files: vec![path.display().to_string()],
+        count: tensors.len(),
+    })
+}
+
+/// Prints the report for `dir` (an HF directory or a GGUF file) as text or JSON.
+pub fn run(dir: &Path, as_json: bool) -> Result<()> {
+    let Stored {
+        cfg,
+        problems,
+        unused,
+        dtypes,
+        files,
+        count,
+    } = match mimo_model::gguf_path(dir) {
+        Some(file) => stored_gguf(&file)?,
+        None => stored_safetensors(dir)?,
+    };
+    let specs = expected_tensors(&cfg);
+    let (main, mtp) = parameter_counts(&cfg);
     let report = json!({
         "model_dir": dir.display().to_string(),
         "model_type": cfg.arch.as_str(),
@@ -63,7 +138,7 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
         "config_dtype": cfg.torch_dtype,
         "stored_dtypes": dtypes,
         "files": files,
-        "tensors_stored": store.names().count(),
+        "tensors_stored": count,
         "tensors_expected": specs.len(),
         "problems": problems,
         "unused_tensors": unused,
@@ -138,7 +213,7 @@ pub fn run(dir: &Path, as_json: bool) -> Result<()> {
     line(
         &mut s,
         "tensors",
-        format!("{} stored, {} expected", store.names().count(), specs.len()),
+        format!("{} stored, {} expected", count, specs.len()),
     );
     line(
         &mut s,
