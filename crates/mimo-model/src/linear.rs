@@ -63,7 +63,7 @@ impl QuantType {
     /// nothing fits (the weight stays in floats).
     pub fn fit(self, k: usize) -> Option<GgmlDType> {
         let t = self.0;
-        if k % t.block_size() == 0 {
+        if k.is_multiple_of(t.block_size()) {
             return Some(t);
         }
         let fallback = match t {
@@ -73,7 +73,7 @@ impl QuantType {
             GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
             _ => return None,
         };
-        (k % fallback.block_size() == 0).then_some(fallback)
+        k.is_multiple_of(fallback.block_size()).then_some(fallback)
     }
 }
 

@@ -130,7 +130,7 @@ impl Attention {
             .to_dtype(dtype)?
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * d))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 }
 
@@ -149,7 +149,7 @@ impl Mlp {
         let i = self.intermediate_size;
         let gate = gate_up.narrow(D::Minus1, 0, i)?.silu()?;
         let up = gate_up.narrow(D::Minus1, i, i)?;
-        Ok(self.down_proj.forward(&(gate * up)?)?)
+        self.down_proj.forward(&(gate * up)?)
     }
 }
 
