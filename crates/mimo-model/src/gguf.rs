@@ -429,7 +429,6 @@ pub fn write_gguf(
     out: &Path,
 ) -> Result<(usize, u64)> {
     use candle_core::quantized::QTensor;
-    use rayon::prelude::*;
     let specs = crate::weights::expected_tensors(cfg);
     store.check_all(&specs)?;
     let arch = if cfg.arch == Arch::Llama {
@@ -437,10 +436,16 @@ pub fn write_gguf(
     } else {
         "qwen2"
     };
+    // One tensor at a time, each quantized by row chunks on every core: memory stays near the output size.
     let tensors: Vec<(String, QTensor)> = specs
-        .par_iter()
+        .iter()
         .map(|spec| -> Result<(String, QTensor)> {
-            let t = store.load(spec, DType::F32, &Device::Cpu)?;
+            let dtype = match store.info(&spec.name).map(|i| i.dtype) {
+                Some(safetensors::Dtype::BF16) => DType::BF16,
+                Some(safetensors::Dtype::F16) => DType::F16,
+                _ => DType::F32,
+            };
+            let t = store.load(spec, dtype, &Device::Cpu)?;
             let mut w = RawWeight::Float(t);
             if arch == "llama" {
                 let heads = if spec.name.contains("self_attn.q_proj.") {
@@ -472,12 +477,10 @@ pub fn write_gguf(
                 unreachable!("float weights stay float when permuted")
             };
             let q = if spec.shape.len() == 2 {
-                match quant.fit(spec.shape[1]) {
-                    Some(g) => QTensor::quantize(&t, g)?,
-                    None => QTensor::quantize(&t, GgmlDType::F16)?,
-                }
+                let g = quant.fit(spec.shape[1]).unwrap_or(GgmlDType::F16);
+                crate::linear::quantize_rows(&t, g, &Device::Cpu)?
             } else {
-                QTensor::quantize(&t, GgmlDType::F32)?
+                QTensor::quantize(&t.to_dtype(DType::F32)?, GgmlDType::F32)?
             };
             Ok((gguf_name(&spec.name), q))
         })

@@ -96,13 +96,31 @@ impl WeightPlan {
         let Some(target) = q.fit(t.dim(D::Minus1)?) else {
             return Ok(w);
         };
-        let cpu = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        Ok(RawWeight::Quant(Arc::new(QTensor::quantize_onto(
-            &cpu,
+        Ok(RawWeight::Quant(Arc::new(quantize_rows(
+            t,
             target,
             &self.device,
         )?)))
     }
+}
+
+/// Block-quantizes a float `[n, k]` weight in row chunks of at most 32 MiB of f32, in parallel: a 7B
+/// checkpoint's embedding table never exists in f32 all at once, and both cores quantize.
+pub(crate) fn quantize_rows(t: &Tensor, target: GgmlDType, device: &Device) -> Result<QTensor> {
+    use rayon::prelude::*;
+    let (n, k) = t.dims2()?;
+    let t = t.to_device(&Device::Cpu)?;
+    let chunk = ((32usize << 20) / (4 * k.max(1))).max(1);
+    let parts = (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .map(|c| -> Result<Vec<u8>> {
+            let rows = t.narrow(0, c * chunk, chunk.min(n - c * chunk))?;
+            let q = QTensor::quantize(&rows.to_dtype(DType::F32)?, target)?;
+            Ok(q.data()?.into_owned())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let storage = QStorage::from_data(Cow::Owned(parts.concat()), device, target)?;
+    Ok(QTensor::new(storage, (n, k))?)
 }
 
 /// A projection `y = x·Wᵀ + b` (`W` is `[out, in]`), output in the activation dtype.

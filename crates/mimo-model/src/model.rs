@@ -237,11 +237,24 @@ trait TensorSource {
     fn raw(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<RawWeight> {
         Ok(RawWeight::Float(self.get(name, shape, dtype, device)?))
     }
+
+    /// The float dtype a tensor is stored in, when the source knows it.
+    fn stored_dtype(&self, _name: &str) -> Option<DType> {
+        None
+    }
 }
 
 impl TensorSource for WeightStore {
     fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         WeightStore::get(self, name, shape, dtype, device)
+    }
+
+    fn stored_dtype(&self, name: &str) -> Option<DType> {
+        match self.info(name)?.dtype {
+            safetensors::Dtype::BF16 => Some(DType::BF16),
+            safetensors::Dtype::F16 => Some(DType::F16),
+            _ => Some(DType::F32),
+        }
     }
 }
 
@@ -315,8 +328,9 @@ impl Loader<'_> {
     }
 
     fn raw(&self, name: &str, shape: &[usize]) -> Result<RawWeight> {
+        // Weights to quantize are read in their stored dtype and widened chunk by chunk while quantizing.
         let dtype = if self.plan.quant.is_some() {
-            DType::F32
+            self.store.stored_dtype(name).unwrap_or(DType::F32)
         } else {
             self.wdtype
         };
