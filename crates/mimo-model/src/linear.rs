@@ -59,18 +59,16 @@ impl QuantType {
     }
 
     /// The format used for a weight with `k` input features: this one when `k` is a multiple of its block, else
-    /// llama.cpp's fallback for k-quants (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → Q4_0); `None` when
-    /// nothing fits (the weight stays in floats).
+    /// a 32-wide fallback for k-quants (Q4_K/Q2_K/Q3_K → Q4_0, Q5_K/Q6_K → Q8_0; llama.cpp picks Q5_0/Q5_1,
+    /// which have no SIMD kernel in candle); `None` when nothing fits (the weight stays in floats).
     pub fn fit(self, k: usize) -> Option<GgmlDType> {
         let t = self.0;
         if k.is_multiple_of(t.block_size()) {
             return Some(t);
         }
         let fallback = match t {
-            GgmlDType::Q4K => GgmlDType::Q5_0,
-            GgmlDType::Q5K => GgmlDType::Q5_1,
-            GgmlDType::Q6K | GgmlDType::Q8K => GgmlDType::Q8_0,
-            GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+            GgmlDType::Q4K | GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+            GgmlDType::Q5K | GgmlDType::Q6K | GgmlDType::Q8K => GgmlDType::Q8_0,
             _ => return None,
         };
         k.is_multiple_of(fallback.block_size()).then_some(fallback)
@@ -102,6 +100,15 @@ impl WeightPlan {
             &self.device,
         )?)))
     }
+}
+
+/// Whether candle has a SIMD (AVX2) CPU matmul for `t`: Q4_0, Q8_0 and the k-quants; Q4_1, Q5_0, Q5_1 and
+/// Q8_1 run scalar code.
+fn has_cpu_kernel(t: GgmlDType) -> bool {
+    !matches!(
+        t,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
+    )
 }
 
 /// Block-quantizes a float `[n, k]` weight in row chunks of at most 32 MiB of f32, in parallel: a 7B
@@ -208,9 +215,18 @@ impl Proj {
         }
     }
 
-    fn quant(q: Arc<QTensor>, bias: Option<Tensor>, plan: &WeightPlan) -> Result<Self> {
+    fn quant(mut q: Arc<QTensor>, bias: Option<Tensor>, plan: &WeightPlan) -> Result<Self> {
         if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
             return Self::float(q.dequantize(&plan.device)?, bias, plan);
+        }
+        if plan.device.is_cpu() && !has_cpu_kernel(q.dtype()) {
+            // candle's CPU matmul for these is scalar (measured 3.5× slower than Q8_0 on SmolLM2-135M): re-quantize
+            // once to Q8_0, which is finer than each of them.
+            q = Arc::new(quantize_rows(
+                &q.dequantize(&Device::Cpu)?,
+                GgmlDType::Q8_0,
+                &plan.device,
+            )?);
         }
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
         Ok(Proj::Quant {
