@@ -68,11 +68,14 @@ impl GgufFile {
     /// Opens and parses `path`; a file that is not GGUF, is truncated in its header, or uses a tensor type
     /// candle cannot read is an error naming the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = File::open(path).map_err(|source| ModelError::Io {
+        let file = File::open(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let content = Content::read(&mut file).map_err(|e| gguf_err(path, e.to_string()))?;
+        // The header is thousands of small reads (one per vocabulary string): buffered.
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let content = Content::read(&mut reader).map_err(|e| gguf_err(path, e.to_string()))?;
+        let file = reader.into_inner();
         let arch = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(gguf_err(path, "no `general.architecture` string".into())),
