@@ -6,6 +6,7 @@ pub mod cache;
 pub mod config;
 pub mod device;
 pub mod error;
+mod gemv;
 pub mod gguf;
 pub mod half;
 pub mod linear;

@@ -146,7 +146,13 @@ pub(crate) enum Proj {
 impl Proj {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Proj::Dense(l) => l.forward(x)?,
+            Proj::Dense(l) => match crate::gemv::small_rows(x, l.weight())? {
+                Some(y) => match l.bias() {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                },
+                None => l.forward(x)?,
+            },
             Proj::Half(h) => h.forward(x)?,
             Proj::Quant { mm, bias } => {
                 let y = mm.forward(&x.contiguous()?)?;
