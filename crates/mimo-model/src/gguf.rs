@@ -74,7 +74,7 @@ impl GgufFile {
         })?;
         // The header is thousands of small reads (one per vocabulary string): buffered.
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let content = Content::read(&mut reader).map_err(|e| gguf_err(path, e.to_string()))?;
+        let content = Content::read(&mut reader).map_err(|e| gguf_err(path, first_line(&e)))?;
         let file = reader.into_inner();
         let arch = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
@@ -158,7 +158,7 @@ impl GgufFile {
                     .or_else(|_| v.to_u32().map(u64::from))
                     .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
                     .map(|x| x as usize)
-                    .map_err(|e| self.field_err(suffix, e.to_string()))
+                    .map_err(|e| self.field_err(suffix, first_line(&e)))
             })
             .transpose()
     }
@@ -174,7 +174,7 @@ impl GgufFile {
                 v.to_f32()
                     .map(f64::from)
                     .or_else(|_| v.to_f64())
-                    .map_err(|e| self.field_err(suffix, e.to_string()))
+                    .map_err(|e| self.field_err(suffix, first_line(&e)))
             })
             .transpose()
     }
@@ -267,7 +267,7 @@ impl GgufFile {
         let q = self
             .content
             .tensor(&mut *file, name, device)
-            .map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))?;
+            .map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {}", first_line(&e))))?;
         Ok(match q.dtype() {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let dtype = match q.dtype() {
@@ -286,6 +286,11 @@ impl GgufFile {
             _ => RawWeight::Quant(Arc::new(q)),
         })
     }
+}
+
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 fn gguf_err(path: &Path, msg: String) -> ModelError {
@@ -552,7 +557,7 @@ pub fn write_gguf(
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     candle_core::quantized::gguf_file::write(&mut w, &meta_refs, &t_refs)
-        .map_err(|e| gguf_err(&tmp, format!("writing: {e}")))?;
+        .map_err(|e| gguf_err(&tmp, format!("writing: {}", first_line(&e))))?;
     std::io::Write::flush(&mut w).map_err(io)?;
     drop(w);
     std::fs::rename(&tmp, out).map_err(io)?;
