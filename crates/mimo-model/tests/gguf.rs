@@ -148,26 +148,13 @@ fn bad_gguf_files_get_clear_errors() {
         .contains("q4_k"));
 }
 
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("MIMO_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    venv.exists().then_some(venv)
-}
-
 /// The real SmolLM2-135M-Instruct GGUF (Q4_1, llama architecture: q/k rows in llama.cpp's interleaved order)
 /// against transformers' GGUF loader, which dequantizes to f32. Q4_1 × Q8_1 activations (llama.cpp's and
 /// candle's kernel) differ from f32 activations by quantization noise, so the comparison is argmax agreement
 /// and a relative bound.
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the Python reference tests"
-        );
-        eprintln!("SKIPPED: no Python env (.venv or MIMO_PYTHON)");
+    let Some(py) = common::python() else {
         return;
     };
     let script =

