@@ -19,7 +19,7 @@ use std::cell::RefCell;
 
 use ::half::slice::HalfFloatSliceExt;
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Module, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 /// From this many activation rows on, weight blocks are widened to f32 and multiplied by `gemm`.
@@ -67,7 +67,10 @@ impl HalfLinear {
             Some(b) => Some(b.to_dtype(DType::F32)?),
             None => None,
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight: on_huge_pages(weight)?,
+            bias,
+        })
     }
 
     /// `x`: f32 `[..., in]` with any leading dims, returns f32 `[..., out]`.
@@ -549,6 +552,35 @@ mod avx2 {
             unsafe { _mm256_storeu_ps(d.as_mut_ptr(), load8::<BF16>(s.as_ptr())) };
         }
     }
+}
+
+/// A copy of a large CPU half weight in a buffer on huge pages (see `weights::advise_huge_pages`); others as
+/// they are.
+fn on_huge_pages(w: Tensor) -> candle_core::Result<Tensor> {
+    use ::half::vec::HalfBitsVecExt;
+    if !w.device().is_cpu() || w.elem_count() * 2 < (4 << 20) {
+        return Ok(w);
+    }
+    let copy = |src: &[u16]| {
+        let mut dst = vec![0u16; src.len()];
+        crate::weights::advise_huge_pages(&dst);
+        dst.copy_from_slice(src);
+        dst
+    };
+    let (guard, layout) = w.storage_and_layout();
+    let range = layout.start_offset()..layout.start_offset() + w.elem_count();
+    let t = match &*guard {
+        Storage::Cpu(CpuStorage::BF16(v)) => {
+            let bits: Vec<::half::bf16> = copy(v[range].reinterpret_cast()).reinterpret_into();
+            Tensor::from_vec(bits, w.shape(), w.device())?
+        }
+        Storage::Cpu(CpuStorage::F16(v)) => {
+            let bits: Vec<::half::f16> = copy(v[range].reinterpret_cast()).reinterpret_into();
+            Tensor::from_vec(bits, w.shape(), w.device())?
+        }
+        _ => return Ok(w.clone()),
+    };
+    Ok(t)
 }
 
 #[cfg(test)]

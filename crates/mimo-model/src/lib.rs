@@ -7,6 +7,23 @@ pub mod config;
 pub mod device;
 pub mod error;
 mod gemv;
+#[cfg(target_arch = "x86_64")]
+pub mod qgemv;
+/// Other architectures: no hand-written quantized kernels (candle's `QMatMul` serves every format).
+#[cfg(not(target_arch = "x86_64"))]
+pub mod qgemv {
+    /// Never constructed off x86-64.
+    #[derive(Debug, Clone)]
+    pub struct QGemv(std::convert::Infallible);
+    impl QGemv {
+        pub fn new(_: std::sync::Arc<candle_core::quantized::QTensor>) -> Option<Self> {
+            None
+        }
+        pub fn forward(&self, _: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+            match self.0 {}
+        }
+    }
+}
 pub mod gguf;
 pub mod half;
 pub mod linear;

@@ -7,11 +7,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 
 use crate::error::{ModelError, Result};
 use crate::half::HalfLinear;
+use crate::qgemv::QGemv;
 
 /// A weight as its source stores it: float values (already in the dtype the caller asked for, or a GGUF file's
 /// own float dtype) or quantized blocks.
@@ -137,7 +139,9 @@ pub(crate) enum Proj {
     Dense(Linear),
     /// bf16/f16 weight, f32 activations (CPU).
     Half(HalfLinear),
-    /// Quantized weight, f32 activations; bias in f32.
+    /// Quantized weight with a kernel of ours (`qgemv.rs`), f32 activations; bias in f32.
+    QGemv { g: QGemv, bias: Option<Tensor> },
+    /// Quantized weight through candle's `QMatMul` (other formats, GPUs), f32 activations; bias in f32.
     Quant { mm: QMatMul, bias: Option<Tensor> },
     /// Merged parts that cannot share one weight (different quant formats): computed apart, outputs side by side.
     Split(Vec<Proj>),
@@ -154,6 +158,13 @@ impl Proj {
                 None => l.forward(x)?,
             },
             Proj::Half(h) => h.forward(x)?,
+            Proj::QGemv { g, bias } => {
+                let y = g.forward(x)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
             Proj::Quant { mm, bias } => {
                 let y = mm.forward(&x.contiguous()?)?;
                 match bias {
@@ -235,6 +246,9 @@ impl Proj {
             )?);
         }
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        if let Some(g) = QGemv::new(q.clone()) {
+            return Ok(Proj::QGemv { g, bias });
+        }
         Ok(Proj::Quant {
             mm: QMatMul::from_arc(q)?,
             bias,

@@ -170,6 +170,25 @@ fn release_pages(data: &[u8]) {
     let _ = data;
 }
 
+/// Asks for transparent huge pages behind `v` (Linux `MADV_HUGEPAGE`, honoured in the kernel's default `madvise`
+/// mode), to be called on a fresh zeroed allocation before it is written: a 7B model's weights span hundreds of
+/// thousands of 4 KiB pages, and a GEMV streaming them then misses the TLB on every page (measured: the Q4_K
+/// `lm_head` GEMV of MiMo-7B reads 35 GB/s on 4 KiB pages, 60 GB/s on huge pages).
+pub(crate) fn advise_huge_pages<T>(v: &[T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let (p, len) = (v.as_ptr() as usize, std::mem::size_of_val(v));
+        let (start, end) = (p.next_multiple_of(HUGE), (p + len) / HUGE * HUGE);
+        if end > start {
+            // SAFETY: [start, end) lies inside `v`'s allocation; MADV_HUGEPAGE only changes how it is backed.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
 /// Metadata of one stored tensor.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {

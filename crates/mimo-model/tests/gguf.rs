@@ -41,6 +41,23 @@ fn closeness(got: &Tensor, want: &Tensor) -> (f32, f32) {
     (agree, max_abs_diff(got, want) / scale)
 }
 
+/// Positions where `want`'s top logit leads its second by more than `margin`, and how many of them `got`'s argmax
+/// agrees on (a near tie may flip under any quantization noise, a clear lead may not).
+fn clear_agreement(got: &Tensor, want: &Tensor, margin: f32) -> (usize, usize) {
+    let g = got.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let rows = want.to_vec2::<f32>().unwrap();
+    let (mut clear, mut agree) = (0, 0);
+    for (row, got_top) in rows.iter().zip(g) {
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        if row[idx[0]] - row[idx[1]] > margin {
+            clear += 1;
+            agree += usize::from(idx[0] as u32 == got_top);
+        }
+    }
+    (clear, agree)
+}
+
 #[test]
 fn f32_gguf_round_trip_equals_transformers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -151,7 +168,8 @@ fn bad_gguf_files_get_clear_errors() {
 /// The real SmolLM2-135M-Instruct GGUF (Q4_1, llama architecture: q/k rows in llama.cpp's interleaved order)
 /// against transformers' GGUF loader, which dequantizes to f32. Q4_1 × Q8_1 activations (llama.cpp's and
 /// candle's kernel) differ from f32 activations by quantization noise, so the comparison is argmax agreement
-/// and a relative bound.
+/// wherever the reference's top logit leads by more than 0.5 (near ties flip under any kernel: here one of 14
+/// positions leads by 0.04), and a relative bound.
 #[test]
 fn smollm2_gguf_matches_transformers() {
     let Some(py) = common::python() else {
@@ -180,9 +198,10 @@ fn smollm2_gguf_matches_transformers() {
     let model = MimoModel::open(&path, f32_fmt(), &Device::Cpu).unwrap();
     assert_eq!(model.config().num_hidden_layers, 30);
     let (logits, _) = model.forward_teacher_forced(&ids).unwrap();
-    let (agree, rel) = closeness(&logits, &want);
+    let (_, rel) = closeness(&logits, &want);
+    let (clear, agree) = clear_agreement(&logits, &want, 0.5);
     assert!(
-        agree >= 0.85 && rel < 0.08,
-        "argmax agreement {agree}, relative max |Δ| {rel}"
+        clear >= 7 && agree == clear && rel < 0.08,
+        "argmax agreement on {agree} of {clear} clear positions, relative max |Δ| {rel}"
     );
 }
