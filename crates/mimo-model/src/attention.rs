@@ -6,7 +6,6 @@
 //! more than the attention itself at batch 16.
 
 use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::error::Result;
 
@@ -203,6 +202,28 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `eˣ` for `x ≤ 0` to about 2 ulp (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6 polynomial in `r`, `2ⁿ` from the
+/// exponent bits), written branch-free so that the softmax loop vectorises; libm's `expf` is a call per score.
+#[inline(always)]
+fn exp_approx<const FMA: bool>(x: f32) -> f32 {
+    let x = x.max(-87.3);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = madd::<FMA>(n, -0.693_359_4, x);
+    let r = madd::<FMA>(n, 2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4_f32;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = madd::<FMA>(p, r, c);
+    }
+    let e = madd::<FMA>(p, r * r, r) + 1.0;
+    e * f32::from_bits((((n as i32) + 127) as u32) << 23)
+}
+
 /// One job of the kernel: batch row `r`, KV head `g`.
 struct GroupJob<'a> {
     /// The `n_rep` query heads of the group, `[n_rep, t, d]`.
@@ -242,7 +263,7 @@ impl GroupJob<'_> {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for x in row.iter_mut() {
-                    *x = (*x - max).exp();
+                    *x = exp_approx::<FMA>(*x - max);
                     sum += *x;
                 }
                 for x in row.iter_mut() {
@@ -348,24 +369,40 @@ impl PagedAttention<'_> {
         }
         // One job per (row, KV head): the n_rep query heads sharing that KV head read each cached key and
         // value once. Their outputs `[n_rep, t, d]` are contiguous in `[b, h, t, d]`.
+        // On candle's spinning worker pool, the one the quantized GEMVs run on: a decode step alternates the two
+        // dozens of times, and waking rayon's sleeping workers for each small attention costs more than it does.
+        // Too few groups to keep every thread busy (batch-1 decode of a 3-KV-head model on 2 threads): one job
+        // per query head instead, each reading its group's keys again from cache.
+        let pool = candle_core::utils::barrier_pool();
+        let per_group = b * kv >= 4 * (pool.n_workers() + 1);
+        let reps = if per_group { n_rep } else { 1 };
         let mut out = vec![0f32; b * h * t * d];
-        out.par_chunks_mut(n_rep * t * d)
-            .enumerate()
-            .for_each(|(job, out)| {
-                let (r, g) = (job / kv, job % kv);
+        let out_ptr = out.as_mut_ptr() as usize;
+        let job_len = reps * t * d;
+        pool.execute_chunked(b * h / reps, |jobs| {
+            for job in jobs {
+                let (r, first) = (job / (h / reps), job % (h / reps) * reps);
+                // SAFETY: job `job` alone writes `out[job * job_len..(job + 1) * job_len]`, inside `out`.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (out_ptr as *mut f32).add(job * job_len),
+                        job_len,
+                    )
+                };
                 GroupJob {
-                    q: &q[(r * h + g * n_rep) * t * d..][..n_rep * t * d],
+                    q: &q[(r * h + first) * t * d..][..job_len],
                     slots: &self.slots[r],
                     start: self.starts[r],
                     t,
                     d,
-                    n_rep,
-                    off: g * d,
+                    n_rep: reps,
+                    off: first / n_rep * d,
                     width,
                     scale: self.scale,
                 }
                 .run_best(k, v, out)
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
     }
 }

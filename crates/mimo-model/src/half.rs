@@ -20,7 +20,6 @@ use std::cell::RefCell;
 use ::half::slice::HalfFloatSliceExt;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Module, Shape, Storage, Tensor, D};
-use rayon::prelude::*;
 
 /// From this many activation rows on, weight blocks are widened to f32 and multiplied by `gemm`.
 const GEMM_MIN_ROWS: usize = 20;
@@ -271,14 +270,16 @@ impl Problem<'_> {
         if t * k * n <= SERIAL_MAX_MACS || tasks == 1 {
             (0..tasks).for_each(task);
         } else {
-            (0..tasks).into_par_iter().for_each(task);
+            // candle's spinning pool, shared with the quantized GEMVs and the attention kernel: one pool for every
+            // parallel kernel of a decode step, so no thread of another pool spins while this one works.
+            candle_core::utils::barrier_pool().execute_chunked(tasks, |r| r.for_each(task));
         }
         y
     }
 
     /// Output features per task: a few tasks per thread, to balance load without much overhead.
     fn rows_per_task(&self) -> usize {
-        let threads = rayon::current_num_threads().max(1);
+        let threads = candle_core::utils::barrier_pool().n_workers() + 1;
         if self.gemm {
             let cap = (GEMM_SCRATCH_FLOATS / self.k).max(16) / 8 * 8;
             self.n

@@ -175,7 +175,8 @@ pub(super) struct X256 {
 /// ggml's `quantize_row_q8_0`: `d = max|x| / 127` rounded to f16 (the block stores it so), quants
 /// `round_half_even(x · 127 / max|x|)`; returns `d`. Rounding the activations as llama.cpp does keeps greedy
 /// decoding on the same GGUF token for token equal to it.
-fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (o, v) in q.iter_mut().zip(x) {
@@ -186,7 +187,8 @@ fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
 
 /// ggml's `quantize_row_q8_K`: the value of largest magnitude `max` maps to −127 (`iscale = −127 / max`),
 /// quants `min(127, round_half_even(iscale · x))`, `d = 1 / iscale` in f32; returns `d`.
-fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -205,7 +207,8 @@ fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
     1.0 / iscale
 }
 
-fn quantize_x32(x: &[f32]) -> Vec<X32> {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_x32(x: &[f32]) -> Vec<X32> {
     x.chunks_exact(32)
         .map(|c| {
             let mut b = X32 {
@@ -220,7 +223,8 @@ fn quantize_x32(x: &[f32]) -> Vec<X32> {
         .collect()
 }
 
-fn quantize_x256(x: &[f32]) -> Vec<X256> {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_x256(x: &[f32]) -> Vec<X256> {
     x.chunks_exact(256)
         .map(|c| {
             let mut b = X256 {
@@ -734,7 +738,13 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            for &(n, k) in &[(37usize, 512usize), (5, 256), (64, 1024), (960, 576), (576, 1536)] {
+            for &(n, k) in &[
+                (37usize, 512usize),
+                (5, 256),
+                (64, 1024),
+                (960, 576),
+                (576, 1536),
+            ] {
                 if !k.is_multiple_of(Fmt::of(dtype).unwrap().block().0) {
                     continue;
                 }
