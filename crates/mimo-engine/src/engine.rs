@@ -1,12 +1,16 @@
 //! The engine: continuous batching over a paged KV cache, and MTP speculative decoding (design §7.3).
 //!
-//! Token-level: requests are prompt ids plus [`SamplingParams`]; every [`Engine::step`] admits waiting
-//! requests (prefill), then advances every running sequence by one decode step — one batched main-model forward
-//! over all of them, or, with MTP drafts enabled, one draft chain + one verification forward per sequence.
-//! Sequences join and leave between steps.
+//! Token-level: requests are prompt ids plus [`SamplingParams`]; every [`Engine::step`] schedules under a
+//! token budget (vLLM's V1 scheduler): decodes first — one batched main-model forward over every decoding
+//! sequence, or, with MTP drafts, one batched draft forward per draft position and one verification forward —
+//! then prompt chunks, of running prefills and of newly admitted requests. Admission takes KV blocks for the
+//! first chunk only, after the prefix cache's hit; sequences grow block by block as they decode, and when the
+//! pool runs out the newest running sequences are preempted (their blocks freed, cached ones kept cached) and
+//! recomputed on resume.
 //!
-//! Invariant of a running sequence: the main model's cache holds positions `0..tokens.len()-1`; the last token
-//! is sampled but not yet fed (it is the next step's input).
+//! Invariant of a decoding sequence: the main model's cache holds positions `0..tokens.len()-1`; the last token
+//! is sampled but not yet fed (it is the next step's input). A prefilling one holds `0..done` of the
+//! positions it must compute (see [`Prefill`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,7 +32,8 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Positions per KV block.
     pub block_size: usize,
-    /// KV blocks in the pool; default: enough for `max_num_seqs` sequences of `max_model_len`.
+    /// KV blocks in the pool; default: enough for `max_num_seqs` sequences of `max_model_len`, or what half
+    /// the KV budget ([`EngineConfig::kv_cache_bytes`]) holds if less (preemption shares a smaller pool).
     pub num_blocks: Option<usize>,
     /// MTP drafts per step (0 = plain decoding; 1..=3 typical). Layers are re-used when fewer exist.
     pub mtp_drafts: usize,
@@ -43,6 +48,64 @@ pub struct EngineConfig {
     /// Benchmarks only: accept each MTP draft with this probability instead of verifying it (the cost
     /// structure of speculative decoding on random weights; outputs are not the model's).
     pub simulated_acceptance: Option<f32>,
+    /// Automatic prefix caching: full KV blocks are shared between sequences with the same prefix and kept
+    /// after their sequences finish, until the pool needs them.
+    pub prefix_caching: bool,
+    /// Tokens one step may feed (decode tokens first, then prompt chunks); a longer prompt is prefilled in
+    /// chunks over several steps, so it does not stall running streams.
+    pub max_num_batched_tokens: usize,
+}
+
+/// The KV pool and scheduler settings every command exposes (`--num-kv-blocks`, `--block-size`,
+/// `--no-prefix-caching`, `--max-num-batched-tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// KV blocks in the pool; `None`: sized from available memory (see [`EngineConfig::num_blocks`]).
+    pub num_kv_blocks: Option<usize>,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Automatic prefix caching.
+    pub prefix_caching: bool,
+    /// Token budget per step.
+    pub max_num_batched_tokens: usize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        let c = EngineConfig::default();
+        Self {
+            num_kv_blocks: c.num_blocks,
+            block_size: c.block_size,
+            prefix_caching: c.prefix_caching,
+            max_num_batched_tokens: c.max_num_batched_tokens,
+        }
+    }
+}
+
+impl PoolSettings {
+    /// `cfg` with these settings.
+    pub fn apply(self, cfg: EngineConfig) -> EngineConfig {
+        EngineConfig {
+            num_blocks: self.num_kv_blocks,
+            block_size: self.block_size,
+            prefix_caching: self.prefix_caching,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            ..cfg
+        }
+    }
+}
+
+/// What the scheduler did so far (the server's `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Prompt tokens looked up in the prefix cache (each admission's positions to compute).
+    pub prefix_query_tokens: u64,
+    /// Of those, tokens whose keys and values came from the cache.
+    pub prefix_hit_tokens: u64,
+    /// Sequences preempted for KV blocks.
+    pub preemptions: u64,
+    /// Steps that fed a prompt chunk that did not finish its prompt.
+    pub chunked_prefill_steps: u64,
 }
 
 /// Most MTP drafts per step: acceptance falls geometrically with depth, so deeper chains only cost time.
@@ -60,6 +123,8 @@ impl Default for EngineConfig {
             kv_cache_bytes: None,
             kv_dtype: None,
             simulated_acceptance: None,
+            prefix_caching: true,
+            max_num_batched_tokens: 2048,
         }
     }
 }
@@ -195,6 +260,25 @@ struct Sequence {
     error: Option<String>,
     /// The logits hook, if the request has one.
     processor: Option<Arc<dyn LogitsProcessor>>,
+    /// Positions still to compute before decoding; `None` while decoding.
+    prefill: Option<Prefill>,
+    /// Chained prefix-cache hashes of the sequence's first full blocks.
+    hashes: Vec<u64>,
+    /// Leading blocks that are in the prefix cache (taken from it, or entered by this sequence).
+    cached_blocks: usize,
+    /// Admission order: preemption takes the newest first.
+    admitted: u64,
+}
+
+/// The prompt processing a sequence still needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Prefill {
+    /// Positions whose keys and values are in the cache.
+    done: usize,
+    /// Positions to compute: the prompt, or, when resuming after preemption, every token but the pending last.
+    to: usize,
+    /// Whether the last chunk samples the next token (not on resume: that token was sampled before).
+    sample: bool,
 }
 
 impl Sequence {
@@ -214,6 +298,25 @@ impl Sequence {
 
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Positions the main model's cache holds.
+    fn computed(&self) -> usize {
+        self.prefill.map_or(self.tokens.len() - 1, |p| p.done)
+    }
+
+    /// The chained hash of full block `i` (`block_size` positions), computed once.
+    fn block_hash(&mut self, i: usize, bs: usize, salt: u64) -> u64 {
+        while self.hashes.len() <= i {
+            let j = self.hashes.len();
+            let parent = j.checked_sub(1).map_or(0, |p| self.hashes[p]);
+            self.hashes.push(crate::kv::block_hash(
+                parent,
+                salt,
+                &self.tokens[j * bs..(j + 1) * bs],
+            ));
+        }
+        self.hashes[i]
     }
 
     /// The hook's constraint on the token after `history` (prompt included).
@@ -398,6 +501,10 @@ pub struct Engine {
     mtp_stats: MtpStats,
     /// The MTP layer each draft position runs (checked at construction).
     draft_layers: Vec<usize>,
+    /// Prefix-cache salt: the model version (bumped by [`Engine::replace_model`]).
+    salt: u64,
+    stats: SchedulerStats,
+    admissions: u64,
 }
 
 impl Engine {
@@ -405,15 +512,8 @@ impl Engine {
     pub fn new(model: Arc<MimoModel>, cfg: EngineConfig) -> Result<Self, EngineError> {
         let mcfg = model.config().clone();
         let max_model_len = check_settings(&cfg, mcfg.max_position_embeddings)?;
-        let per_seq = (max_model_len + spec_margin(cfg.mtp_drafts)).div_ceil(cfg.block_size);
-        let num_blocks = match cfg.num_blocks {
-            Some(n) => n,
-            None => per_seq.checked_mul(cfg.max_num_seqs).ok_or_else(|| {
-                EngineError::Config("max_num_seqs × max_model_len overflows".into())
-            })?,
-        };
         let kv_dtype = cfg.kv_dtype.unwrap_or(model.dtype());
-        check_kv_budget(&cfg, &mcfg, num_blocks, kv_dtype, model.device())?;
+        let num_blocks = pool_blocks(&cfg, &mcfg, max_model_len, kv_dtype, model.device())?;
         let kv = PagedKvCache::new(&mcfg, num_blocks, cfg.block_size, kv_dtype, model.device())?;
         let draft_layers = draft_layers(&model, cfg.mtp_drafts)?;
         Ok(Self {
@@ -426,6 +526,9 @@ impl Engine {
             mtp_stats: MtpStats::default(),
             draft_layers,
             cfg,
+            salt: 0,
+            stats: SchedulerStats::default(),
+            admissions: 0,
         })
     }
 
@@ -464,6 +567,8 @@ impl Engine {
             ));
         }
         self.model = model;
+        self.kv.clear_prefix_cache();
+        self.salt += 1;
         Ok(())
     }
 
@@ -492,9 +597,19 @@ impl Engine {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
 
-    /// Free and total KV blocks.
+    /// Free (cached ones no sequence holds included) and total KV blocks.
     pub fn kv_blocks(&self) -> (usize, usize) {
         (self.kv.free_blocks(), self.kv.total_blocks())
+    }
+
+    /// Used, free and cached KV blocks.
+    pub fn kv_usage(&self) -> crate::kv::KvUsage {
+        self.kv.usage()
+    }
+
+    /// Prefix-cache, preemption and chunked-prefill counts so far.
+    pub fn scheduler_stats(&self) -> &SchedulerStats {
+        &self.stats
     }
 
     /// Queues a request; returns its id. Checks the prompt and parameters up front.
@@ -552,7 +667,9 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         let mut stop_ids = params.stop_token_ids.clone();
-        stop_ids.extend(&self.cfg.eos_ids);
+        if !params.ignore_eos {
+            stop_ids.extend(&self.cfg.eos_ids);
+        }
         let prompt_len = prompt.len();
         let seq = Sequence {
             id,
@@ -569,6 +686,14 @@ impl Engine {
             finish: None,
             error: None,
             processor,
+            prefill: Some(Prefill {
+                done: 0,
+                to: prompt_len,
+                sample: true,
+            }),
+            hashes: vec![],
+            cached_blocks: 0,
+            admitted: 0,
         };
         self.waiting.push_back(seq);
         Ok(id)
@@ -596,29 +721,16 @@ impl Engine {
         }
     }
 
-    /// One scheduler iteration: admit and prefill waiting requests while there is room, then one decode step
-    /// for every other running sequence. Finished sequences leave and free their blocks.
+    /// One scheduler iteration: decodes first, then prompt chunks under the token budget (see the module
+    /// doc). Finished sequences leave and free their blocks; computed full blocks enter the prefix cache.
     pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let chunks = self.schedule()?;
+        let (decoding, mut prefilling): (Vec<Sequence>, Vec<Sequence>) =
+            std::mem::take(&mut self.running)
+                .into_iter()
+                .partition(|s| s.prefill.is_none());
+        self.running = decoding;
         let mut outputs = vec![];
-        let mut fresh = vec![];
-        while self.running.len() + fresh.len() < self.cfg.max_num_seqs {
-            let Some(front) = self.waiting.front() else {
-                break;
-            };
-            let total = self.reservation(front);
-            if self.kv.blocks_for(total) > self.kv.free_blocks() {
-                break;
-            }
-            let Some(mut seq) = self.waiting.pop_front() else {
-                break;
-            };
-            seq.slot = self.kv.add_sequence();
-            self.kv.reserve(seq.slot, total)?;
-            fresh.push(seq);
-        }
-        for group in self.prefill_groups(&fresh) {
-            outputs.extend(self.prefill(&mut fresh, &group)?);
-        }
         if !self.running.is_empty() {
             if self.drafts() > 0 {
                 outputs.extend(self.spec_decode_batch()?);
@@ -626,7 +738,22 @@ impl Engine {
                 outputs.extend(self.decode_batch()?);
             }
         }
-        self.running.append(&mut fresh);
+        let lens: Vec<usize> = prefilling
+            .iter()
+            .map(|s| chunks.get(&s.id).copied().unwrap_or(0))
+            .collect();
+        for group in self.prefill_groups(&prefilling, &lens) {
+            outputs.extend(self.prefill(&mut prefilling, &lens, &group)?);
+        }
+        if prefilling
+            .iter()
+            .any(|s| s.prefill.is_some_and(|p| p.done > 0))
+        {
+            self.stats.chunked_prefill_steps += 1;
+        }
+        self.running.append(&mut prefilling);
+        self.running.sort_by_key(|s| s.admitted);
+        self.cache_computed_blocks();
         let mut kept = Vec::with_capacity(self.running.len());
         for seq in self.running.drain(..) {
             if seq.finish.is_some() {
@@ -637,6 +764,196 @@ impl Engine {
         }
         self.running = kept;
         Ok(outputs)
+    }
+
+    /// Decides this step's work: KV blocks for every decode (the oldest first), then prompt chunks of running
+    /// prefills, then admissions, within `max_num_batched_tokens`. A running sequence that cannot grow
+    /// preempts the newest ones; admission never preempts. Returns the chunk length per prefilling request.
+    fn schedule(&mut self) -> Result<std::collections::HashMap<u64, usize>, EngineError> {
+        let margin = spec_margin(self.drafts());
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].prefill.is_none() {
+                let need = self.running[i].tokens.len() - 1 + margin;
+                if !self.grow_or_preempt(i, need)? {
+                    break;
+                }
+            }
+            i += 1;
+        }
+        let decode_tokens = self.running.len() * (self.drafts() + 1);
+        let mut budget = self
+            .cfg
+            .max_num_batched_tokens
+            .saturating_sub(decode_tokens);
+        let mut chunks = std::collections::HashMap::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            if let Some(p) = self.running[i].prefill {
+                let len = (p.to - p.done).min(budget);
+                if !self.grow_or_preempt(i, p.done + len)? {
+                    break;
+                }
+                chunks.insert(self.running[i].id, len);
+                budget -= len;
+            }
+            i += 1;
+        }
+        self.admit(&mut budget, &mut chunks)?;
+        Ok(chunks)
+    }
+
+    /// Gives running sequence `i` blocks for `positions` positions, preempting the newest running sequences
+    /// while the pool is short; false when `i` itself was preempted.
+    fn grow_or_preempt(&mut self, i: usize, positions: usize) -> Result<bool, EngineError> {
+        loop {
+            let slot = self.running[i].slot;
+            if self.kv.blocks_to_grow(slot, positions) <= self.kv.free_blocks() {
+                self.kv.reserve(slot, positions)?;
+                return Ok(true);
+            }
+            let newest = self.running.len() - 1;
+            self.preempt(newest);
+            if newest == i {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Frees running sequence `i`'s blocks (cached ones stay cached) and queues it first, to recompute its
+    /// tokens on resume; its sampler, with its RNG, is kept as it was.
+    fn preempt(&mut self, i: usize) {
+        let mut seq = self.running.remove(i);
+        self.kv.free_sequence(seq.slot);
+        seq.slot = usize::MAX;
+        let resumed = seq.tokens.len() > seq.prompt_len;
+        seq.prefill = Some(Prefill {
+            done: 0,
+            to: if resumed {
+                seq.tokens.len() - 1
+            } else {
+                seq.prompt_len
+            },
+            sample: !resumed,
+        });
+        seq.hidden.clear();
+        seq.hidden_base = 0;
+        seq.mtp_len.clear();
+        seq.cached_blocks = 0;
+        self.stats.preemptions += 1;
+        self.waiting.push_front(seq);
+    }
+
+    /// MTP layers the drafts run (their caches are kept during prefill).
+    fn used_mtp_layers(&self) -> usize {
+        self.drafts().min(self.model.num_mtp_layers())
+    }
+
+    /// Admits waiting requests in order while sequences, budget and blocks allow: each takes its prefix-cache
+    /// hit and blocks for its first chunk. A request whose next uncached block a running prefill is computing
+    /// right now waits a step and then hits it (so `n > 1` and GRPO groups compute their prompt once).
+    fn admit(
+        &mut self,
+        budget: &mut usize,
+        chunks: &mut std::collections::HashMap<u64, usize>,
+    ) -> Result<(), EngineError> {
+        let (bs, salt, used) = (self.kv.block_size(), self.salt, self.used_mtp_layers());
+        let caching = self.cfg.prefix_caching;
+        let mut in_flight = std::collections::HashSet::new();
+        if caching {
+            for seq in self.running.iter_mut() {
+                if let Some(p) = seq.prefill {
+                    for b in seq.cached_blocks..p.to / bs {
+                        in_flight.insert(seq.block_hash(b, bs, salt));
+                    }
+                }
+            }
+        }
+        let mut w = 0;
+        while self.running.len() < self.cfg.max_num_seqs && *budget > 0 && w < self.waiting.len() {
+            let seq = &mut self.waiting[w];
+            let p = seq.prefill.unwrap_or(Prefill {
+                done: 0,
+                to: seq.prompt_len,
+                sample: true,
+            });
+            // At least one position to compute (its logits or hidden state are needed), and the MTP lookahead.
+            let limit = p.to.saturating_sub(used.max(1));
+            let hit = if caching {
+                self.kv.match_prefix(&seq.tokens, limit, salt)
+            } else {
+                vec![]
+            };
+            let n = hit.len() * bs;
+            if caching && (hit.len() + 1) * bs <= limit {
+                let next = seq.block_hash(hit.len(), bs, salt);
+                if in_flight.contains(&next) {
+                    w += 1;
+                    continue;
+                }
+            }
+            let len = (p.to - n).min(*budget);
+            let need = self.kv.blocks_for(n + len) - hit.len() + self.kv.unheld(&hit);
+            if need > self.kv.free_blocks() {
+                break;
+            }
+            let Some(mut seq) = self.waiting.remove(w) else {
+                break;
+            };
+            seq.slot = self.kv.add_sequence();
+            self.kv.take_prefix(seq.slot, &hit)?;
+            self.kv.reserve(seq.slot, n + len)?;
+            seq.prefill = Some(Prefill { done: n, ..p });
+            seq.cached_blocks = hit.len();
+            seq.mtp_len = vec![n; self.model.num_mtp_layers()];
+            seq.hidden.clear();
+            seq.hidden_base = n;
+            seq.admitted = self.admissions;
+            self.admissions += 1;
+            self.stats.prefix_query_tokens += p.to as u64;
+            self.stats.prefix_hit_tokens += n as u64;
+            if caching {
+                for b in hit.len()..p.to / bs {
+                    in_flight.insert(seq.block_hash(b, bs, salt));
+                }
+            }
+            chunks.insert(seq.id, len);
+            *budget -= len;
+            self.running.push(seq);
+        }
+        Ok(())
+    }
+
+    /// Enters every running sequence's newly computed full blocks in the prefix cache: main-model keys and
+    /// values for all their positions, and, with MTP drafts, the MTP layers' rows too, which read the
+    /// `used` tokens after the block (stored with it as its lookahead).
+    fn cache_computed_blocks(&mut self) {
+        if !self.cfg.prefix_caching {
+            return;
+        }
+        let (bs, salt, used) = (self.kv.block_size(), self.salt, self.used_mtp_layers());
+        for seq in self.running.iter_mut() {
+            let mut valid = seq.computed();
+            if used > 0 {
+                valid = valid.min(seq.mtp_len[..used].iter().copied().min().unwrap_or(0));
+            }
+            while seq.cached_blocks < valid / bs {
+                let i = seq.cached_blocks;
+                let end = (i + 1) * bs;
+                if end + used > seq.tokens.len() {
+                    break;
+                }
+                let h = seq.block_hash(i, bs, salt);
+                self.kv.register(
+                    seq.slot,
+                    i,
+                    h,
+                    &seq.tokens[i * bs..end],
+                    &seq.tokens[end..end + used],
+                );
+                seq.cached_blocks += 1;
+            }
+        }
     }
 
     /// Appends sampled tokens, stopping at a stop token or the length limit; returns the tokens kept.
@@ -695,32 +1012,28 @@ impl Engine {
         r
     }
 
-    /// KV positions a sequence reserves at admission: prompt, completion and room for MTP drafts.
-    fn reservation(&self, seq: &Sequence) -> usize {
-        seq.prompt_len + seq.max_tokens + spec_margin(self.drafts())
-    }
-
-    /// Splits newly admitted sequences (indices into `fresh`) into groups prefilled by one forward each:
-    /// prompts of similar length, padded to the group's longest with at most 25 % padding, at most
-    /// [`PREFILL_TOKENS`] tokens, and no padding beyond a sequence's KV reservation.
-    fn prefill_groups(&self, fresh: &[Sequence]) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..fresh.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(fresh[i].prompt_len));
+    /// Splits this step's prompt chunks (`lens[i]` positions of `seqs[i]`, 0 for none) into groups fed by one
+    /// forward each: chunks of similar length, right-padded to the group's longest with at most 25 % padding
+    /// and [`PREFILL_TOKENS`] tokens, where the pool has the blocks the padding writes to.
+    fn prefill_groups(&self, seqs: &[Sequence], lens: &[usize]) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..seqs.len()).filter(|&i| lens[i] > 0).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
         let mut groups: Vec<Vec<usize>> = vec![];
-        let mut longest = 0;
-        let mut real = 0;
+        let (mut longest, mut real) = (0, 0);
+        let mut spare = self.kv.free_blocks();
         for i in order {
-            let len = fresh[i].prompt_len;
+            let len = lens[i];
+            let done = seqs[i].computed();
+            let pad = self.kv.blocks_to_grow(seqs[i].slot, done + longest);
             let fits = groups.last().is_some_and(|g| {
                 let padded = (g.len() + 1) * longest;
-                padded <= PREFILL_TOKENS
-                    && 4 * padded <= 5 * (real + len)
-                    && self.reservation(&fresh[i]) >= longest
+                padded <= PREFILL_TOKENS && 4 * padded <= 5 * (real + len) && pad <= spare
             });
             match groups.last_mut() {
                 Some(g) if fits => {
                     g.push(i);
                     real += len;
+                    spare -= pad;
                 }
                 _ => {
                     groups.push(vec![i]);
@@ -732,111 +1045,145 @@ impl Engine {
         groups
     }
 
-    /// Prefills the sequences `group` of `fresh` with one forward (prompts right-padded to the longest; the
-    /// padding's keys/values sit after each prompt, where the causal mask hides them and decoding overwrites
-    /// them) and samples each one's first token.
+    /// Feeds one group of prompt chunks with one forward (chunks right-padded to the longest: the padding's keys
+    /// and values sit after each chunk, where the causal mask hides them and later positions overwrite them;
+    /// its blocks are released after), runs the MTP layers over the chunks' rows, and samples the first token
+    /// of each sequence whose prompt this finishes.
     fn prefill(
         &mut self,
-        fresh: &mut [Sequence],
+        seqs: &mut [Sequence],
+        lens: &[usize],
         group: &[usize],
     ) -> Result<Vec<StepOutput>, EngineError> {
-        let longest = group
-            .iter()
-            .map(|&i| fresh[i].prompt_len)
-            .max()
-            .unwrap_or(0);
+        let longest = group.iter().map(|&i| lens[i]).max().unwrap_or(0);
+        let starts: Vec<usize> = group.iter().map(|&i| seqs[i].computed()).collect();
         let mut ids = Vec::with_capacity(group.len() * longest);
-        for &i in group {
-            ids.extend_from_slice(&fresh[i].tokens);
-            ids.resize(ids.len() + longest - fresh[i].tokens.len(), 0);
+        for (&i, &start) in group.iter().zip(&starts) {
+            ids.extend_from_slice(&seqs[i].tokens[start..start + lens[i]]);
+            ids.resize(ids.len() + longest - lens[i], 0);
+        }
+        let rows: Vec<usize> = group.iter().map(|&i| seqs[i].slot).collect();
+        for (&slot, &start) in rows.iter().zip(&starts) {
+            self.kv.reserve(slot, start + longest)?;
         }
         let dev = self.model.device().clone();
         let ids = Tensor::from_vec(ids, (group.len(), longest), &dev)?;
-        let rows: Vec<usize> = group.iter().map(|&i| fresh[i].slot).collect();
-        let hidden =
-            self.model
-                .hidden_rows(&ids, &vec![0; group.len()], &mut self.kv.view(&rows))?;
-        // Logits of each prompt's last position only (lm_head over every prompt row would cost more than a
-        // decoder layer).
-        let last: Vec<u32> = group
-            .iter()
-            .enumerate()
-            .map(|(r, &i)| (r * longest + fresh[i].prompt_len - 1) as u32)
-            .collect();
-        let h = self.model.config().hidden_size;
-        let picked = hidden
-            .reshape((group.len() * longest, h))?
-            .index_select(&Tensor::from_vec(last, group.len(), &dev)?, 0)?;
-        let logits = self.model.logits(&picked)?.to_vec2::<f32>()?;
+        let hidden = self
+            .model
+            .hidden_rows(&ids, &starts, &mut self.kv.view(&rows))?;
         if self.drafts() > 0 {
-            self.mtp_prefill(fresh, group, &ids, &hidden)?;
+            self.mtp_prefill(seqs, lens, group, &starts, &hidden)?;
         }
-        let mut outputs = Vec::with_capacity(group.len());
+        // Logits only of the last position of the prompts this finishes (lm_head over every prompt row would
+        // cost more than a decoder layer).
+        let sampling: Vec<usize> = (0..group.len())
+            .filter(|&r| {
+                let p = seqs[group[r]].prefill;
+                p.is_some_and(|p| p.sample && starts[r] + lens[group[r]] == p.to)
+            })
+            .collect();
+        let logits = if sampling.is_empty() {
+            vec![]
+        } else {
+            let h = self.model.config().hidden_size;
+            let last: Vec<u32> = sampling
+                .iter()
+                .map(|&r| (r * longest + lens[group[r]] - 1) as u32)
+                .collect();
+            let picked = hidden
+                .reshape((group.len() * longest, h))?
+                .index_select(&Tensor::from_vec(last, sampling.len(), &dev)?, 0)?;
+            self.model.logits(&picked)?.to_vec2::<f32>()?
+        };
+        let mut outputs = Vec::with_capacity(sampling.len());
         for (r, &i) in group.iter().enumerate() {
-            let len = fresh[i].prompt_len;
-            if len < longest {
-                // Forget the padding: keep the prompt's positions, then restore the full reservation.
-                let total = self.reservation(&fresh[i]);
-                self.kv.shrink(fresh[i].slot, len);
-                self.kv.reserve(fresh[i].slot, total)?;
+            let end = starts[r] + lens[i];
+            if lens[i] < longest {
+                self.kv.shrink(rows[r], end);
             }
-            let seq = &mut fresh[i];
-            outputs.push(match Self::sample(seq, &logits[r]) {
-                Ok(s) => self.push_tokens(seq, &[s]),
-                Err(m) => self.push_then_fail(seq, &[], m),
-            });
+            let seq = &mut seqs[i];
+            let Some(p) = seq.prefill.as_mut() else {
+                continue;
+            };
+            p.done = end;
+            if end < p.to {
+                continue;
+            }
+            seq.prefill = None;
+            if let Some(k) = sampling.iter().position(|&x| x == r) {
+                outputs.push(match Self::sample(seq, &logits[k]) {
+                    Ok(s) => self.push_tokens(seq, &[s]),
+                    Err(m) => self.push_then_fail(seq, &[], m),
+                });
+            }
         }
         Ok(outputs)
     }
 
-    /// The MTP layers' pass over the prompts of a prefill group: layer `L` caches rows `0 ..= len-2-L` (hidden
-    /// state h_r with prompt token x_{r+1+L}), so that speculative steps only catch up a few rows. Each sequence
-    /// keeps the hidden states those steps will read.
+    /// The MTP layers' pass over a group of prompt chunks: row `r` of layer `L` pairs h_r with token x_{r+1+L}
+    /// (design §7.2), so over a chunk `start..end` layer `L` caches rows `start..min(end, to-1-L)`, and speculative
+    /// steps only catch up a few rows. Each sequence keeps the hidden states those steps will read.
     fn mtp_prefill(
         &mut self,
-        fresh: &mut [Sequence],
+        seqs: &mut [Sequence],
+        lens: &[usize],
         group: &[usize],
-        ids: &Tensor,
+        starts: &[usize],
         hidden: &Tensor,
     ) -> Result<(), EngineError> {
-        let used = self.drafts().min(self.model.num_mtp_layers());
-        let longest = ids.dim(1)?;
+        let used = self.used_mtp_layers();
+        let longest = hidden.dim(1)?;
         let mh = self.model.mtp_input_hidden(hidden)?;
-        let rows: Vec<usize> = group.iter().map(|&i| fresh[i].slot).collect();
+        let rows: Vec<usize> = group.iter().map(|&i| seqs[i].slot).collect();
+        let dev = self.model.device().clone();
         for layer in 0..used {
-            let n = longest.saturating_sub(1 + layer);
+            let counts: Vec<usize> = group
+                .iter()
+                .zip(starts)
+                .map(|(&i, &start)| {
+                    let to = seqs[i].prefill.map_or(0, |p| p.to);
+                    (start + lens[i])
+                        .min(to.saturating_sub(1 + layer))
+                        .saturating_sub(start)
+                })
+                .collect();
+            let n = counts.iter().copied().max().unwrap_or(0);
             if n == 0 {
                 continue;
             }
+            let mut ids = Vec::with_capacity(group.len() * n);
+            for ((&i, &start), &c) in group.iter().zip(starts).zip(&counts) {
+                let toks = &seqs[i].tokens[start + 1 + layer..];
+                ids.extend_from_slice(&toks[..c]);
+                ids.resize(ids.len() + n - c, 0);
+            }
+            let ids = Tensor::from_vec(ids, (group.len(), n), &dev)?;
             self.model.mtp_hidden_rows(
                 layer,
                 &mh.narrow(1, 0, n)?,
-                &ids.narrow(1, 1 + layer, n)?,
-                &vec![0; group.len()],
+                &ids,
+                starts,
                 &mut self.kv.view(&rows),
             )?;
+            for ((&i, &start), &c) in group.iter().zip(starts).zip(&counts) {
+                if c > 0 {
+                    seqs[i].mtp_len[layer] = start + c;
+                }
+            }
         }
         let mh = mh.to_dtype(DType::F32)?;
+        let h = self.model.config().hidden_size;
         for (r, &i) in group.iter().enumerate() {
-            let seq = &mut fresh[i];
-            let len = seq.prompt_len;
-            seq.mtp_len = (0..self.model.num_mtp_layers())
-                .map(|l| {
-                    if l < used {
-                        len.saturating_sub(1 + l)
-                    } else {
-                        0
-                    }
-                })
-                .collect();
-            let base = seq.mtp_len[..used].iter().copied().min().unwrap_or(0);
-            seq.hidden = mh
+            let seq = &mut seqs[i];
+            let rows = mh
                 .get(r)?
-                .narrow(0, base, len - base)?
+                .narrow(0, 0, lens[i])?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            seq.hidden_base = base;
+            seq.hidden.extend_from_slice(&rows);
+            seq.drop_unused_hidden(used, h);
         }
+        debug_assert!(longest >= group.iter().map(|&i| lens[i]).max().unwrap_or(0));
         Ok(())
     }
 
@@ -1142,9 +1489,9 @@ fn draft_layers(model: &MimoModel, drafts: usize) -> Result<Vec<usize>, EngineEr
 
 /// Checks the settings against each other and the model; returns the context length.
 fn check_settings(cfg: &EngineConfig, max_positions: usize) -> Result<usize, EngineError> {
-    if cfg.block_size == 0 || cfg.max_num_seqs == 0 {
+    if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
         return Err(EngineError::Config(
-            "block_size and max_num_seqs must be > 0".into(),
+            "block_size, max_num_seqs and max_num_batched_tokens must be > 0".into(),
         ));
     }
     if cfg.mtp_drafts > MAX_MTP_DRAFTS {
@@ -1164,17 +1511,19 @@ fn check_settings(cfg: &EngineConfig, max_positions: usize) -> Result<usize, Eng
     }
 }
 
-/// Refuses a KV cache larger than the budget before allocating it (an allocation failure on the CPU aborts
-/// the process instead of returning an error).
-fn check_kv_budget(
+/// Blocks in the pool: `num_blocks` if set, else enough for `max_num_seqs` sequences of `max_model_len`, capped
+/// at half the KV budget (`kv_cache_bytes`, default on the CPU the memory the OS reports available: weights are
+/// loaded by now). Refuses a pool larger than the budget, or one that cannot hold a single sequence of
+/// `max_model_len`, before allocating (an allocation failure on the CPU aborts the process instead of returning
+/// an error).
+fn pool_blocks(
     cfg: &EngineConfig,
     mcfg: &mimo_model::ModelConfig,
-    num_blocks: usize,
+    max_model_len: usize,
     dtype: DType,
     device: &candle_core::Device,
-) -> Result<(), EngineError> {
-    let bytes = [
-        num_blocks as u128,
+) -> Result<usize, EngineError> {
+    let per_block = [
         cfg.block_size as u128,
         mcfg.num_key_value_heads as u128,
         mcfg.head_dim as u128,
@@ -1182,7 +1531,9 @@ fn check_kv_budget(
         2 * dtype.size_in_bytes() as u128,
     ]
     .iter()
-    .product::<u128>();
+    .product::<u128>()
+    .max(1);
+    let per_seq = (max_model_len + spec_margin(cfg.mtp_drafts)).div_ceil(cfg.block_size) as u128;
     let budget = cfg.kv_cache_bytes.or_else(|| {
         if device.is_cpu() {
             available_memory_bytes()
@@ -1190,20 +1541,42 @@ fn check_kv_budget(
             None
         }
     });
-    match budget {
-        Some(b) if bytes > b as u128 => Err(EngineError::Config(format!(
-            "the KV cache for {} sequences × {} positions needs {:.2} GiB, more than the {:.2} GiB available; \
-             lower max_num_seqs or max_model_len",
-            cfg.max_num_seqs,
-            cfg.max_model_len.map_or("max_position_embeddings".to_string(), |n| n.to_string()),
-            bytes as f64 / (1u64 << 30) as f64,
-            b as f64 / (1u64 << 30) as f64
-        ))),
-        _ if bytes > isize::MAX as u128 => Err(EngineError::Config(format!(
-            "the KV cache would need {bytes} bytes; lower max_num_seqs or max_model_len"
-        ))),
-        _ => Ok(()),
+    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+    let blocks = match cfg.num_blocks {
+        Some(0) => return Err(EngineError::Config("num_kv_blocks must be ≥ 1".into())),
+        Some(n) => {
+            if let Some(b) = budget {
+                if n as u128 * per_block > b as u128 {
+                    return Err(EngineError::Config(format!(
+                        "{n} KV blocks need {:.2} GiB, more than the {:.2} GiB available; lower num_kv_blocks",
+                        gib(n as u128 * per_block),
+                        gib(b as u128)
+                    )));
+                }
+            }
+            n as u128
+        }
+        None => {
+            let full = per_seq * cfg.max_num_seqs as u128;
+            let cap = budget.map_or(full, |b| b as u128 / 2 / per_block);
+            if cap < per_seq {
+                return Err(EngineError::Config(format!(
+                    "one sequence of {max_model_len} positions needs {:.2} GiB of KV cache, more than half the \
+                     {:.2} GiB available; lower max_model_len or set num_kv_blocks",
+                    gib(per_seq * per_block),
+                    gib(budget.unwrap_or(0) as u128)
+                )));
+            }
+            full.min(cap)
+        }
+    };
+    if blocks * per_block > isize::MAX as u128 {
+        return Err(EngineError::Config(format!(
+            "the KV cache would need {} bytes; lower max_num_seqs, max_model_len or num_kv_blocks",
+            blocks * per_block
+        )));
     }
+    Ok(blocks as usize)
 }
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes (`None` where there is no such file).

@@ -1,9 +1,13 @@
 //! Paged KV cache owned by the engine (vLLM's design): fixed-size blocks from a free list, one block table
 //! per sequence, shared by the main layers and every MTP layer (each attention layer has its own storage, all
-//! indexed by the same block table, since MTP layer k caches the same positions as the main model).
+//! indexed by the same block table, since MTP layer k caches the same positions as the main model), and
+//! automatic prefix caching: full blocks keyed by chained token hashes, reference-counted, shared read-only,
+//! kept on an LRU list when no sequence holds them.
 //!
 //! Storage of a layer is one `[num_blocks * block_size, kv_heads * head_dim]` tensor for keys and one for values;
 //! position `p` of a sequence lives in slot `table[p / block_size] * block_size + p % block_size`.
+
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use mimo_model::{KvCache, LayerKv, ModelConfig, ModelError};
@@ -34,12 +38,63 @@ pub struct BlockTable {
     pub lens: Vec<usize>,
 }
 
-/// The paged cache: block pool, per-layer storage and per-sequence block tables.
+/// What a block of the prefix cache holds: the tokens of its positions, and the tokens right after it that its
+/// MTP rows read (row `r` of MTP layer `L` pairs `h_r` with token `r+1+L`), so that a hit reuses MTP keys and
+/// values only where they were computed from the same tokens.
+#[derive(Debug, Clone)]
+struct CachedBlock {
+    hash: u64,
+    tokens: Vec<u32>,
+    lookahead: Vec<u32>,
+}
+
+/// Occupancy of the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    /// Blocks held by at least one sequence.
+    pub used: usize,
+    /// Blocks no sequence holds, cached or not (what an allocation can take).
+    pub free: usize,
+    /// Blocks in the prefix cache (held or free).
+    pub cached: usize,
+    /// All blocks.
+    pub total: usize,
+}
+
+/// The hash of a full block chained with its predecessor's (vLLM's prefix-cache key): equal hashes mean
+/// equal prefixes up to collisions, which [`PagedKvCache::match_prefix`] rules out by comparing tokens.
+/// `salt` separates caches whose keys and values differ for equal tokens (the model version).
+pub fn block_hash(parent: u64, salt: u64, tokens: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (parent, salt, tokens).hash(&mut h);
+    h.finish()
+}
+
+/// The paged cache: reference-counted block pool with a prefix cache, per-layer storage and per-sequence block
+/// tables.
+///
+/// A block is held by the sequences whose tables list it (`refs`). Full blocks a sequence has computed can be
+/// registered under their chained hash; a registered block no one holds stays cached on an LRU list and is
+/// evicted only when an allocation finds no uncached free block. Held blocks of the cache are read-only: a
+/// sequence writes only positions past its prefix hit, which lie in blocks of its own.
 #[derive(Debug)]
 pub struct PagedKvCache {
     block_size: usize,
     num_blocks: usize,
+    /// Free blocks outside the prefix cache.
     free: Vec<u32>,
+    /// Holders per block.
+    refs: Vec<u32>,
+    /// Prefix-cache entry per block.
+    meta: Vec<Option<CachedBlock>>,
+    /// Block of each cached hash.
+    cached: HashMap<u64, u32>,
+    /// Cached blocks no sequence holds, by the tick they were freed at (oldest evicted first).
+    lru: BTreeMap<u64, u32>,
+    /// The `lru` key of each block on it.
+    lru_key: Vec<Option<u64>>,
+    tick: u64,
     /// Per attention layer: (keys, values), each `[num_blocks * block_size, kv_heads * head_dim]`.
     storage: Vec<(Tensor, Tensor)>,
     kv_heads: usize,
@@ -71,6 +126,12 @@ impl PagedKvCache {
             block_size,
             num_blocks,
             free: (0..num_blocks as u32).rev().collect(),
+            refs: vec![0; num_blocks],
+            meta: vec![None; num_blocks],
+            cached: HashMap::new(),
+            lru: BTreeMap::new(),
+            lru_key: vec![None; num_blocks],
+            tick: 0,
             storage,
             kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
@@ -83,14 +144,24 @@ impl PagedKvCache {
         self.block_size
     }
 
-    /// Free blocks.
+    /// Blocks an allocation can take: uncached free blocks and cached ones no sequence holds.
     pub fn free_blocks(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.lru.len()
     }
 
     /// Total blocks.
     pub fn total_blocks(&self) -> usize {
         self.num_blocks
+    }
+
+    /// Used, free and cached blocks.
+    pub fn usage(&self) -> KvUsage {
+        KvUsage {
+            used: self.num_blocks - self.free_blocks(),
+            free: self.free_blocks(),
+            cached: self.cached.len(),
+            total: self.num_blocks,
+        }
     }
 
     /// Blocks needed to hold `positions` positions.
@@ -113,10 +184,13 @@ impl PagedKvCache {
         }
     }
 
-    /// Frees a sequence's blocks and slot.
+    /// Releases a sequence's blocks (cached ones stay cached) and its slot. The blocks go to the LRU list tail
+    /// first, so a sequence's last blocks are evicted before its first ones, which other prompts share more.
     pub fn free_sequence(&mut self, slot: usize) {
         if let Some(Some(table)) = self.tables.get_mut(slot).map(Option::take) {
-            self.free.extend(table.blocks.iter().rev());
+            for &b in table.blocks.iter().rev() {
+                self.release(b);
+            }
         }
     }
 
@@ -125,46 +199,187 @@ impl PagedKvCache {
         self.tables.get(slot).and_then(Option::as_ref)
     }
 
-    /// Makes sure `slot` has blocks for `positions` positions, taking them from the free list.
+    fn release(&mut self, b: u32) {
+        let r = &mut self.refs[b as usize];
+        *r = r.saturating_sub(1);
+        if *r > 0 {
+            return;
+        }
+        if self.meta[b as usize].is_some() {
+            self.tick += 1;
+            self.lru.insert(self.tick, b);
+            self.lru_key[b as usize] = Some(self.tick);
+        } else {
+            self.free.push(b);
+        }
+    }
+
+    /// Takes a block for writing: an uncached free one, else the least recently freed cached one (evicted).
+    fn allocate(&mut self) -> Option<u32> {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (_, b) = self.lru.pop_first()?;
+                self.lru_key[b as usize] = None;
+                if let Some(m) = self.meta[b as usize].take() {
+                    self.cached.remove(&m.hash);
+                }
+                b
+            }
+        };
+        self.refs[b as usize] = 1;
+        Some(b)
+    }
+
+    /// Makes sure `slot` has blocks for `positions` positions, taking them from the free list (evicting cached
+    /// blocks no one holds when it is empty).
     pub fn reserve(&mut self, slot: usize, positions: usize) -> Result<(), KvError> {
         let need = self.blocks_for(positions);
-        let (free, total) = (self.free.len(), self.num_blocks);
-        let table = self
-            .tables
-            .get_mut(slot)
-            .and_then(Option::as_mut)
-            .ok_or(KvError::NoSuchSequence(slot))?;
-        if need > table.blocks.len() {
-            let extra = need - table.blocks.len();
-            if extra > free {
-                return Err(KvError::OutOfBlocks {
-                    need: extra,
-                    free,
-                    total,
-                });
-            }
-            for _ in 0..extra {
-                if let Some(b) = self.free.pop() {
-                    table.blocks.push(b);
-                }
+        let have = self
+            .table(slot)
+            .ok_or(KvError::NoSuchSequence(slot))?
+            .blocks
+            .len();
+        if need <= have {
+            return Ok(());
+        }
+        let extra = need - have;
+        if extra > self.free_blocks() {
+            return Err(KvError::OutOfBlocks {
+                need: extra,
+                free: self.free_blocks(),
+                total: self.num_blocks,
+            });
+        }
+        for _ in 0..extra {
+            let b = self.allocate().ok_or(KvError::OutOfBlocks {
+                need: extra,
+                free: 0,
+                total: self.num_blocks,
+            })?;
+            if let Some(Some(t)) = self.tables.get_mut(slot) {
+                t.blocks.push(b);
             }
         }
         Ok(())
     }
 
-    /// Releases blocks beyond what `positions` positions need (after rejected drafts).
+    /// Extra blocks `slot` would take to hold `positions` positions.
+    pub fn blocks_to_grow(&self, slot: usize, positions: usize) -> usize {
+        let have = self.table(slot).map_or(0, |t| t.blocks.len());
+        self.blocks_for(positions).saturating_sub(have)
+    }
+
+    /// Releases blocks beyond what `positions` positions need (after padding or rejected drafts).
     pub fn shrink(&mut self, slot: usize, positions: usize) {
         let need = self.blocks_for(positions);
+        let mut dropped = vec![];
         if let Some(Some(table)) = self.tables.get_mut(slot) {
             while table.blocks.len() > need {
                 if let Some(b) = table.blocks.pop() {
-                    self.free.push(b);
+                    dropped.push(b);
                 }
             }
             for l in table.lens.iter_mut() {
                 *l = (*l).min(positions);
             }
         }
+        for b in dropped {
+            self.release(b);
+        }
+    }
+
+    /// The cached blocks holding the longest prefix of `tokens` in whole blocks, at most `max_positions`
+    /// positions, each followed in `tokens` by the lookahead it was computed with. Does not take them.
+    pub fn match_prefix(&self, tokens: &[u32], max_positions: usize, salt: u64) -> Vec<u32> {
+        let bs = self.block_size;
+        let mut parent = 0;
+        let mut hit = vec![];
+        for (i, chunk) in tokens.chunks_exact(bs).enumerate() {
+            if (i + 1) * bs > max_positions {
+                break;
+            }
+            parent = block_hash(parent, salt, chunk);
+            let Some(&b) = self.cached.get(&parent) else {
+                break;
+            };
+            let Some(m) = &self.meta[b as usize] else {
+                break;
+            };
+            let after = &tokens[(i + 1) * bs..];
+            if m.tokens != chunk
+                || after.len() < m.lookahead.len()
+                || after[..m.lookahead.len()] != m.lookahead[..]
+            {
+                break;
+            }
+            hit.push(b);
+        }
+        hit
+    }
+
+    /// How many of `blocks` no sequence holds (taking them lowers [`PagedKvCache::free_blocks`]).
+    pub fn unheld(&self, blocks: &[u32]) -> usize {
+        blocks
+            .iter()
+            .filter(|&&b| self.refs[b as usize] == 0)
+            .count()
+    }
+
+    /// Gives the empty sequence `slot` the cached `blocks` as its first positions, valid in every layer.
+    pub fn take_prefix(&mut self, slot: usize, blocks: &[u32]) -> Result<(), KvError> {
+        let n = blocks.len() * self.block_size;
+        let table = self
+            .tables
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .ok_or(KvError::NoSuchSequence(slot))?;
+        debug_assert!(table.blocks.is_empty());
+        table.blocks.extend_from_slice(blocks);
+        table.lens.iter_mut().for_each(|l| *l = n);
+        for &b in blocks {
+            if self.refs[b as usize] == 0 {
+                if let Some(k) = self.lru_key[b as usize].take() {
+                    self.lru.remove(&k);
+                }
+            }
+            self.refs[b as usize] += 1;
+        }
+        Ok(())
+    }
+
+    /// Enters block `index` of sequence `slot` in the prefix cache under `hash`, unless that hash is cached
+    /// already (by another sequence's block) or the block is.
+    pub fn register(
+        &mut self,
+        slot: usize,
+        index: usize,
+        hash: u64,
+        tokens: &[u32],
+        lookahead: &[u32],
+    ) {
+        let Some(&b) = self.table(slot).and_then(|t| t.blocks.get(index)) else {
+            return;
+        };
+        if self.cached.contains_key(&hash) || self.meta[b as usize].is_some() {
+            return;
+        }
+        self.cached.insert(hash, b);
+        self.meta[b as usize] = Some(CachedBlock {
+            hash,
+            tokens: tokens.to_vec(),
+            lookahead: lookahead.to_vec(),
+        });
+    }
+
+    /// Empties the prefix cache (new weights make every cached key and value stale).
+    pub fn clear_prefix_cache(&mut self) {
+        for (_, b) in std::mem::take(&mut self.lru) {
+            self.lru_key[b as usize] = None;
+            self.free.push(b);
+        }
+        self.meta.iter_mut().for_each(|m| *m = None);
+        self.cached.clear();
     }
 
     fn slot_of(&self, table: &BlockTable, pos: usize) -> usize {

@@ -121,6 +121,8 @@ pub struct SamplingParams {
     /// bias finite in [-[`MAX_LOGIT_BIAS`], [`MAX_LOGIT_BIAS`]], each id at most once. Ids beyond the logits
     /// row are ignored here (the engine rejects them against the vocabulary at admission).
     pub logit_bias: Vec<(u32, f32)>,
+    /// vLLM's `ignore_eos`: the model's EOS ids do not end generation (`stop_token_ids` still do).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -139,6 +141,7 @@ impl Default for SamplingParams {
             stop_strings: Vec::new(),
             logprobs: None,
             logit_bias: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

@@ -120,6 +120,8 @@ pub struct CommonFields {
     pub max_thinking_tokens: Option<i64>,
     /// `{"<token id>": bias}`; see [`parse_logit_bias`].
     pub logit_bias: Option<Value>,
+    /// vLLM's extension: EOS does not end the completion (`stop`/`stop_token_ids` still do).
+    pub ignore_eos: Option<bool>,
     /// Not supported (see [`CommonFields::check_supported`]).
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,

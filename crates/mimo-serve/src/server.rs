@@ -296,6 +296,7 @@ fn sampling(
         stop_strings,
         logprobs,
         logit_bias: parse_logit_bias(c.logit_bias.as_ref(), st.vocab_size)?,
+        ignore_eos: c.ignore_eos.unwrap_or(false),
     };
     p.validate()
         .map_err(|e| ApiError::bad_param(e.field, e.to_string()))?;
