@@ -45,6 +45,8 @@ pub struct BenchArgs {
     python: Option<String>,
     #[command(flatten)]
     place: Placement,
+    #[command(flatten)]
+    pool: crate::PoolArgs,
 }
 
 fn parse_probability(s: &str) -> std::result::Result<f32, String> {
@@ -71,7 +73,7 @@ fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
 /// Decode throughput of `batch` sequences: tokens after each sequence's first, over the time after the first step.
 fn decode_run(model: &Arc<MimoModel>, args: &BenchArgs, batch: usize, mtp: usize) -> Result<Value> {
     let vocab = model.config().vocab_size;
-    let cfg = EngineConfig {
+    let cfg = args.pool.settings().apply(EngineConfig {
         max_num_seqs: batch,
         max_model_len: Some(args.prompt_len + args.new_tokens + 8),
         mtp_drafts: mtp,
@@ -82,7 +84,7 @@ fn decode_run(model: &Arc<MimoModel>, args: &BenchArgs, batch: usize, mtp: usize
         },
         kv_dtype: args.place.kv_dtype()?,
         ..Default::default()
-    };
+    });
     let mut engine = Engine::new(model.clone(), cfg)?;
     for i in 0..batch {
         let params = SamplingParams {

@@ -50,6 +50,8 @@ pub struct EvalArgs {
     samples: Option<PathBuf>,
     #[command(flatten)]
     place: Placement,
+    #[command(flatten)]
+    pool: crate::PoolArgs,
 }
 
 /// Runs the evaluation and prints the report as JSON.
@@ -62,12 +64,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         problems.truncate(n);
     }
     let (device, fmt) = args.place.resolve()?;
-    let cfg = EngineConfig {
+    let cfg = args.pool.settings().apply(EngineConfig {
         max_num_seqs: args.max_num_seqs,
         mtp_drafts: args.mtp,
         kv_dtype: args.place.kv_dtype()?,
         ..Default::default()
-    };
+    });
     let mut l = Loaded::open(&args.model, fmt, &device, cfg)?;
     let opts = EvalOptions {
         k: args.k,

@@ -48,6 +48,8 @@ pub struct GenOpts {
     pub mtp: usize,
     #[command(flatten)]
     pub place: Placement,
+    #[command(flatten)]
+    pub pool: crate::PoolArgs,
 }
 
 /// `mimo generate` arguments.
@@ -76,12 +78,12 @@ pub struct GenerateArgs {
 /// Opens the model (the tokenizer is optional: `--prompt-ids` works without one) with a batch-1 engine.
 fn load(opts: &GenOpts) -> Result<Loaded> {
     let (device, fmt) = opts.place.resolve()?;
-    let cfg = EngineConfig {
+    let cfg = opts.pool.settings().apply(EngineConfig {
         max_num_seqs: 1,
         mtp_drafts: opts.mtp,
         kv_dtype: opts.place.kv_dtype()?,
         ..Default::default()
-    };
+    });
     Loaded::open_ids_only(&opts.model, fmt, &device, cfg)
         .with_context(|| format!("loading {}", opts.model.display()))
 }

@@ -129,6 +129,38 @@ impl Placement {
     }
 }
 
+/// The KV pool and scheduler flags of every command that runs the engine (one home:
+/// `mimo_engine::engine::PoolSettings`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct PoolArgs {
+    /// KV cache blocks in the pool (default: enough for max-num-seqs sequences of the context length, capped at
+    /// half the available memory; running sequences are preempted when it runs out).
+    #[arg(long)]
+    pub num_kv_blocks: Option<usize>,
+    /// Positions per KV block (the prefix cache's unit).
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Turn automatic prefix caching off.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+    /// Most tokens one engine step feeds: decodes first, then prompt chunks (longer prompts are prefilled in
+    /// chunks, so running streams keep going).
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+}
+
+impl PoolArgs {
+    /// The settings named.
+    pub fn settings(&self) -> mimo_engine::engine::PoolSettings {
+        mimo_engine::engine::PoolSettings {
+            num_kv_blocks: self.num_kv_blocks,
+            block_size: self.block_size,
+            prefix_caching: !self.no_prefix_caching,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+        }
+    }
+}
+
 /// A usage problem found after argument parsing (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -36,6 +36,15 @@ pub struct RlCli {
     /// Code reward: binary, strict or soft.
     #[arg(long)]
     code_reward: Option<String>,
+    /// KV cache blocks of the rollout engine (config key `kv.num_kv_blocks`).
+    #[arg(long)]
+    num_kv_blocks: Option<usize>,
+    /// Positions per KV block (config key `kv.block_size`).
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Turn the rollout engine's prefix caching off (config key `kv.prefix_caching`).
+    #[arg(long)]
+    no_prefix_caching: bool,
     /// Print the effective config and exit.
     #[arg(long)]
     print_config: bool,
@@ -120,6 +129,15 @@ fn layered_rl(opts: &RlCli) -> Result<mimo_rl::rl::RlArgs> {
     }
     if let Some(s) = opts.steps {
         args.steps = s;
+    }
+    if opts.num_kv_blocks.is_some() {
+        args.kv.num_kv_blocks = opts.num_kv_blocks;
+    }
+    if let Some(b) = opts.block_size {
+        args.kv.block_size = b;
+    }
+    if opts.no_prefix_caching {
+        args.kv.prefix_caching = false;
     }
     let parse = |what: &str, v: &str| -> Result<toml::Value> {
         Ok(toml::Value::try_from(v).map_err(|e| UsageError(format!("--{what}: {e}")))?)

@@ -56,6 +56,8 @@ pub struct ServeCli {
     /// Largest request body in bytes (HTTP 413 beyond).
     #[arg(long, default_value_t = 32 << 20)]
     max_body_bytes: usize,
+    #[command(flatten)]
+    pool: crate::PoolArgs,
 }
 
 /// Runs the server until SIGTERM or ctrl-c.
@@ -86,6 +88,7 @@ pub fn run(a: ServeCli) -> Result<()> {
             header_read_timeout: std::time::Duration::from_secs_f64(a.read_timeout_s),
         },
         max_body_bytes: a.max_body_bytes,
+        pool: a.pool.settings(),
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -58,7 +58,8 @@ pub struct EngineConfig {
 
 /// The KV pool and scheduler settings every command exposes (`--num-kv-blocks`, `--block-size`,
 /// `--no-prefix-caching`, `--max-num-batched-tokens`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PoolSettings {
     /// KV blocks in the pool; `None`: sized from available memory (see [`EngineConfig::num_blocks`]).
     pub num_kv_blocks: Option<usize>,

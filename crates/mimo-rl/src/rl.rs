@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
-use mimo_engine::engine::{Engine, EngineConfig};
+use mimo_engine::engine::{Engine, EngineConfig, PoolSettings};
 use mimo_model::MimoModel;
 use mimo_reward::{load_problems, CodeReward, RewardSettings};
 use mimo_text::ModelText;
@@ -44,6 +44,9 @@ pub struct RlArgs {
     pub instruction: String,
     /// Engine slots for rollouts.
     pub max_num_seqs: usize,
+    /// The rollout engine's KV pool and scheduler (`[kv]`: `num_kv_blocks`, `block_size`, `prefix_caching`,
+    /// `max_num_batched_tokens`).
+    pub kv: PoolSettings,
     /// Trainer threads (0 = libtorch default).
     pub threads: usize,
     pub code_reward: CodeReward,
@@ -64,6 +67,7 @@ impl Default for RlArgs {
             steps: 20,
             instruction: String::new(),
             max_num_seqs: 64,
+            kv: PoolSettings::default(),
             threads: 0,
             code_reward: CodeReward::Soft,
             rollout: RolloutArgs::default(),
@@ -224,7 +228,7 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
     let mut trainer = GrpoTrainer::new(policy, grpo)?;
     let mut engine = Engine::new(
         Arc::new(engine_model(&trainer, &cfg)?),
-        EngineConfig {
+        args.kv.apply(EngineConfig {
             max_num_seqs: args.max_num_seqs,
             eos_ids: text.eos_ids.clone(),
             max_model_len: Some(
@@ -236,7 +240,7 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
                     + 8,
             ),
             ..Default::default()
-        },
+        }),
     )?;
     let tokenizer = text.tokenizer.clone();
     let settings = RewardSettings {

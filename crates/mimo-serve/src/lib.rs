@@ -68,6 +68,8 @@ pub struct ServeArgs {
     pub limits: ListenLimits,
     /// Largest request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// KV pool and scheduler settings.
+    pub pool: mimo_engine::engine::PoolSettings,
 }
 
 impl Default for ServeArgs {
@@ -89,6 +91,7 @@ impl Default for ServeArgs {
             shutdown_grace: Duration::from_secs(30),
             limits: ListenLimits::default(),
             max_body_bytes: 32 << 20,
+            pool: Default::default(),
         }
     }
 }
@@ -131,14 +134,14 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<(usize, usize)>>();
-        let engine_cfg = EngineConfig {
+        let engine_cfg = args.pool.apply(EngineConfig {
             max_num_seqs: args.max_num_seqs,
             max_model_len: args.max_model_len,
             mtp_drafts: args.mtp,
             eos_ids: text.eos_ids.clone(),
             kv_dtype: mimo_model::parse_kv_dtype(&args.kv_cache_dtype)?,
             ..EngineConfig::default()
-        };
+        });
         let wcfg = worker::WorkerConfig {
             max_queue: args.max_queue,
             think_start: text.tokenizer.token_to_id(choice::THINK_START),

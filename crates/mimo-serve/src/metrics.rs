@@ -93,6 +93,18 @@ pub struct Metrics {
     pub kv_free: AtomicU64,
     /// Total KV blocks.
     pub kv_total: AtomicU64,
+    /// Used KV blocks.
+    pub kv_used: AtomicU64,
+    /// KV blocks in the prefix cache.
+    pub kv_cached: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queries: AtomicU64,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub prefix_hits: AtomicU64,
+    /// Sequences preempted for KV blocks.
+    pub preemptions: AtomicU64,
+    /// Engine steps that fed a partial prompt chunk.
+    pub chunked_prefill_steps: AtomicU64,
     /// MTP draft tokens proposed.
     pub mtp_drafted: AtomicU64,
     /// MTP draft tokens accepted.
@@ -117,6 +129,12 @@ impl Default for Metrics {
             running: AtomicU64::new(0),
             kv_free: AtomicU64::new(0),
             kv_total: AtomicU64::new(0),
+            kv_used: AtomicU64::new(0),
+            kv_cached: AtomicU64::new(0),
+            prefix_queries: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
+            chunked_prefill_steps: AtomicU64::new(0),
             mtp_drafted: AtomicU64::new(0),
             mtp_accepted: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
@@ -185,6 +203,46 @@ impl Metrics {
             "KV cache blocks in the pool.",
             &self.kv_total,
         );
+        for (name, kind, help, v) in [
+            (
+                "mimo_kv_blocks_used",
+                "gauge",
+                "KV cache blocks held by sequences.",
+                &self.kv_used,
+            ),
+            (
+                "mimo_kv_blocks_cached",
+                "gauge",
+                "KV cache blocks in the prefix cache (held or free).",
+                &self.kv_cached,
+            ),
+            (
+                "mimo_prefix_cache_queries_total",
+                "counter",
+                "Prompt tokens looked up in the prefix cache.",
+                &self.prefix_queries,
+            ),
+            (
+                "mimo_prefix_cache_hits_total",
+                "counter",
+                "Prompt tokens whose keys and values came from the prefix cache.",
+                &self.prefix_hits,
+            ),
+            (
+                "mimo_num_preemptions_total",
+                "counter",
+                "Sequences preempted (blocks freed, recomputed on resume) for lack of KV blocks.",
+                &self.preemptions,
+            ),
+            (
+                "mimo_chunked_prefill_steps_total",
+                "counter",
+                "Engine steps that fed a prompt chunk not ending its prompt.",
+                &self.chunked_prefill_steps,
+            ),
+        ] {
+            gauge(&mut out, name, kind, help, v);
+        }
         gauge(
             &mut out,
             "mimo_prompt_tokens_total",
@@ -272,6 +330,12 @@ mod tests {
             "mimo_time_per_output_token_seconds_bucket",
             "mimo_mtp_draft_tokens_total",
             "mimo_mtp_accepted_tokens_total",
+            "mimo_kv_blocks_used",
+            "mimo_kv_blocks_cached",
+            "mimo_prefix_cache_queries_total",
+            "mimo_prefix_cache_hits_total",
+            "mimo_num_preemptions_total",
+            "mimo_chunked_prefill_steps_total",
         ] {
             assert!(s.contains(name), "{name} missing");
         }

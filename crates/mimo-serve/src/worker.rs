@@ -380,6 +380,16 @@ impl Worker {
         let (free, total) = engine.kv_blocks();
         m.kv_free.store(free as u64, Ordering::Relaxed);
         m.kv_total.store(total as u64, Ordering::Relaxed);
+        let u = engine.kv_usage();
+        m.kv_used.store(u.used as u64, Ordering::Relaxed);
+        m.kv_cached.store(u.cached as u64, Ordering::Relaxed);
+        let st = engine.scheduler_stats();
+        m.prefix_queries
+            .store(st.prefix_query_tokens, Ordering::Relaxed);
+        m.prefix_hits.store(st.prefix_hit_tokens, Ordering::Relaxed);
+        m.preemptions.store(st.preemptions, Ordering::Relaxed);
+        m.chunked_prefill_steps
+            .store(st.chunked_prefill_steps, Ordering::Relaxed);
         let s = engine.mtp_stats();
         m.mtp_drafted.store(s.total_drafted(), Ordering::Relaxed);
         m.mtp_accepted.store(s.total_accepted(), Ordering::Relaxed);

@@ -195,8 +195,10 @@ async fn start_err(f: impl FnOnce(&mut ServeArgs)) -> String {
 async fn impossible_settings_are_clear_errors() {
     let e = start_err(|a| a.max_model_len = Some(100_000_000)).await;
     assert!(e.contains("max_position_embeddings 512"), "{e}");
-    let e = start_err(|a| a.max_num_seqs = 10_000_000).await;
-    assert!(e.contains("KV cache"), "{e}");
+    let e = start_err(|a| a.pool.num_kv_blocks = Some(1 << 40)).await;
+    assert!(e.contains("KV blocks need"), "{e}");
+    let e = start_err(|a| a.pool.max_num_batched_tokens = 0).await;
+    assert!(e.contains("max_num_batched_tokens"), "{e}");
     let e = start_err(|a| a.mtp = 1000).await;
     assert!(e.contains("MTP drafts"), "{e}");
 }

@@ -660,3 +660,57 @@ async fn non_finite_logits_fail_the_request_not_the_server() {
     assert_eq!(r.status, 200);
     s.server.shutdown().await.unwrap();
 }
+
+/// A prompt sent twice hits the prefix cache the second time (counted in `/metrics`, with the pool gauges),
+/// and `ignore_eos` runs a completion to `max_tokens` past the EOS the scripted model emits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_cache_metrics_and_ignore_eos() {
+    let s = start(|a| a.pool.block_size = 4).await;
+    let addr = s.addr();
+    let system =
+        "You are a careful assistant. Answer briefly and check every step twice before answering.";
+    let body = json!({"model": MODEL, "prompt": system, "max_tokens": 4, "temperature": 0.0});
+    let first = post(addr, "/v1/completions", &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let m = wait_idle(addr).await;
+    assert_eq!(metric(&m, "mimo_prefix_cache_hits_total"), 0.0, "{m}");
+    assert!(metric(&m, "mimo_kv_blocks_cached") > 0.0, "{m}");
+    assert_eq!(metric(&m, "mimo_kv_blocks_used"), 0.0);
+    let second = post(addr, "/v1/completions", &body).await;
+    assert_eq!(
+        second.json()["choices"][0]["text"],
+        first.json()["choices"][0]["text"]
+    );
+    let m = wait_idle(addr).await;
+    let queries = metric(&m, "mimo_prefix_cache_queries_total");
+    let hits = metric(&m, "mimo_prefix_cache_hits_total");
+    assert!(
+        hits > 0.0 && hits < queries / 2.0 + 1.0,
+        "hits {hits} of {queries}"
+    );
+    assert!(m.contains("mimo_num_preemptions_total"));
+
+    let plain = post(
+        addr,
+        "/v1/chat/completions",
+        &chat(json!({"max_tokens": 300})),
+    )
+    .await
+    .json();
+    assert_eq!(plain["choices"][0]["finish_reason"], "stop", "{plain}");
+    let n = plain["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(n < 300);
+    let ignored = post(
+        addr,
+        "/v1/chat/completions",
+        &chat(json!({"max_tokens": n + 5, "ignore_eos": true})),
+    )
+    .await
+    .json();
+    assert_eq!(
+        ignored["choices"][0]["finish_reason"], "length",
+        "{ignored}"
+    );
+    assert_eq!(ignored["usage"]["completion_tokens"], n + 5);
+    s.server.shutdown().await.unwrap();
+}
