@@ -8,6 +8,8 @@ time (with --pid) and, from /metrics at the end, whether every KV block was retu
 Serve the scripted test model first, e.g.
     cargo run --release -p mimo-serve --example serve_test_model -- --port 8000 --max-num-seqs 16 &
     .venv/bin/python tools/serve/load_test.py --pid $! --clients 32 --duration 60
+--system-words N puts the same N-word system prompt before every request (chat: a system message; text: a
+prefix), the case prefix caching serves; the report then carries the prefix-cache hit rate from /metrics.
 Prints one JSON object on stdout; exit code 1 when a request failed or KV blocks leaked.
 """
 import argparse
@@ -50,15 +52,27 @@ def metric(text, name):
     return None
 
 
+def hit_rate(m0, m):
+    """Prefix-cache hit tokens over query tokens between two /metrics snapshots (None without the metrics)."""
+    q = [metric(x, "mimo_prefix_cache_queries_total") for x in (m0, m)]
+    h = [metric(x, "mimo_prefix_cache_hits_total") for x in (m0, m)]
+    if None in q or None in h or q[1] == q[0]:
+        return None
+    return round((h[1] - h[0]) / (q[1] - q[0]), 3)
+
+
 async def one_request(client, a, i, stats):
     chat = i % 2 == 0
     if chat:
         path = "/v1/chat/completions"
-        body = {"model": a.model, "messages": [{"role": "user", "content": f"Question {i}: what is 2+2?"}],
-                "max_tokens": a.max_tokens}
+        messages = [{"role": "user", "content": f"Question {i}: what is 2+2?"}]
+        if a.system:
+            messages.insert(0, {"role": "system", "content": a.system})
+        body = {"model": a.model, "messages": messages, "max_tokens": a.max_tokens}
     else:
         path = "/v1/completions"
-        body = {"model": a.model, "prompt": f"Story {i}:", "max_tokens": a.max_tokens}
+        body = {"model": a.model, "prompt": f"{a.system}\nStory {i}:" if a.system else f"Story {i}:",
+                "max_tokens": a.max_tokens}
     body.update({"stream": True, "stream_options": {"include_usage": True}, "temperature": 1.0})
     t0 = time.perf_counter()
     ttft = None
@@ -158,6 +172,9 @@ async def main_async(a):
         "kv_blocks_free_at_end": free,
         "kv_blocks_total": total,
         "running_at_end": running,
+        "prefix_cache_hit_rate": hit_rate(m0, m),
+        "preemptions_delta": (metric(m, "mimo_num_preemptions_total") or 0)
+        - (metric(m0, "mimo_num_preemptions_total") or 0),
         "mtp_accepted_delta": (metric(m, "mimo_mtp_accepted_tokens_total") or 0)
         - (metric(m0, "mimo_mtp_accepted_tokens_total") or 0),
         "rss_kib_after_warmup_first": warm[0] if warm else None,
@@ -181,7 +198,10 @@ def main():
     ap.add_argument("--request-timeout", type=float, default=120.0)
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds before RSS counts as warmed up")
     ap.add_argument("--pid", type=int, help="server pid, to sample its RSS")
+    ap.add_argument("--system-words", type=int, default=0, help="shared system prompt of this many words")
     a = ap.parse_args()
+    words = "careful assistant answer briefly check every step twice before you reply to the user".split()
+    a.system = " ".join(words[k % len(words)] for k in range(a.system_words))
     a.duration = min(a.duration, 600.0)
     sys.exit(asyncio.run(main_async(a)))
 

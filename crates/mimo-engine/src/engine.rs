@@ -743,14 +743,15 @@ impl Engine {
             .iter()
             .map(|s| chunks.get(&s.id).copied().unwrap_or(0))
             .collect();
-        for group in self.prefill_groups(&prefilling, &lens) {
-            outputs.extend(self.prefill(&mut prefilling, &lens, &group)?);
-        }
         if prefilling
             .iter()
-            .any(|s| s.prefill.is_some_and(|p| p.done > 0))
+            .zip(&lens)
+            .any(|(s, &len)| len > 0 && s.prefill.is_some_and(|p| p.done + len < p.to))
         {
             self.stats.chunked_prefill_steps += 1;
+        }
+        for group in self.prefill_groups(&prefilling, &lens) {
+            outputs.extend(self.prefill(&mut prefilling, &lens, &group)?);
         }
         self.running.append(&mut prefilling);
         self.running.sort_by_key(|s| s.admitted);
