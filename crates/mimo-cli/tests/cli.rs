@@ -237,7 +237,8 @@ fn serve_refuses_impossible_settings_with_exit_2() {
     let model = dir.path().display().to_string();
     for (flag, value, says) in [
         ("--max-model-len", "100000000", "max_position_embeddings"),
-        ("--max-num-seqs", "10000000", "KV cache"),
+        ("--num-kv-blocks", "1000000000000", "KV blocks need"),
+        ("--max-num-batched-tokens", "0", "max_num_batched_tokens"),
         ("--mtp", "100", "MTP drafts"),
         ("--read-timeout-s", "0", "--read-timeout-s"),
     ] {
