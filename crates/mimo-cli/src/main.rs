@@ -114,13 +114,8 @@ impl Placement {
     /// The device and weight format named.
     pub fn resolve(&self) -> Result<(Device, WeightFormat)> {
         let device = mimo_model::parse_device(&self.device)?;
-        let dtype = mimo_model::parse_dtype(&self.dtype, &device)?;
-        let quant = self
-            .quant
-            .as_deref()
-            .map(mimo_model::QuantType::parse)
-            .transpose()?;
-        Ok((device, WeightFormat { dtype, quant }))
+        let fmt = WeightFormat::parse(&self.dtype, self.quant.as_deref(), &device)?;
+        Ok((device, fmt))
     }
 
     /// The KV cache dtype named (`None`: the model's activation dtype).

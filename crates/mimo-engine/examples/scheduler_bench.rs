@@ -233,14 +233,7 @@ fn grpo(l: &mut Loaded, a: &Args, ctx: usize, vocab: usize) -> Result<serde_json
 fn main() -> Result<()> {
     let a = parse()?;
     let device = Device::Cpu;
-    let fmt = mimo_model::WeightFormat {
-        dtype: mimo_model::parse_dtype(&a.dtype, &device)?,
-        quant: a
-            .quant
-            .as_deref()
-            .map(mimo_model::QuantType::parse)
-            .transpose()?,
-    };
+    let fmt = mimo_model::WeightFormat::parse(&a.dtype, a.quant.as_deref(), &device)?;
     let mut l = Loaded::open_ids_only(
         &a.model,
         fmt,

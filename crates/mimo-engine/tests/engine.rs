@@ -1,23 +1,15 @@
 //! The engine on the committed fixtures: greedy equals transformers' generate, MTP speculative decoding is
 //! exact for greedy and distribution-preserving for sampling, continuous batching equals single runs.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
+use common::{fixture, greedy, load};
 use mimo_engine::engine::{Engine, EngineConfig, EngineError, FinishReason};
 use mimo_engine::SamplingParams;
 use mimo_model::MimoModel;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn load(name: &str) -> Arc<MimoModel> {
-    Arc::new(MimoModel::from_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap())
-}
 
 struct Ref {
     ids: Vec<u32>,
@@ -38,13 +30,6 @@ fn reference(name: &str) -> Ref {
     Ref {
         ids: v("ids"),
         greedy: v("greedy_ids"),
-    }
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        max_tokens,
-        ..SamplingParams::greedy()
     }
 }
 

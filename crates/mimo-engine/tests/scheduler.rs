@@ -3,38 +3,23 @@
 //! its head), a weight update invalidates the cache, a preemption storm and chunked prefill leave every output
 //! equal to the request run alone — greedy, seeded and with MTP drafts.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
+use common::{fixture, greedy, load};
 use mimo_engine::engine::{Engine, EngineConfig, FinishReason};
 use mimo_engine::kv::PagedKvCache;
 use mimo_engine::SamplingParams;
 use mimo_model::{MimoModel, ModelConfig};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn load(name: &str) -> Arc<MimoModel> {
-    Arc::new(MimoModel::from_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap())
-}
 
 /// A prompt of `n` ids from a fixed pseudo-random stream (`seed` picks the stream).
 fn prompt(n: usize, seed: u32) -> Vec<u32> {
     (0..n as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 97) >> 7) % 390 + 3)
         .collect()
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        max_tokens,
-        ..SamplingParams::greedy()
-    }
 }
 
 fn seeded(max_tokens: usize, seed: u64) -> SamplingParams {

@@ -6,7 +6,6 @@
 //! row-major, how the model keeps dense weights) and every row's outputs accumulate in an L1-sized block.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
-use rayon::prelude::*;
 
 /// Most activation rows this kernel takes; more go to candle's matmul.
 pub(crate) const MAX_ROWS: usize = 8;
@@ -60,22 +59,25 @@ impl CustomOp1 for SmallRows<'_> {
         let w = &ws[wl.start_offset()..wl.start_offset() + n * k];
         let t = x.len() / k;
         let mut out = vec![0f32; t * n];
-        let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
-            .into_par_iter()
-            .map(|bi| {
+        let out_ptr = out.as_mut_ptr() as usize;
+        // On candle's spinning worker pool, shared with the other kernels of a decode step (see `half.rs`).
+        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(BLOCK), |blocks| {
+            let mut acc = vec![0f32; t * BLOCK];
+            for bi in blocks {
                 let c0 = bi * BLOCK;
                 let bw = BLOCK.min(n - c0);
-                let mut acc = vec![0f32; t * bw];
-                block_best(x, t, k, w, n, c0, bw, &mut acc);
-                (c0, acc)
-            })
-            .collect();
-        for (c0, acc) in blocks {
-            let bw = acc.len() / t;
-            for r in 0..t {
-                out[r * n + c0..r * n + c0 + bw].copy_from_slice(&acc[r * bw..(r + 1) * bw]);
+                let acc = &mut acc[..t * bw];
+                acc.fill(0.0);
+                block_best(x, t, k, w, n, c0, bw, acc);
+                for r in 0..t {
+                    // SAFETY: block `bi` alone writes columns `c0..c0 + bw` of each output row, inside `out`.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(r * n + c0), bw)
+                    };
+                    dst.copy_from_slice(&acc[r * bw..(r + 1) * bw]);
+                }
             }
-        }
+        });
         let mut dims = l.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;

@@ -309,6 +309,15 @@ impl WeightFormat {
     pub fn float(dtype: DType) -> Self {
         Self { dtype, quant: None }
     }
+
+    /// The format named by `--dtype` (see [`crate::parse_dtype`]) and `--quant` on `device`: the one parser of
+    /// both options, for every command and the server.
+    pub fn parse(dtype: &str, quant: Option<&str>, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            dtype: crate::parse_dtype(dtype, device)?,
+            quant: quant.map(QuantType::parse).transpose()?,
+        })
+    }
 }
 
 /// Builds the modules of the model from a tensor source, one tensor at a time.

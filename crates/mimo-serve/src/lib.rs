@@ -117,14 +117,7 @@ impl Server {
             .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?
             .with_context(|| format!("{} has no tokenizer", args.model.display()))?;
         let device = mimo_model::parse_device(&args.device)?;
-        let fmt = mimo_model::WeightFormat {
-            dtype: mimo_model::parse_dtype(&args.dtype, &device)?,
-            quant: args
-                .quant
-                .as_deref()
-                .map(mimo_model::QuantType::parse)
-                .transpose()?,
-        };
+        let fmt = mimo_model::WeightFormat::parse(&args.dtype, args.quant.as_deref(), &device)?;
         let served_name = args.served_model_name.clone().unwrap_or_else(|| {
             args.model
                 .file_name()
