@@ -10,8 +10,14 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 /// Most activation rows this kernel takes; more go to candle's matmul.
 pub(crate) const MAX_ROWS: usize = 8;
 
-/// Output columns per task (a multiple of 8; `MAX_ROWS × BLOCK` f32 accumulators stay in L1).
+/// Most output columns per task (a multiple of 32; `MAX_ROWS × BLOCK` f32 accumulators stay in L1).
 const BLOCK: usize = 256;
+
+/// Output columns per task for `n` outputs: at most [`BLOCK`], and few enough that every thread gets at least two
+/// tasks (a 256-wide layer of a small model would otherwise run on one core while the other waits).
+fn block_width(n: usize, threads: usize) -> usize {
+    (n.div_ceil(2 * threads.max(1)).div_ceil(32) * 32).clamp(32, BLOCK)
+}
 
 /// `x · W` where `weight` is the model's `[out, in]` view of an `[in, out]` row-major buffer. `None` when the
 /// tensors are not in that form (the caller then uses candle's matmul).
@@ -61,11 +67,13 @@ impl CustomOp1 for SmallRows<'_> {
         let mut out = vec![0f32; t * n];
         let out_ptr = out.as_mut_ptr() as usize;
         // On candle's spinning worker pool, shared with the other kernels of a decode step (see `half.rs`).
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(BLOCK), |blocks| {
-            let mut acc = vec![0f32; t * BLOCK];
+        let pool = candle_core::utils::barrier_pool();
+        let width = block_width(n, pool.n_workers() + 1);
+        pool.execute_chunked(n.div_ceil(width), |blocks| {
+            let mut acc = vec![0f32; t * width];
             for bi in blocks {
-                let c0 = bi * BLOCK;
-                let bw = BLOCK.min(n - c0);
+                let c0 = bi * width;
+                let bw = width.min(n - c0);
                 let acc = &mut acc[..t * bw];
                 acc.fill(0.0);
                 block_best(x, t, k, w, n, c0, bw, acc);
