@@ -661,7 +661,7 @@ impl Engine {
             .blocks_for(prompt.len() + params.max_tokens + spec_margin(self.cfg.mtp_drafts));
         if need > self.kv.total_blocks() {
             return Err(EngineError::InvalidRequest(format!(
-                "request needs {need} KV blocks, the pool has {}",
+                "request needs {need} KV blocks (prompt + max_tokens), the pool has {} (--num-kv-blocks)",
                 self.kv.total_blocks()
             )));
         }
