@@ -282,6 +282,17 @@ struct Prefill {
     sample: bool,
 }
 
+impl Prefill {
+    /// A whole prompt of `len` positions, ending by sampling.
+    fn prompt(len: usize) -> Self {
+        Self {
+            done: 0,
+            to: len,
+            sample: true,
+        }
+    }
+}
+
 impl Sequence {
     /// The MTP input hidden state of position `r` (kept from `hidden_base`).
     fn hidden_row(&self, r: usize, h: usize) -> &[f32] {
@@ -687,11 +698,7 @@ impl Engine {
             finish: None,
             error: None,
             processor,
-            prefill: Some(Prefill {
-                done: 0,
-                to: prompt_len,
-                sample: true,
-            }),
+            prefill: Some(Prefill::prompt(prompt_len)),
             hashes: vec![],
             cached_blocks: 0,
             admitted: 0,
@@ -828,15 +835,14 @@ impl Engine {
         let mut seq = self.running.remove(i);
         self.kv.free_sequence(seq.slot);
         seq.slot = usize::MAX;
-        let resumed = seq.tokens.len() > seq.prompt_len;
-        seq.prefill = Some(Prefill {
-            done: 0,
-            to: if resumed {
-                seq.tokens.len() - 1
-            } else {
-                seq.prompt_len
-            },
-            sample: !resumed,
+        seq.prefill = Some(if seq.tokens.len() > seq.prompt_len {
+            Prefill {
+                done: 0,
+                to: seq.tokens.len() - 1,
+                sample: false,
+            }
+        } else {
+            Prefill::prompt(seq.prompt_len)
         });
         seq.hidden.clear();
         seq.hidden_base = 0;
@@ -874,11 +880,7 @@ impl Engine {
         let mut w = 0;
         while self.running.len() < self.cfg.max_num_seqs && *budget > 0 && w < self.waiting.len() {
             let seq = &mut self.waiting[w];
-            let p = seq.prefill.unwrap_or(Prefill {
-                done: 0,
-                to: seq.prompt_len,
-                sample: true,
-            });
+            let p = seq.prefill.unwrap_or(Prefill::prompt(seq.prompt_len));
             // At least one position to compute (its logits or hidden state are needed), and the MTP lookahead.
             let limit = p.to.saturating_sub(used.max(1));
             let hit = if caching {
@@ -1134,7 +1136,6 @@ impl Engine {
         hidden: &Tensor,
     ) -> Result<(), EngineError> {
         let used = self.used_mtp_layers();
-        let longest = hidden.dim(1)?;
         let mh = self.model.mtp_input_hidden(hidden)?;
         let rows: Vec<usize> = group.iter().map(|&i| seqs[i].slot).collect();
         let dev = self.model.device().clone();
@@ -1185,7 +1186,6 @@ impl Engine {
             seq.hidden.extend_from_slice(&rows);
             seq.drop_unused_hidden(used, h);
         }
-        debug_assert!(longest >= group.iter().map(|&i| lens[i]).max().unwrap_or(0));
         Ok(())
     }
 

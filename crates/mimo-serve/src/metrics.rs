@@ -175,35 +175,31 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         };
-        gauge(
-            &mut out,
-            "mimo_num_requests_waiting",
-            "gauge",
-            "Sequences waiting for admission (queue depth).",
-            &self.waiting,
-        );
-        gauge(
-            &mut out,
-            "mimo_num_requests_running",
-            "gauge",
-            "Sequences being decoded.",
-            &self.running,
-        );
-        gauge(
-            &mut out,
-            "mimo_kv_blocks_free",
-            "gauge",
-            "Free KV cache blocks.",
-            &self.kv_free,
-        );
-        gauge(
-            &mut out,
-            "mimo_kv_blocks_total",
-            "gauge",
-            "KV cache blocks in the pool.",
-            &self.kv_total,
-        );
-        for (name, kind, help, v) in [
+        let scalars: [(&str, &str, &str, &AtomicU64); 15] = [
+            (
+                "mimo_num_requests_waiting",
+                "gauge",
+                "Sequences waiting for admission (queue depth).",
+                &self.waiting,
+            ),
+            (
+                "mimo_num_requests_running",
+                "gauge",
+                "Sequences being decoded.",
+                &self.running,
+            ),
+            (
+                "mimo_kv_blocks_free",
+                "gauge",
+                "Free KV cache blocks.",
+                &self.kv_free,
+            ),
+            (
+                "mimo_kv_blocks_total",
+                "gauge",
+                "KV cache blocks in the pool.",
+                &self.kv_total,
+            ),
             (
                 "mimo_kv_blocks_used",
                 "gauge",
@@ -240,44 +236,40 @@ impl Metrics {
                 "Engine steps that fed a prompt chunk not ending its prompt.",
                 &self.chunked_prefill_steps,
             ),
-        ] {
+            (
+                "mimo_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of admitted sequences.",
+                &self.prompt_tokens,
+            ),
+            (
+                "mimo_generation_tokens_total",
+                "counter",
+                "Generated tokens.",
+                &self.generation_tokens,
+            ),
+            (
+                "mimo_mtp_draft_tokens_total",
+                "counter",
+                "MTP draft tokens proposed.",
+                &self.mtp_drafted,
+            ),
+            (
+                "mimo_mtp_accepted_tokens_total",
+                "counter",
+                "MTP draft tokens accepted.",
+                &self.mtp_accepted,
+            ),
+            (
+                "mimo_aborted_sequences_total",
+                "counter",
+                "Sequences aborted early (client disconnect, stop string, shutdown).",
+                &self.aborted,
+            ),
+        ];
+        for (name, kind, help, v) in scalars {
             gauge(&mut out, name, kind, help, v);
         }
-        gauge(
-            &mut out,
-            "mimo_prompt_tokens_total",
-            "counter",
-            "Prompt tokens of admitted sequences.",
-            &self.prompt_tokens,
-        );
-        gauge(
-            &mut out,
-            "mimo_generation_tokens_total",
-            "counter",
-            "Generated tokens.",
-            &self.generation_tokens,
-        );
-        gauge(
-            &mut out,
-            "mimo_mtp_draft_tokens_total",
-            "counter",
-            "MTP draft tokens proposed.",
-            &self.mtp_drafted,
-        );
-        gauge(
-            &mut out,
-            "mimo_mtp_accepted_tokens_total",
-            "counter",
-            "MTP draft tokens accepted.",
-            &self.mtp_accepted,
-        );
-        gauge(
-            &mut out,
-            "mimo_aborted_sequences_total",
-            "counter",
-            "Sequences aborted early (client disconnect, stop string, shutdown).",
-            &self.aborted,
-        );
         self.ttft.render(
             &mut out,
             "mimo_time_to_first_token_seconds",
