@@ -56,6 +56,10 @@ pub struct ServeCli {
     /// Largest request body in bytes (HTTP 413 beyond).
     #[arg(long, default_value_t = 32 << 20)]
     max_body_bytes: usize,
+    /// Tool-call format: auto (from the chat template: hermes when it has `<tool_call>`), none, or hermes
+    /// (aliases qwen, qwen25, qwen3, mimo).
+    #[arg(long, default_value = "auto")]
+    tool_call_parser: String,
     #[command(flatten)]
     pool: crate::PoolArgs,
 }
@@ -89,6 +93,7 @@ pub fn run(a: ServeCli) -> Result<()> {
         },
         max_body_bytes: a.max_body_bytes,
         pool: a.pool.settings(),
+        tool_call_parser: a.tool_call_parser,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -5,11 +5,13 @@
 
 pub mod constraint;
 pub mod engine;
+pub mod grammar;
 pub mod kv;
 pub mod load;
 pub mod sampling;
 
-pub use constraint::{LogitsProcessor, NextToken};
+pub use constraint::{LogitsProcessor, NextToken, TokenMask};
+pub use grammar::{Constrained, Grammar, GrammarCompiler, GrammarStats};
 pub use load::{model_text, Loaded};
 pub use sampling::{
     check_logits, NonFiniteLogits, SampleResult, Sampler, SamplingError, SamplingParams,

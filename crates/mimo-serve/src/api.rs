@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use mimo_engine::Grammar;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -95,9 +96,8 @@ pub struct StreamOptions {
 }
 
 /// Fields shared by chat and text completions. Unknown fields are ignored (vendor extensions, as OpenAI-
-/// compatible servers do), known ones are type-checked, and OpenAI features this server does not implement
-/// (tools, function calling, structured output) are refused by [`CommonFields::check_supported`] rather than
-/// ignored.
+/// compatible servers do), known ones are type-checked, and the deprecated `functions`/`function_call` are
+/// refused by [`CommonFields::check_supported`] rather than ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CommonFields {
     pub model: Option<String>,
@@ -122,64 +122,174 @@ pub struct CommonFields {
     pub logit_bias: Option<Value>,
     /// vLLM's extension: EOS does not end the completion (`stop`/`stop_token_ids` still do).
     pub ignore_eos: Option<bool>,
-    /// Not supported (see [`CommonFields::check_supported`]).
+    /// Chat only: functions the model may call, and whether it must (see `crate::tools`).
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    /// Deprecated OpenAI function calling: refused (use `tools`).
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
     pub response_format: Option<Value>,
+    /// vLLM's `{"json" | "regex" | "choice" | "grammar" | "json_object": …}`.
+    pub structured_outputs: Option<Value>,
+    /// vLLM's older spellings of `structured_outputs`.
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
 }
 
 impl CommonFields {
-    /// Refuses OpenAI features this server does not implement instead of silently answering without them:
-    /// non-empty `tools`/`functions`, a `tool_choice`/`function_call` other than `"none"`, and a
-    /// `response_format` whose `type` is not `"text"`. Absent and null fields are fine.
+    /// Refuses the deprecated `functions`/`function_call` (non-empty, or a call mode other than `"none"`)
+    /// instead of silently answering without them.
     pub fn check_supported(&self) -> Result<(), ApiError> {
-        let unsupported = |param: &str, what: &str| {
-            Err(ApiError::bad_param(
-                param,
-                format!("`{param}`: {what} is not supported yet by this server"),
-            ))
-        };
         let empty_list = |v: &Option<Value>| match v {
-            None => true,
+            None | Some(Value::Null) => true,
             Some(Value::Array(a)) => a.is_empty(),
             Some(_) => false,
         };
         let none_choice = |v: &Option<Value>| match v {
-            None => true,
+            None | Some(Value::Null) => true,
             Some(Value::String(s)) => s == "none",
             Some(_) => false,
         };
-        if !empty_list(&self.tools) {
-            return unsupported("tools", "tool calling");
-        }
-        if !none_choice(&self.tool_choice) {
-            return unsupported("tool_choice", "tool calling (only \"none\" is accepted)");
-        }
         if !empty_list(&self.functions) {
-            return unsupported("functions", "function calling");
+            return Err(ApiError::bad_param(
+                "functions",
+                "`functions` (deprecated function calling) is not supported; send `tools`",
+            ));
         }
         if !none_choice(&self.function_call) {
-            return unsupported(
+            return Err(ApiError::bad_param(
                 "function_call",
-                "function calling (only \"none\" is accepted)",
-            );
+                "`function_call` (deprecated function calling) is not supported; send `tool_choice`",
+            ));
         }
-        match &self.response_format {
-            None => Ok(()),
-            Some(v) => match v.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(()),
-                Some(t) => unsupported(
-                    "response_format",
-                    &format!("structured output (type \"{t}\"; only \"text\" is accepted)"),
+        Ok(())
+    }
+
+    /// The output grammar the request asks for, from `response_format`, `structured_outputs` or `guided_*`
+    /// (at most one of them). Schemas are checked when compiled.
+    pub fn output_grammar(&self) -> Result<Option<Grammar>, ApiError> {
+        let mut found: Vec<(&str, Grammar)> = vec![];
+        if let Some(g) = response_format_grammar(self.response_format.as_ref())? {
+            found.push(("response_format", g));
+        }
+        if let Some(v) = self.structured_outputs.as_ref().filter(|v| !v.is_null()) {
+            found.push(("structured_outputs", structured_outputs_grammar(v)?));
+        }
+        if let Some(v) = self.guided_json.as_ref().filter(|v| !v.is_null()) {
+            found.push((
+                "guided_json",
+                Grammar::JsonSchema(schema_value("guided_json", v)?),
+            ));
+        }
+        if let Some(r) = &self.guided_regex {
+            found.push(("guided_regex", Grammar::Regex(r.clone())));
+        }
+        if let Some(c) = &self.guided_choice {
+            found.push(("guided_choice", Grammar::Choice(c.clone())));
+        }
+        if let Some(g) = &self.guided_grammar {
+            found.push(("guided_grammar", Grammar::Lark(g.clone())));
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop().map(|f| f.1)),
+            _ => Err(ApiError::bad_param(
+                found[1].0,
+                format!(
+                    "`{}` and `{}` both constrain the output; send one",
+                    found[0].0, found[1].0
                 ),
-                None => Err(ApiError::bad_param(
-                    "response_format",
-                    "`response_format` must be an object with a string `type`",
-                )),
-            },
+            )),
         }
+    }
+}
+
+/// A JSON schema given as an object or as JSON text.
+fn schema_value(param: &str, v: &Value) -> Result<Value, ApiError> {
+    match v {
+        Value::Object(_) | Value::Bool(_) => Ok(v.clone()),
+        Value::String(s) => serde_json::from_str(s)
+            .map_err(|e| ApiError::bad_param(param, format!("`{param}` is not valid JSON: {e}"))),
+        _ => Err(ApiError::bad_param(
+            param,
+            format!("`{param}` must be a JSON schema (an object)"),
+        )),
+    }
+}
+
+fn response_format_grammar(v: Option<&Value>) -> Result<Option<Grammar>, ApiError> {
+    let param = "response_format";
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Grammar::JsonObject)),
+        Some("json_schema") => {
+            let schema = v
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    ApiError::bad_param(
+                        param,
+                        "`response_format` of type \"json_schema\" needs `json_schema.schema`",
+                    )
+                })?;
+            Ok(Some(Grammar::JsonSchema(schema_value(
+                "response_format.json_schema.schema",
+                schema,
+            )?)))
+        }
+        Some(t) => Err(ApiError::bad_param(
+            param,
+            format!(
+                "`response_format` type {t:?} must be \"text\", \"json_object\" or \"json_schema\""
+            ),
+        )),
+        None => Err(ApiError::bad_param(
+            param,
+            "`response_format` must be an object with a string `type`",
+        )),
+    }
+}
+
+fn structured_outputs_grammar(v: &Value) -> Result<Grammar, ApiError> {
+    let param = "structured_outputs";
+    let bad = |m: &str| ApiError::bad_param(param, format!("`structured_outputs`: {m}"));
+    let Some(m) = v.as_object() else {
+        return Err(bad("must be an object"));
+    };
+    let set: Vec<(&String, &Value)> = m.iter().filter(|(_, v)| !v.is_null()).collect();
+    let [(k, v)] = set.as_slice() else {
+        return Err(bad(
+            "give exactly one of `json`, `regex`, `choice`, `grammar`, `json_object`",
+        ));
+    };
+    let string = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| bad(&format!("`{k}` must be a string")))
+    };
+    match k.as_str() {
+        "json" => Ok(Grammar::JsonSchema(schema_value(
+            "structured_outputs.json",
+            v,
+        )?)),
+        "regex" => Ok(Grammar::Regex(string(v)?)),
+        "grammar" => Ok(Grammar::Lark(string(v)?)),
+        "choice" => match v.as_array() {
+            Some(a) if a.iter().all(Value::is_string) => Ok(Grammar::Choice(
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
+            )),
+            _ => Err(bad("`choice` must be a list of strings")),
+        },
+        "json_object" if v.as_bool() == Some(true) => Ok(Grammar::JsonObject),
+        other => Err(bad(&format!("unknown constraint `{other}`"))),
     }
 }
 
@@ -266,7 +376,9 @@ pub fn parse_object(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Normalises chat messages for the template: each must be an object with a string `role`; `content` may be
-/// a string, null, or a list of `{"type": "text", "text": ...}` parts (joined).
+/// a string, null, or a list of `{"type": "text", "text": ...}` parts (joined); `tool_calls[].function.
+/// arguments` given as JSON text become objects. Other fields (`tool_call_id`, `reasoning_content`, …) pass
+/// through.
 pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_param(
@@ -322,6 +434,19 @@ pub fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
             }
         };
         obj.insert("content".into(), Value::String(content));
+        // Tool-call arguments arrive as JSON text; templates expect objects (as vLLM and transformers pass).
+        if let Some(Value::Array(calls)) = obj.get_mut("tool_calls") {
+            for call in calls.iter_mut() {
+                let Some(f) = call.get_mut("function").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                if let Some(Value::String(a)) = f.get("arguments") {
+                    if let Ok(v) = serde_json::from_str::<Value>(a) {
+                        f.insert("arguments".into(), v);
+                    }
+                }
+            }
+        }
         out.push(Value::Object(obj));
     }
     Ok(out)
@@ -348,6 +473,19 @@ mod tests {
         assert!(normalize_messages(&[]).is_err());
         assert!(normalize_messages(&[json!({"content": "x"})]).is_err());
         assert!(normalize_messages(&[json!({"role": "user", "content": 3})]).is_err());
+        let m = normalize_messages(&[json!({"role": "assistant", "content": null, "reasoning_content": "r",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}},
+                           {"id": "d", "type": "function", "function": {"name": "g", "arguments": "not json"}}]})])
+        .unwrap();
+        assert_eq!(
+            m[0]["tool_calls"][0]["function"]["arguments"],
+            json!({"a": 1})
+        );
+        assert_eq!(m[0]["tool_calls"][1]["function"]["arguments"], "not json");
+        assert_eq!(
+            (m[0]["content"].as_str(), m[0]["reasoning_content"].as_str()),
+            (Some(""), Some("r"))
+        );
     }
 
     #[test]
@@ -375,32 +513,77 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_features_are_refused() {
+    fn deprecated_function_calling_is_refused() {
         for ok in [
             json!({}),
-            json!({"tools": null, "tool_choice": null, "functions": null, "function_call": null}),
-            json!({"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"}),
-            json!({"response_format": {"type": "text"}, "user": "x", "some_vendor_field": 1}),
+            json!({"functions": null, "function_call": null}),
+            json!({"functions": [], "function_call": "none", "user": "x", "some_vendor_field": 1}),
         ] {
             let c: CommonFields = parse(&ok).unwrap();
             assert!(c.check_supported().is_ok(), "{ok}");
         }
         for (bad, param) in [
-            (json!({"tools": [{"type": "function"}]}), "tools"),
-            (json!({"tool_choice": "auto"}), "tool_choice"),
-            (json!({"tool_choice": {"type": "function"}}), "tool_choice"),
             (json!({"functions": [{"name": "f"}]}), "functions"),
             (json!({"function_call": "auto"}), "function_call"),
-            (
-                json!({"response_format": {"type": "json_object"}}),
-                "response_format",
-            ),
-            (json!({"response_format": "json"}), "response_format"),
         ] {
             let c: CommonFields = parse(&bad).unwrap();
             let e = c.check_supported().unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
+    }
+
+    #[test]
+    fn output_grammars_from_every_spelling() {
+        let g = |v: Value| parse::<CommonFields>(&v).unwrap().output_grammar();
+        let schema = json!({"type": "object"});
+        assert_eq!(g(json!({})).unwrap(), None);
+        assert_eq!(
+            g(json!({"response_format": {"type": "text"}})).unwrap(),
+            None
+        );
+        assert_eq!(
+            g(json!({"response_format": {"type": "json_object"}})).unwrap(),
+            Some(Grammar::JsonObject)
+        );
+        assert_eq!(
+            g(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}}})).unwrap(),
+            Some(Grammar::JsonSchema(schema.clone()))
+        );
+        assert_eq!(
+            g(json!({"structured_outputs": {"regex": "a+"}})).unwrap(),
+            Some(Grammar::Regex("a+".into()))
+        );
+        assert_eq!(
+            g(json!({"guided_choice": ["a", "b"]})).unwrap(),
+            Some(Grammar::Choice(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(
+            g(json!({"guided_json": "{\"type\": \"object\"}"})).unwrap(),
+            Some(Grammar::JsonSchema(schema))
+        );
+        for (bad, needle) in [
+            (json!({"response_format": {"type": "yaml"}}), "must be"),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "json_schema.schema",
+            ),
+            (json!({"response_format": "json"}), "string `type`"),
+            (
+                json!({"structured_outputs": {"regex": "a", "choice": ["b"]}}),
+                "exactly one",
+            ),
+            (
+                json!({"structured_outputs": {"choice": [1]}}),
+                "list of strings",
+            ),
+            (json!({"guided_json": "{not json"}), "not valid JSON"),
+            (
+                json!({"guided_regex": "a", "response_format": {"type": "json_object"}}),
+                "both",
+            ),
+        ] {
+            let e = g(bad.clone()).unwrap_err();
+            assert!(e.message.contains(needle), "{bad}: {}", e.message);
         }
     }
 

@@ -4,6 +4,8 @@
 use mimo_engine::engine::{FinishReason, TokenLogprob};
 use mimo_text::{DecodeStream, StopChecker, Tokenizer};
 
+use crate::tools::{ToolCallParser, ToolEvent};
+
 /// Opening tag of a reasoning block.
 pub const THINK_START: &str = "<think>";
 /// Closing tag of a reasoning block.
@@ -142,6 +144,8 @@ pub struct Piece {
     pub finish: Option<&'static str>,
     /// A stop string matched: the engine sequence must be aborted.
     pub stop_hit: bool,
+    /// Tool-call starts and argument pieces found in the content (when the request parses tool calls).
+    pub tool_events: Vec<ToolEvent>,
 }
 
 /// The text state of one choice.
@@ -150,6 +154,9 @@ pub struct ChoiceText {
     decoder: DecodeStream,
     stop: StopChecker,
     reasoning: Option<ReasoningParser>,
+    tools: Option<Box<dyn ToolCallParser>>,
+    /// Tool calls found so far.
+    pub tool_calls: usize,
     stop_ids: Vec<u32>,
     /// Tokens received (the completion's token count).
     pub tokens: usize,
@@ -180,10 +187,18 @@ impl ChoiceText {
             decoder: tokenizer.decode_stream(true),
             stop: StopChecker::new(stop_strings),
             reasoning,
+            tools: None,
+            tool_calls: 0,
             stop_ids,
             tokens: 0,
             finish: None,
         }
+    }
+
+    /// Parses the content for tool calls with `parser`.
+    pub fn with_tool_parser(mut self, parser: Box<dyn ToolCallParser>) -> Self {
+        self.tools = Some(parser);
+        self
     }
 
     /// Whether the reasoning split saw a think block.
@@ -265,6 +280,27 @@ impl ChoiceText {
                 }
             }
             None => piece.content = text,
+        }
+        if let Some(parser) = self.tools.as_mut() {
+            let mut events = parser.push(&std::mem::take(&mut piece.content));
+            if piece.finish.is_some() {
+                events.extend(parser.finish());
+            }
+            for e in events {
+                match e {
+                    ToolEvent::Content(s) => piece.content.push_str(&s),
+                    e => {
+                        if matches!(e, ToolEvent::Start { .. }) {
+                            self.tool_calls += 1;
+                        }
+                        piece.tool_events.push(e);
+                    }
+                }
+            }
+            // A turn that called tools ends with `tool_calls` (OpenAI), unless it was cut short.
+            if self.tool_calls > 0 && piece.finish == Some("stop") {
+                piece.finish = Some("tool_calls");
+            }
         }
         self.finish = piece.finish;
         Ok(piece)

@@ -13,6 +13,7 @@ mod listen;
 pub mod metrics;
 mod server;
 pub mod testing;
+pub mod tools;
 mod worker;
 
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use api::ApiError;
 pub use listen::ListenLimits;
 pub use metrics::Metrics;
-pub use server::MAX_CHOICES;
+pub use server::{chat_prompt, MAX_CHOICES};
 
 /// Settings of `mimo serve`.
 #[derive(Debug, Clone)]
@@ -70,6 +71,8 @@ pub struct ServeArgs {
     pub max_body_bytes: usize,
     /// KV pool and scheduler settings.
     pub pool: mimo_engine::engine::PoolSettings,
+    /// Tool-call format: `auto` (from the chat template), `none`, or a name in [`tools::TOOL_PARSERS`].
+    pub tool_call_parser: String,
 }
 
 impl Default for ServeArgs {
@@ -92,6 +95,7 @@ impl Default for ServeArgs {
             limits: ListenLimits::default(),
             max_body_bytes: 32 << 20,
             pool: Default::default(),
+            tool_call_parser: "auto".into(),
         }
     }
 }
@@ -118,6 +122,16 @@ impl Server {
             .with_context(|| format!("{} has no tokenizer", args.model.display()))?;
         let device = mimo_model::parse_device(&args.device)?;
         let fmt = mimo_model::WeightFormat::parse(&args.dtype, args.quant.as_deref(), &device)?;
+        let tool_format = match args.tool_call_parser.as_str() {
+            "auto" => tools::format_for_template(text.chat_template.source()),
+            "none" => None,
+            name => Some(tools::tool_format(name).with_context(|| {
+                format!(
+                    "unknown --tool-call-parser {name:?} (known: auto, none, {})",
+                    tools::TOOL_PARSERS.join(", ")
+                )
+            })?),
+        };
         let served_name = args.served_model_name.clone().unwrap_or_else(|| {
             args.model
                 .file_name()
@@ -172,6 +186,12 @@ impl Server {
             );
         }
         let reasoning = text.tokenizer.token_to_id(choice::THINK_END).is_some();
+        let grammar = mimo_engine::GrammarCompiler::new(&text.tokenizer, vocab_size, &text.eos_ids)
+            .map_err(|e| format!("structured outputs are unavailable for this model: {e}"));
+        match &grammar {
+            Ok(g) => metrics.set_grammar_stats(g.stats()),
+            Err(e) => tracing::warn!("{e}"),
+        }
         let max_prompt_bytes = text
             .tokenizer
             .max_bytes_per_token()
@@ -187,6 +207,8 @@ impl Server {
             api_key: args.api_key.clone().filter(|k| !k.is_empty()),
             draining: AtomicBool::new(false),
             reasoning,
+            grammar,
+            tool_format,
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub tpot: Histogram,
     /// Time from submission to the end of a sequence.
     pub e2e: Histogram,
+    /// Constrained-decoding counters (set once the grammar compiler is built).
+    grammar: std::sync::OnceLock<std::sync::Arc<mimo_engine::GrammarStats>>,
 }
 
 impl Default for Metrics {
@@ -141,11 +143,17 @@ impl Default for Metrics {
             ttft: Histogram::new(TTFT_BUCKETS),
             tpot: Histogram::new(TPOT_BUCKETS),
             e2e: Histogram::new(E2E_BUCKETS),
+            grammar: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Metrics {
+    /// Exports the grammar compiler's counters.
+    pub fn set_grammar_stats(&self, stats: std::sync::Arc<mimo_engine::GrammarStats>) {
+        let _ = self.grammar.set(stats);
+    }
+
     /// Counts one HTTP request by route and status code.
     pub fn count_request(&self, route: &str, status: u16) {
         if let Ok(mut m) = self.requests.lock() {
@@ -269,6 +277,27 @@ impl Metrics {
         ];
         for (name, kind, help, v) in scalars {
             gauge(&mut out, name, kind, help, v);
+        }
+        if let Some(g) = self.grammar.get() {
+            for (name, help, v) in [
+                (
+                    "mimo_structured_grammars_total",
+                    "Output grammars compiled (structured outputs, required/named tool calls).",
+                    &g.compiled,
+                ),
+                (
+                    "mimo_structured_masks_total",
+                    "Token masks computed for constrained sequences.",
+                    &g.masks,
+                ),
+                (
+                    "mimo_structured_mask_nanoseconds_total",
+                    "Time spent advancing grammars and computing their token masks.",
+                    &g.mask_nanos,
+                ),
+            ] {
+                gauge(&mut out, name, "counter", help, v);
+            }
         }
         self.ttft.render(
             &mut out,

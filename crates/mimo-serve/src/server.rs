@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use mimo_engine::SamplingParams;
+use mimo_engine::{Grammar, SamplingParams};
 use mimo_text::{ModelText, TemplateValue};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +23,9 @@ use crate::api::{
 };
 use crate::choice::{ChoiceText, LogprobEntry, Piece, ReasoningParser, THINK_START};
 use crate::metrics::Metrics;
+use crate::tools::{
+    delta_tool_call, message_tool_calls, parse_tools, Assembled, ToolCallFormat, ToolChoice,
+};
 use crate::worker::{Command, Event, SeqSpec, SubmitError, ThinkBudget};
 
 /// Most choices (`n`, times the prompts of a text completion) in one request.
@@ -40,6 +43,10 @@ pub(crate) struct AppState {
     pub draining: AtomicBool,
     /// `</think>` is a token of the tokenizer: chat output is split into reasoning and content.
     pub reasoning: bool,
+    /// Compiles output grammars (or why this model cannot have them).
+    pub grammar: Result<mimo_engine::GrammarCompiler, String>,
+    /// The tool-call format (`--tool-call-parser`); `None`: requests with tools are refused.
+    pub tool_format: Option<Box<dyn ToolCallFormat>>,
     pub created: u64,
     pub counter: AtomicU64,
     /// Longest prompt text, in bytes, that can fit the context (context × the longest token's bytes): longer
@@ -329,34 +336,110 @@ fn num_choices(c: &CommonFields) -> Result<usize, ApiError> {
     }
 }
 
-/// The `n` sequences of one prompt (seed `s` becomes `s`, `s+1`, ... so choices differ).
-#[allow(clippy::too_many_arguments)]
+/// What constrains and parses one prompt's choices.
+#[derive(Default)]
+struct Output<'a> {
+    think: Option<ThinkBudget>,
+    /// `Some(in_think)`: split `<think>` reasoning from content (the prompt opened the block when true).
+    reasoning: Option<bool>,
+    grammar: Option<Grammar>,
+    /// Parse tool calls in the content with this format.
+    tools: Option<&'a dyn ToolCallFormat>,
+}
+
+/// The `n` sequences of one prompt (seed `s` becomes `s`, `s+1`, ... so choices differ), each with its own
+/// grammar matcher.
 fn push_choices(
     st: &AppState,
     prep: &mut Prepared,
     prompt: &[u32],
     params: &SamplingParams,
     n: usize,
-    think: Option<ThinkBudget>,
-    reasoning: Option<bool>,
-) {
+    out: &Output,
+) -> Result<(), ApiError> {
     let mut stop_ids = params.stop_token_ids.clone();
     stop_ids.extend(&st.text.eos_ids);
     for i in 0..n {
         let mut p = params.clone();
         p.seed = p.seed.map(|s| s.wrapping_add(i as u64));
+        let grammar = match &out.grammar {
+            None => None,
+            Some(g) => {
+                let compiler = st
+                    .grammar
+                    .as_ref()
+                    .map_err(|e| ApiError::bad_param("response_format", e.clone()))?;
+                let c = compiler.compile(g).map_err(|e| {
+                    ApiError::bad_param(
+                        "response_format",
+                        format!("the output grammar cannot be compiled: {e}"),
+                    )
+                })?;
+                Some(Arc::new(c))
+            }
+        };
         prep.seqs.push(SeqSpec {
             prompt: prompt.to_vec(),
             params: p,
-            think,
+            think: out.think,
+            grammar,
+            in_think: out.reasoning == Some(true),
         });
-        prep.choices.push(ChoiceText::new(
+        let mut choice = ChoiceText::new(
             &st.text.tokenizer,
             &params.stop_strings,
             stop_ids.clone(),
-            reasoning.map(ReasoningParser::new),
-        ));
+            out.reasoning.map(ReasoningParser::new),
+        );
+        if let Some(f) = out.tools {
+            choice = choice.with_tool_parser(f.parser(format!("call_{}_{i}_", st.new_id("t"))));
+        }
+        prep.choices.push(choice);
     }
+    Ok(())
+}
+
+/// A chat request's prompt text: messages normalised ([`normalize_messages`]: tool-call arguments as
+/// objects), `tools`, `chat_template_kwargs` and `add_generation_prompt` passed to the checkpoint's template,
+/// like transformers' `apply_chat_template(messages, tools=…, **kwargs)`.
+fn render_chat(
+    text: &ModelText,
+    f: &ChatFields,
+    tools: Option<&Value>,
+) -> Result<String, ApiError> {
+    let messages = normalize_messages(&f.messages)?;
+    let to_template = |param: &str, v: &Value| {
+        mimo_text::template_value_from_json(&v.to_string())
+            .map_err(|e| ApiError::bad_param(param, e.to_string()))
+    };
+    let mvalue = to_template("messages", &Value::Array(messages))?;
+    let tools_value = tools.map(|t| to_template("tools", t)).transpose()?;
+    let mut extra: Vec<(&str, TemplateValue)> = vec![];
+    for (k, v) in f.chat_template_kwargs.iter().flatten() {
+        extra.push((k.as_str(), to_template("chat_template_kwargs", v)?));
+    }
+    text.chat_template
+        .render_with(
+            &mvalue,
+            f.add_generation_prompt.unwrap_or(true),
+            tools_value.as_ref(),
+            &extra,
+        )
+        .map_err(|e| ApiError::bad_param("messages", format!("chat template: {e}")))
+}
+
+/// The prompt text and token ids the server feeds the model for a chat request body (see [`render_chat`]);
+/// `tools` are checked as for a request.
+pub fn chat_prompt(text: &ModelText, body: &Value) -> Result<(String, Vec<u32>), ApiError> {
+    let c: CommonFields = parse(body)?;
+    let f: ChatFields = parse(body)?;
+    let tools = parse_tools(c.tools.as_ref(), c.tool_choice.as_ref())?;
+    let rendered = render_chat(text, &f, tools.as_ref().map(|t| &t.tools))?;
+    let ids = text
+        .tokenizer
+        .encode(&rendered, false)
+        .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
+    Ok((rendered, ids))
 }
 
 fn prepare_chat(st: &AppState, body: &Value) -> Result<Prepared, ApiError> {
@@ -365,27 +448,47 @@ fn prepare_chat(st: &AppState, body: &Value) -> Result<Prepared, ApiError> {
     check_model(st, &c)?;
     c.check_supported()?;
     let n = num_choices(&c)?;
-    let messages = normalize_messages(&f.messages)?;
-    let messages_json = serde_json::to_string(&messages)
-        .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
-    let mvalue = mimo_text::template_value_from_json(&messages_json)
-        .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
-    let mut extra: Vec<(&str, TemplateValue)> = vec![];
-    for (k, v) in f.chat_template_kwargs.iter().flatten() {
-        let v = mimo_text::template_value_from_json(&v.to_string())
-            .map_err(|e| ApiError::bad_param("chat_template_kwargs", e.to_string()))?;
-        extra.push((k.as_str(), v));
+    let tools = parse_tools(c.tools.as_ref(), c.tool_choice.as_ref())?;
+    let format = match (&tools, &st.tool_format) {
+        (Some(_), None) => {
+            return Err(ApiError::bad_param(
+                "tools",
+                "this server has no tool-call parser for its chat template (start it with --tool-call-parser)",
+            ))
+        }
+        (_, f) => f.as_deref(),
+    };
+    let mut grammar = c.output_grammar()?;
+    if let (Some(t), Some(fmt)) = (&tools, format) {
+        let single = match &t.choice {
+            ToolChoice::Required => Some(false),
+            ToolChoice::Named(_) => Some(true),
+            _ => None,
+        };
+        if let Some(single) = single {
+            if grammar.is_some() {
+                return Err(ApiError::bad_param(
+                    "tool_choice",
+                    "a required or named `tool_choice` and `response_format` both constrain the output; send one",
+                ));
+            }
+            let compiler = st
+                .grammar
+                .as_ref()
+                .map_err(|e| ApiError::bad_param("tool_choice", e.clone()))?;
+            let functions: Vec<_> = match &t.choice {
+                ToolChoice::Named(name) => t
+                    .functions
+                    .iter()
+                    .filter(|f| &f.name == name)
+                    .cloned()
+                    .collect(),
+                _ => t.functions.clone(),
+            };
+            grammar = Some(Grammar::Lark(fmt.grammar(&functions, single, compiler)));
+        }
     }
-    let text = st
-        .text
-        .chat_template
-        .render_with(
-            &mvalue,
-            f.add_generation_prompt.unwrap_or(true),
-            None,
-            &extra,
-        )
-        .map_err(|e| ApiError::bad_param("messages", format!("chat template: {e}")))?;
+    let text = render_chat(&st.text, &f, tools.as_ref().map(|t| &t.tools))?;
     check_prompt_bytes(st, "messages", &text)?;
     let prompt = st
         .text
@@ -420,8 +523,14 @@ fn prepare_chat(st: &AppState, body: &Value) -> Result<Prepared, ApiError> {
             .unwrap_or(false),
         logprobs: logprobs.is_some(),
     };
-    let reasoning = st.reasoning.then_some(in_think);
-    push_choices(st, &mut prep, &prompt, &params, n, think, reasoning);
+    let parse_calls = tools.as_ref().is_some_and(|t| t.choice != ToolChoice::None);
+    let out = Output {
+        think,
+        reasoning: st.reasoning.then_some(in_think),
+        grammar,
+        tools: format.filter(|_| parse_calls),
+    };
+    push_choices(st, &mut prep, &prompt, &params, n, &out)?;
     Ok(prep)
 }
 
@@ -453,6 +562,13 @@ fn prepare_completion(st: &AppState, body: &Value) -> Result<Prepared, ApiError>
             format!("prompts × n must be ≤ {MAX_CHOICES}"),
         ));
     }
+    if c.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::bad_param(
+            "tools",
+            "`tools` are for chat completions (/v1/chat/completions)",
+        ));
+    }
+    let grammar = c.output_grammar()?;
     let logprobs = nonneg("logprobs", f.logprobs)?;
     let mut prep = Prepared {
         seqs: vec![],
@@ -478,7 +594,11 @@ fn prepare_completion(st: &AppState, body: &Value) -> Result<Prepared, ApiError>
         }
         let params = sampling(st, &c, prompt.len(), logprobs)?;
         prep.prompt_tokens += prompt.len();
-        push_choices(st, &mut prep, prompt, &params, n, None, None);
+        let out = Output {
+            grammar: grammar.clone(),
+            ..Default::default()
+        };
+        push_choices(st, &mut prep, prompt, &params, n, &out)?;
     }
     Ok(prep)
 }
@@ -741,6 +861,7 @@ struct Acc {
     content: String,
     logprobs: Vec<LogprobEntry>,
     finish: Option<&'static str>,
+    tools: Assembled,
 }
 
 async fn collect(
@@ -758,6 +879,7 @@ async fn collect(
             a.content.push_str(&p.content);
             a.logprobs.extend(p.logprobs);
             a.finish = p.finish.or(a.finish);
+            a.tools.add(&p.tool_events);
         }
     }
     let usage = usage(prep.prompt_tokens, gen.completion_tokens());
@@ -769,8 +891,15 @@ async fn collect(
             match kind {
                 Kind::Chat => {
                     let mut msg = json!({"role": "assistant", "content": a.content});
+                    if !a.tools.calls.is_empty() {
+                        if a.content.trim().is_empty() {
+                            msg["content"] = Value::Null;
+                        }
+                        msg["tool_calls"] = message_tool_calls(&a.tools.calls);
+                    }
                     if gen.choices.get(i).is_some_and(|c| c.saw_think()) {
-                        msg["reasoning_content"] = Value::from(a.reasoning);
+                        msg["reasoning_content"] = Value::from(a.reasoning.clone());
+                        msg["reasoning"] = Value::from(a.reasoning);
                     }
                     json!({
                         "index": i,
@@ -853,6 +982,7 @@ fn stream_response(st: St, prep: Prepared, mut gen: Generation, kind: Kind) -> R
             if p.reasoning.is_empty()
                 && p.content.is_empty()
                 && p.logprobs.is_empty()
+                && p.tool_events.is_empty()
                 && p.finish.is_none()
             {
                 continue;
@@ -864,7 +994,13 @@ fn stream_response(st: St, prep: Prepared, mut gen: Generation, kind: Kind) -> R
                         delta["content"] = Value::from(p.content);
                     }
                     if !p.reasoning.is_empty() {
-                        delta["reasoning_content"] = Value::from(p.reasoning);
+                        delta["reasoning_content"] = Value::from(p.reasoning.clone());
+                        delta["reasoning"] = Value::from(p.reasoning);
+                    }
+                    let calls: Vec<Value> =
+                        p.tool_events.iter().filter_map(delta_tool_call).collect();
+                    if !calls.is_empty() {
+                        delta["tool_calls"] = Value::Array(calls);
                     }
                     json!({
                         "index": i, "delta": delta,

@@ -1,9 +1,10 @@
 //! The engine thread: owns the [`Engine`], takes new sequences and aborts over a channel between steps, and
 //! sends each sequence's tokens back over its request's channel (continuous batching).
 //!
-//! It also enforces the thinking budget, through the engine's per-sequence logits hook: once a sequence has
-//! produced `max_thinking_tokens` tokens inside `<think>…`, its next token is forced to `</think>` (reported
-//! to the client as generated, logprob 0). The sequence keeps its KV cache and its sampler's RNG.
+//! It also sets each sequence's logits hook ([`RequestHook`]): the thinking budget (once a sequence has
+//! produced `max_thinking_tokens` tokens inside `<think>…`, its next token is forced to `</think>`, reported
+//! to the client as generated, logprob 0) and the request's output grammar (structured outputs, required or
+//! named tool calls), which applies after a think block when the output has one.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mimo_engine::engine::{Engine, FinishReason, TokenLogprob};
-use mimo_engine::{LogitsProcessor, NextToken, SamplingParams};
+use mimo_engine::{Constrained, LogitsProcessor, NextToken, SamplingParams};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -31,6 +32,10 @@ pub(crate) struct SeqSpec {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub think: Option<ThinkBudget>,
+    /// The output grammar (its own matcher per sequence).
+    pub grammar: Option<Arc<Constrained>>,
+    /// The prompt already opened a think block (then the grammar starts after `</think>`).
+    pub in_think: bool,
 }
 
 /// What the engine thread reports for a request.
@@ -76,8 +81,7 @@ pub(crate) struct WorkerConfig {
     pub think_end: Option<u32>,
 }
 
-/// The thinking budget as a logits hook: forces `</think>` once the open think block holds `budget` tokens.
-/// A pure function of the generated tokens, as the engine requires (it is asked again for MTP drafts).
+/// The thinking budget: forces `</think>` once the open think block holds `budget` tokens.
 struct ThinkLimit {
     budget: usize,
     /// The prompt already opened the think block.
@@ -86,7 +90,7 @@ struct ThinkLimit {
     end: u32,
 }
 
-impl LogitsProcessor for ThinkLimit {
+impl ThinkLimit {
     fn next_token(&self, generated: &[u32]) -> NextToken {
         let mut in_think = self.opened;
         let mut count = 0;
@@ -103,6 +107,57 @@ impl LogitsProcessor for ThinkLimit {
             NextToken::Force(self.end)
         } else {
             NextToken::Any
+        }
+    }
+}
+
+/// A sequence's logits hook: the thinking budget, then the output grammar. The grammar constrains the output
+/// after its think block when there is one (the prompt opened it, or the output starts with `<think>`, which
+/// the first position also allows); inside the block anything goes. A pure function of the generated tokens,
+/// as the engine requires (it is asked again for MTP drafts).
+struct RequestHook {
+    think: Option<ThinkLimit>,
+    grammar: Option<Arc<Constrained>>,
+    in_think: bool,
+    think_start: Option<u32>,
+    think_end: Option<u32>,
+}
+
+impl RequestHook {
+    /// Where the grammar's output starts in `generated`, or `None` inside the think block.
+    fn grammar_start(&self, generated: &[u32]) -> Option<usize> {
+        let Some(end) = self.think_end else {
+            return Some(0);
+        };
+        let opened = self.in_think
+            || (self.think_start.is_some() && generated.first() == self.think_start.as_ref());
+        if !opened {
+            return Some(0);
+        }
+        generated.iter().position(|&t| t == end).map(|p| p + 1)
+    }
+}
+
+impl LogitsProcessor for RequestHook {
+    fn next_token(&self, generated: &[u32]) -> NextToken {
+        if let Some(t) = &self.think {
+            let n = t.next_token(generated);
+            if n != NextToken::Any {
+                return n;
+            }
+        }
+        let Some(g) = &self.grammar else {
+            return NextToken::Any;
+        };
+        let Some(start) = self.grammar_start(generated) else {
+            return NextToken::Any;
+        };
+        match (g.next_token(&generated[start..]), self.think_start) {
+            (NextToken::Allowed(mut m), Some(open)) if generated.is_empty() && !self.in_think => {
+                m.insert(open);
+                NextToken::Allowed(m)
+            }
+            (n, _) => n,
         }
     }
 }
@@ -225,15 +280,24 @@ impl Worker {
         }
         let mut keys = Vec::with_capacity(seqs.len());
         for (choice, spec) in seqs.into_iter().enumerate() {
-            let limit = match (spec.think, self.cfg.think_end) {
-                (Some(t), Some(end)) => Some(Arc::new(ThinkLimit {
+            let think = match (spec.think, self.cfg.think_end) {
+                (Some(t), Some(end)) => Some(ThinkLimit {
                     budget: t.budget,
                     opened: t.in_think,
                     start: self.cfg.think_start,
                     end,
-                }) as Arc<dyn LogitsProcessor>),
+                }),
                 _ => None,
             };
+            let limit = (think.is_some() || spec.grammar.is_some()).then(|| {
+                Arc::new(RequestHook {
+                    think,
+                    grammar: spec.grammar,
+                    in_think: spec.in_think,
+                    think_start: self.cfg.think_start,
+                    think_end: self.cfg.think_end,
+                }) as Arc<dyn LogitsProcessor>
+            });
             let prompt_len = spec.prompt.len();
             match engine.add_request_with(spec.prompt, spec.params, limit) {
                 Ok(id) => {

@@ -1,4 +1,5 @@
-//! The real server driven by the official `openai` Python package (tools/serve/openai_smoke.py).
+//! The real server driven by the official `openai` Python package (tools/serve/openai_smoke.py, and
+//! tools/serve/openai_tools.py for tool calling and structured outputs, plain and with MTP).
 //! Skipped with a message when the project venv (or `openai` in it) is missing, unless `CI` is set.
 
 mod common;
@@ -70,4 +71,60 @@ async fn openai_python_client() {
     );
     eprintln!("{stdout}");
     s.server.shutdown().await.unwrap();
+}
+
+/// Tool calls (auto, named, required, streaming), json_schema, json_object, regex and choice outputs on the
+/// scripted model with the Qwen3 template, with and without MTP drafts (which the grammar must check and roll
+/// back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_tools_and_structured_outputs() {
+    let Some(py) = python() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but the Python venv with `openai` is missing (run tools/setup-python.sh)");
+        }
+        eprintln!("SKIPPED openai_python_client_tools_and_structured_outputs: no Python venv with `openai`");
+        return;
+    };
+    for mtp in [0, 1] {
+        let s = start_in(tool_model(), |a| {
+            a.api_key = Some("test-key".into());
+            a.mtp = mtp;
+        })
+        .await;
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/serve/openai_tools.py");
+        let base = format!("http://{}/v1", s.addr());
+        let py = py.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(py)
+                .arg(script)
+                .args([
+                    "--base-url",
+                    &base,
+                    "--api-key",
+                    "test-key",
+                    "--model",
+                    MODEL,
+                ])
+                .args(["--content", SCRIPTED_CONTENT])
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("running python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "openai_tools.py (--mtp {mtp}) failed:\n{stdout}\n{stderr}"
+        );
+        eprintln!("--mtp {mtp}: {stdout}");
+        let metrics = http(s.addr(), "GET", "/metrics", &[], None).await.body;
+        assert!(metrics.contains("mimo_structured_masks_total"), "{metrics}");
+        if mtp > 0 {
+            let drafted = metric(&metrics, "mimo_mtp_draft_tokens_total");
+            assert!(drafted > 0.0, "MTP drafted nothing:\n{metrics}");
+        }
+        s.server.shutdown().await.unwrap();
+    }
 }

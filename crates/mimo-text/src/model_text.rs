@@ -148,9 +148,9 @@ pub(crate) fn special_token_string(
     }
 }
 
-/// The chat template an HF model directory's files define, from `tokenizer_config.json` (its `chat_template`,
-/// and the `bos_token`/`eos_token`/`pad_token`/`unk_token` strings templates see) and, when that has no
-/// template, `chat_template.jinja`; built-in [`CHATML_TEMPLATE`](crate::CHATML_TEMPLATE) when neither has one
+/// The chat template an HF model directory's files define: `chat_template.jinja` when present (it wins over
+/// `tokenizer_config.json`'s `chat_template`, as in transformers), else `tokenizer_config.json`'s (which also
+/// gives the `bos_token`/`eos_token`/`pad_token`/`unk_token` strings templates see); built-in [`CHATML_TEMPLATE`](crate::CHATML_TEMPLATE) when neither has one
 /// (then the second value is `true`). Absent files are skipped. This is the one way a template is chosen, by
 /// the engine, the server and the trainer alike.
 pub fn load_chat_template(
@@ -176,13 +176,17 @@ pub fn load_chat_template(
     )
 }
 
-/// The template source and its origin: `tokenizer_config.json` `chat_template` (string, or a list of
-/// `{name, template}` from which "default" is taken), else `chat_template.jinja`.
+/// The template source and its origin: `chat_template.jinja`, else `tokenizer_config.json` `chat_template`
+/// (string, or a list of `{name, template}` from which "default" is taken).
 pub(crate) fn load_template_source(
     jinja: Option<&Path>,
     tc: &serde_json::Map<String, serde_json::Value>,
     tc_path: &Path,
 ) -> Result<Option<(String, String)>> {
+    if let Some(jinja) = jinja.filter(|p| p.exists()) {
+        let source = read_text(jinja)?;
+        return Ok(Some((source, jinja.display().to_string())));
+    }
     let origin = format!("{}: chat_template", tc_path.display());
     match tc.get("chat_template") {
         None | Some(serde_json::Value::Null) => {}
@@ -219,10 +223,6 @@ pub(crate) fn load_template_source(
                 format!("expected a string or a list, found {}", json_type(other)),
             ))
         }
-    }
-    if let Some(jinja) = jinja.filter(|p| p.exists()) {
-        let source = read_text(jinja)?;
-        return Ok(Some((source, jinja.display().to_string())));
     }
     Ok(None)
 }

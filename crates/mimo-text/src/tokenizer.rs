@@ -100,6 +100,58 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The bytes each token id decodes to, for token-level grammar engines (a token trie): byte-level BPE
+    /// vocabularies map each character back to its byte (GPT-2's byte-to-unicode table); others (SentencePiece
+    /// with byte fallback) read `<0xXX>` as that byte and `▁` as a space. Special added tokens are prefixed
+    /// with `special_marker` so that no grammar text can match them. Ids without a token get no bytes.
+    /// Hand-written because `tokenizers` exposes no per-token byte view and the grammar crates' adapters pin
+    /// other `tokenizers` versions or panic on unusual vocabularies.
+    pub fn token_bytes(&self, special_marker: u8) -> Vec<Vec<u8>> {
+        use tokenizers::decoders::DecoderWrapper;
+        let byte_level = match self.inner.get_decoder() {
+            Some(DecoderWrapper::ByteLevel(_)) => true,
+            Some(DecoderWrapper::Sequence(s)) => s
+                .get_decoders()
+                .iter()
+                .any(|d| matches!(d, DecoderWrapper::ByteLevel(_))),
+            _ => false,
+        };
+        let unbyte = byte_level_decoding_table();
+        let n = self.vocab_size();
+        let mut out = vec![Vec::new(); n];
+        for (tok, id) in self.inner.get_vocab(false) {
+            let Some(slot) = out.get_mut(id as usize) else {
+                continue;
+            };
+            *slot = if byte_level {
+                tok.chars()
+                    .map(|c| unbyte.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_else(|| tok.clone().into_bytes())
+            } else if let Some(b) = tok
+                .strip_prefix("<0x")
+                .and_then(|h| h.strip_suffix('>'))
+                .filter(|h| h.len() == 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                vec![b]
+            } else {
+                tok.replace('\u{2581}', " ").into_bytes()
+            };
+        }
+        for (id, added) in self.inner.get_added_tokens_decoder() {
+            if let Some(slot) = out.get_mut(id as usize) {
+                let mut b = Vec::with_capacity(added.content.len() + 1);
+                if added.special {
+                    b.push(special_marker);
+                }
+                b.extend_from_slice(added.content.as_bytes());
+                *slot = b;
+            }
+        }
+        out
+    }
+
     /// Encodes text. Special-token strings in `text` (e.g. `<|im_start|>`) are always recognised as their ids;
     /// `add_special_tokens` controls only the post-processor (BOS/EOS templates), as in HF.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -205,4 +257,23 @@ impl DecodeStream {
         self.prefix_len = self.ids.len();
         Ok(new)
     }
+}
+
+/// GPT-2's byte-level alphabet inverted: the character each byte is written as in a byte-level BPE vocabulary,
+/// mapped back to the byte (printable Latin-1 bytes stand for themselves, the rest are shifted past U+0100).
+fn byte_level_decoding_table() -> std::collections::HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 0x100u32;
+    let mut table = std::collections::HashMap::with_capacity(256);
+    for b in 0..=255u8 {
+        let c = if printable(b) {
+            b as char
+        } else {
+            let c = char::from_u32(next).unwrap_or(char::REPLACEMENT_CHARACTER);
+            next += 1;
+            c
+        };
+        table.insert(c, b);
+    }
+    table
 }

@@ -34,6 +34,19 @@ pub fn test_model() -> tempfile::TempDir {
     dir
 }
 
+/// The scripted test model with the Qwen3 chat template (tools in the prompt, Hermes-style tool calls).
+pub fn tool_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        fixtures().join("../templates/Qwen-Qwen3-0.6B.jinja"),
+        dir.path().join("chat_template.jinja"),
+    )
+    .expect("template");
+    // Tool definitions make long prompts with the 1000-token fixture vocabulary.
+    mimo_serve::testing::write_test_model(dir.path(), &fixtures(), 2048).expect("test model");
+    dir
+}
+
 /// The test servers' arguments for the model in `dir`.
 pub fn args_for(dir: &std::path::Path) -> ServeArgs {
     ServeArgs {
