@@ -21,6 +21,7 @@ use mimo_serve::api::{
     normalize_messages, parse, parse_logit_bias, parse_object, ApiError, ChatFields, CommonFields,
     CompletionFields,
 };
+use mimo_serve::tools::parse_tools;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Map, Value};
@@ -127,11 +128,14 @@ fn prepare(bytes: &[u8], kind: Kind) -> Result<(), ApiError> {
         Kind::Chat => {
             let f: ChatFields = parse(&v)?;
             c.check_supported()?;
+            parse_tools(c.tools.as_ref(), c.tool_choice.as_ref())?;
+            c.output_grammar()?;
             normalize_messages(&f.messages)?;
         }
         Kind::Completion => {
             let _: CompletionFields = parse(&v)?;
             c.check_supported()?;
+            c.output_grammar()?;
         }
     }
     parse_logit_bias(c.logit_bias.as_ref(), VOCAB)?;
@@ -185,6 +189,8 @@ enum Ty {
     U32List,
     /// `stop`: a string or a list of strings.
     Stop,
+    /// A list of strings.
+    StrList,
     /// `stream_options`: a struct with one optional bool.
     StreamOptions,
     /// An object (`chat_template_kwargs`).
@@ -221,6 +227,11 @@ const COMMON: &[(&str, Ty)] = &[
     ("functions", Ty::Any),
     ("function_call", Ty::Any),
     ("response_format", Ty::Any),
+    ("structured_outputs", Ty::Any),
+    ("guided_json", Ty::Any),
+    ("guided_regex", Ty::Str),
+    ("guided_choice", Ty::StrList),
+    ("guided_grammar", Ty::Str),
 ];
 
 const CHAT: &[(&str, Ty)] = &[
@@ -256,6 +267,7 @@ fn type_ok(ty: Ty, v: &Value) -> bool {
         Ty::F32 => v.is_number(),
         Ty::U32List => all(v, is_u32),
         Ty::Stop => v.is_string() || all(v, Value::is_string),
+        Ty::StrList => all(v, Value::is_string),
         // serde also reads a struct from a list of its fields in order: [] or [include_usage]
         Ty::StreamOptions => match v {
             Value::Object(m) => m
@@ -294,16 +306,22 @@ fn expect(body: &Map<String, Value>, kind: Kind) -> Result<(), Option<String>> {
     let get = |k: &str| body.get(k).filter(|v| !v.is_null());
     let bad = |p: &str| Err(Some(p.to_string()));
     // in the order `check_supported` checks them
-    for (list, choice) in [("tools", "tool_choice"), ("functions", "function_call")] {
-        if get(list).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
-            return bad(list);
-        }
-        if get(choice).is_some_and(|v| v.as_str() != Some("none")) {
-            return bad(choice);
+    if get("functions").is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+        return bad("functions");
+    }
+    if get("function_call").is_some_and(|v| v.as_str() != Some("none")) {
+        return bad("function_call");
+    }
+    // `tools`/`tool_choice` and the output-constraint fields have their own unit tests (crate::tools,
+    // crate::api); here their verdicts must compose in the server's order.
+    if kind == Kind::Chat {
+        if let Err(e) = parse_tools(get("tools"), get("tool_choice")) {
+            return Err(e.param);
         }
     }
-    if get("response_format").is_some_and(|v| v.get("type") != Some(&json!("text"))) {
-        return bad("response_format");
+    let c: CommonFields = parse(&Value::Object(body.clone())).map_err(|_| None)?;
+    if let Err(e) = c.output_grammar() {
+        return Err(e.param);
     }
     if kind == Kind::Chat {
         let msgs = body
@@ -539,6 +557,12 @@ fn valid(name: &str, ty: Ty) -> BoxedStrategy<Value> {
             prop_oneof![Just(Value::Null), Just(json!("none"))].boxed()
         }
         ("response_format", _) => Just(json!({"type": "text"})).boxed(),
+        // At most one constraint field may be set: the valid body sets none.
+        (
+            "structured_outputs" | "guided_json" | "guided_regex" | "guided_choice"
+            | "guided_grammar",
+            _,
+        ) => Just(Value::Null).boxed(),
         ("logit_bias", _) => {
             prop::collection::btree_map(0u32..VOCAB as u32, -100.0f64..=100.0, 0..3)
                 .prop_map(|m| {
@@ -586,7 +610,7 @@ fn valid(name: &str, ty: Ty) -> BoxedStrategy<Value> {
             prop::collection::vec(text(), 1..3).prop_map(|v| json!(v)),
         ]
         .boxed(),
-        (_, Ty::Any | Ty::List) => Just(Value::Null).boxed(),
+        (_, Ty::Any | Ty::List | Ty::StrList) => Just(Value::Null).boxed(),
     }
 }
 
