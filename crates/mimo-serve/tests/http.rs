@@ -617,6 +617,22 @@ async fn structured_outputs_hold_with_mtp() {
             text.starts_with("ab") && text[2..].chars().all(|ch| ch == 'c' || ch == 'd'),
             "{r}"
         );
+        // The thinking budget closes the think block, then the grammar holds for the content.
+        let r = post(
+            addr,
+            "/v1/chat/completions",
+            &chat(json!({
+            "guided_choice": ["left", "right"], "max_thinking_tokens": 1, "temperature": 0})),
+        )
+        .await
+        .json();
+        let msg = &r["choices"][0]["message"];
+        assert!(msg["content"] == "left" || msg["content"] == "right", "{r}");
+        assert!(
+            SCRIPTED_REASONING.starts_with(msg["reasoning_content"].as_str().unwrap())
+                && msg["reasoning_content"] != SCRIPTED_REASONING,
+            "{r}"
+        );
         let m = http(addr, "GET", "/metrics", &[], None).await.body;
         assert!(metric(&m, "mimo_structured_masks_total") > 0.0);
         if mtp > 0 {
