@@ -5,33 +5,16 @@
 usage: openai_smoke.py --base-url http://127.0.0.1:PORT/v1 --api-key KEY --model NAME
        --reasoning TEXT --content TEXT
 """
-import argparse
 import json
 import sys
 
 import openai
+from oai_common import parse_args
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--base-url", required=True)
-    ap.add_argument("--api-key", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--reasoning", required=True)
-    ap.add_argument("--content", required=True)
-    a = ap.parse_args()
-    host = a.base_url.split("//", 1)[-1].split(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]"):
-        print(f"refusing non-loopback host {host}", file=sys.stderr)
-        return 2
-    client = openai.OpenAI(base_url=a.base_url, api_key=a.api_key, max_retries=0, timeout=60)
+    a, client, check, passed = parse_args("--reasoning", "--content")
     msgs = [{"role": "user", "content": "What is 2+2?"}]
-    passed = []
-
-    def check(name, cond, detail=""):
-        if not cond:
-            raise AssertionError(f"{name}: {detail}")
-        passed.append(name)
 
     # Models.
     models = client.models.list()

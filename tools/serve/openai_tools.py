@@ -7,12 +7,12 @@ plain, once with --mtp 1); exits non-zero on the first failure.
 
 usage: openai_tools.py --base-url http://127.0.0.1:PORT/v1 --api-key KEY --model NAME --content TEXT
 """
-import argparse
 import json
 import re
 import sys
 
 import openai
+from oai_common import parse_args
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
@@ -41,24 +41,8 @@ def valid_args(name, args):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--base-url", required=True)
-    ap.add_argument("--api-key", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--content", required=True)
-    a = ap.parse_args()
-    host = a.base_url.split("//", 1)[-1].split(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]"):
-        print(f"refusing non-loopback host {host}", file=sys.stderr)
-        return 2
-    client = openai.OpenAI(base_url=a.base_url, api_key=a.api_key, max_retries=0, timeout=120)
+    a, client, check, passed = parse_args("--content", timeout=120)
     msgs = [{"role": "user", "content": "Weather in Paris?"}]
-    passed = []
-
-    def check(name, cond, detail=""):
-        if not cond:
-            raise AssertionError(f"{name}: {detail}")
-        passed.append(name)
 
     def chat(**kw):
         kw.setdefault("messages", msgs)

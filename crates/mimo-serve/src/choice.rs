@@ -33,7 +33,7 @@ pub struct ReasoningParser {
 }
 
 /// Length of the longest suffix of `s` that is a proper prefix of `tag`.
-fn partial_tag_len(s: &str, tag: &str) -> usize {
+pub(crate) fn partial_tag_len(s: &str, tag: &str) -> usize {
     let max = (tag.len() - 1).min(s.len());
     (1..=max)
         .rev()

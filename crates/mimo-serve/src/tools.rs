@@ -10,6 +10,7 @@ use mimo_engine::GrammarCompiler;
 use serde_json::{json, Value};
 
 use crate::api::ApiError;
+use crate::choice::partial_tag_len;
 
 /// Names `--tool-call-parser` accepts (aliases of one format included).
 pub const TOOL_PARSERS: &[&str] = &["hermes", "qwen", "qwen25", "qwen3", "mimo"];
@@ -241,15 +242,6 @@ impl ToolCallFormat for Hermes {
             tag(HERMES_CLOSE)
         )
     }
-}
-
-/// Length of the longest suffix of `s` that is a proper prefix of `tag`.
-fn partial_tag_len(s: &str, tag: &str) -> usize {
-    let max = (tag.len() - 1).min(s.len());
-    (1..=max)
-        .rev()
-        .find(|&n| s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..]))
-        .unwrap_or(0)
 }
 
 /// Where the arguments' value starts in a call body that begins `{"name": "…", "arguments": `, and the name.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -28,48 +28,63 @@ fn python() -> Option<PathBuf> {
     ok.then_some(p)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_python_client() {
-    let Some(py) = python() else {
+/// The venv's Python, or `None` after saying why `test` is skipped (under `CI` a missing venv fails).
+fn python_or_skip(test: &str) -> Option<PathBuf> {
+    let py = python();
+    if py.is_none() {
         if std::env::var_os("CI").is_some() {
             panic!("CI is set but the Python venv with `openai` is missing (run tools/setup-python.sh)");
         }
-        eprintln!("SKIPPED openai_python_client: no Python venv with `openai` (run tools/setup-python.sh)");
-        return;
-    };
-    let s = start(|a| a.api_key = Some("test-key".into())).await;
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/serve/openai_smoke.py");
+        eprintln!("SKIPPED {test}: no Python venv with `openai` (run tools/setup-python.sh)");
+    }
+    py
+}
+
+/// Runs `tools/serve/SCRIPT` against `s` (API key `test-key`, model `MODEL`) with `extra` arguments; its
+/// stdout, or a failure with both streams.
+async fn run_script(py: &Path, script: &str, s: &TestServer, extra: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/serve")
+        .join(script);
     let base = format!("http://{}/v1", s.addr());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .arg(script)
-            .args([
-                "--base-url",
-                &base,
-                "--api-key",
-                "test-key",
-                "--model",
-                MODEL,
-            ])
-            .args([
-                "--reasoning",
-                SCRIPTED_REASONING,
-                "--content",
-                SCRIPTED_CONTENT,
-            ])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut cmd = Command::new(py);
+    cmd.arg(&script)
+        .args([
+            "--base-url",
+            &base,
+            "--api-key",
+            "test-key",
+            "--model",
+            MODEL,
+        ])
+        .args(extra);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "openai_smoke.py failed:\n{stdout}\n{stderr}"
+        "{} failed:\n{stdout}\n{stderr}",
+        script.display()
     );
-    eprintln!("{stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client() {
+    let Some(py) = python_or_skip("openai_python_client") else {
+        return;
+    };
+    let s = start(|a| a.api_key = Some("test-key".into())).await;
+    let extra = [
+        "--reasoning",
+        SCRIPTED_REASONING,
+        "--content",
+        SCRIPTED_CONTENT,
+    ];
+    eprintln!("{}", run_script(&py, "openai_smoke.py", &s, &extra).await);
     s.server.shutdown().await.unwrap();
 }
 
@@ -78,11 +93,7 @@ async fn openai_python_client() {
 /// back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_client_tools_and_structured_outputs() {
-    let Some(py) = python() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but the Python venv with `openai` is missing (run tools/setup-python.sh)");
-        }
-        eprintln!("SKIPPED openai_python_client_tools_and_structured_outputs: no Python venv with `openai`");
+    let Some(py) = python_or_skip("openai_python_client_tools_and_structured_outputs") else {
         return;
     };
     for mtp in [0, 1] {
@@ -91,34 +102,8 @@ async fn openai_python_client_tools_and_structured_outputs() {
             a.mtp = mtp;
         })
         .await;
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/serve/openai_tools.py");
-        let base = format!("http://{}/v1", s.addr());
-        let py = py.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            Command::new(py)
-                .arg(script)
-                .args([
-                    "--base-url",
-                    &base,
-                    "--api-key",
-                    "test-key",
-                    "--model",
-                    MODEL,
-                ])
-                .args(["--content", SCRIPTED_CONTENT])
-                .output()
-        })
-        .await
-        .unwrap()
-        .expect("running python");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "openai_tools.py (--mtp {mtp}) failed:\n{stdout}\n{stderr}"
-        );
-        eprintln!("--mtp {mtp}: {stdout}");
+        let out = run_script(&py, "openai_tools.py", &s, &["--content", SCRIPTED_CONTENT]).await;
+        eprintln!("--mtp {mtp}: {out}");
         let metrics = http(s.addr(), "GET", "/metrics", &[], None).await.body;
         assert!(metrics.contains("mimo_structured_masks_total"), "{metrics}");
         if mtp > 0 {
