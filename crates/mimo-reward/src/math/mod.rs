@@ -90,17 +90,54 @@ const MAX_PRED_CHARS: usize = 20_000;
 /// Printed forms in a verdict are cut after this many bytes.
 const MAX_PRINTED: usize = 4096;
 
+/// Math-Verify's comparison settings (its `parse` extraction targets and `verify` flags), for running its test
+/// suite with the configuration each test uses. The default is what RL rewards and `mimo eval` use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// Extract LaTeX answers (`\boxed{}`, `$…$`, "the answer is …").
+    pub latex: bool,
+    /// Extract plain expressions and numbers.
+    pub expr: bool,
+    /// Decimal places numbers are rounded to before comparing.
+    pub float_rounding: u32,
+    /// Variables must match by name (`x` ≠ `y`); off: a lone variable on either side is ignored.
+    pub strict: bool,
+    /// A set may match a relation that describes it (`{1, 2}` vs `x = 1 or x = 2`, intervals vs inequalities).
+    pub allow_set_relation_comp: bool,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            latex: true,
+            expr: true,
+            float_rounding: 6,
+            strict: true,
+            allow_set_relation_comp: false,
+        }
+    }
+}
+
 /// Verifies a model response `pred` against the reference answer `gold` within `timeout`.
 ///
 /// Gold is parsed leniently as a bare answer (a `\boxed{}` in it is honoured); the prediction is treated as a
 /// full solution from which the answer is extracted.
 pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
+    verify_with(gold, pred, &VerifyConfig::default(), timeout)
+}
+
+/// [`verify`] with explicit settings.
+pub fn verify_with(gold: &str, pred: &str, cfg: &VerifyConfig, timeout: Duration) -> MathVerdict {
     let dl = Deadline::after(timeout);
     let mut errors = Vec::new();
     // the lenient string comparison is allowed only when nothing was refused
     let mut lenient = true;
 
-    let gold_src = normalize::last_boxed(gold).unwrap_or_else(|| gold.to_string());
+    let gold_src = if cfg.latex {
+        normalize::last_boxed(gold).unwrap_or_else(|| gold.to_string())
+    } else {
+        normalize::last_plain_number(gold).unwrap_or_else(|| gold.to_string())
+    };
     let gold_norm = normalize::normalize(&gold_src);
     let gold_node = match parse_norm(&gold_norm, &dl) {
         Ok(n) => Some(n),
@@ -116,6 +153,10 @@ pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
     let box_cut = box_crosses_cut(pred, pred.len() - pred_tail.len());
     let cands = if box_cut {
         Vec::new()
+    } else if !cfg.latex {
+        normalize::last_plain_number(pred_tail)
+            .into_iter()
+            .collect()
     } else {
         normalize::extract_candidates(pred_tail)
     };
@@ -443,6 +484,25 @@ fn is_sym(n: &Node) -> bool {
     matches!(n, Node::Expr(Expr::Sym(_)))
 }
 
+/// Whether the left side of a gold equation names what is asked for (`x`, `AB`, `|AB|`, `f(x)`, `NO/BO`,
+/// `(p, q)`) rather than being an expression of the answer (`2x + z`, `7`): then the right side is the answer.
+fn names_a_quantity(n: &Node) -> bool {
+    fn named(e: &Expr) -> bool {
+        match e {
+            Expr::Sym(_) => true,
+            Expr::Mul(v) => v.iter().all(named),
+            Expr::Div(a, b) => named(a) && named(b),
+            Expr::Func(_, a) => named(a),
+            _ => false,
+        }
+    }
+    match n {
+        Node::Expr(e) => named(e),
+        Node::Tuple(v) => v.iter().all(names_a_quantity),
+        _ => false,
+    }
+}
+
 /// `x > 2`, `2 < x \le 5`, ... as an interval (None when it is not a one-variable bound).
 fn ineq_to_interval(sides: &[Node], ops: &[RelOp]) -> Option<Node> {
     let inf = || Node::Expr(Expr::Inf);
@@ -501,9 +561,62 @@ fn sub(a: &Node, b: &Node) -> Option<Expr> {
     }
 }
 
+/// An equation chain `a = b = … = z` as its two ends `a = z` (Math-Verify compares the first and last sides:
+/// `x = 5+5+1 = 11` states `x = 11`).
+fn chain_ends<'a>(sides: &'a [Node], ops: &[RelOp]) -> Option<[&'a Node; 2]> {
+    (sides.len() > 2 && ops.iter().all(|o| *o == RelOp::Eq))
+        .then(|| [&sides[0], &sides[sides.len() - 1]])
+}
+
+fn is_order(op: RelOp) -> bool {
+    matches!(op, RelOp::Lt | RelOp::Le | RelOp::Gt | RelOp::Ge)
+}
+
+/// Whether `g ≡ k·p` for a constant `k` (found at one sample point where both are exact and `p ≠ 0`), with
+/// `k > 0` when `positive`: `2x + 4y − 3 = 0` and `y = −x/2 + 3/4` describe the same line.
+fn proportional(g: &Expr, p: &Expr, positive: bool, dl: &Deadline) -> R<bool> {
+    let mut syms = Vec::new();
+    g.symbols(&mut syms);
+    p.symbols(&mut syms);
+    syms.sort_unstable();
+    syms.dedup();
+    if syms.is_empty() {
+        return Ok(false);
+    }
+    let mut pts = Points(0xC0FFEE);
+    for k in 0..SAMPLE_POINTS {
+        dl.check()?;
+        let env: HashMap<String, Val> = syms
+            .iter()
+            .map(|s| (s.clone(), Val::Exact(pts.rational(k))))
+            .collect();
+        if let (Ok(Val::Exact(a)), Ok(Val::Exact(b))) = (eval(g, &env, dl), eval(p, &env, dl)) {
+            let zero = BigRational::from_integer(BigInt::from(0));
+            if b == zero || a == zero {
+                continue;
+            }
+            let ratio = a / b;
+            if positive && ratio < zero {
+                return Ok(false);
+            }
+            let scaled = Expr::Mul(vec![Expr::Num(ratio, false), p.clone()]);
+            return expr_equiv(g, &scaled, dl);
+        }
+    }
+    Ok(false)
+}
+
 fn rel_equiv(gs: &[Node], gops: &[RelOp], ps: &[Node], pops: &[RelOp], dl: &Deadline) -> R<bool> {
     if let (Some(a), Some(b)) = (ineq_to_interval(gs, gops), ineq_to_interval(ps, pops)) {
         return equiv(&a, &b, dl);
+    }
+    if let Some(g) = chain_ends(gs, gops) {
+        let g = [g[0].clone(), g[1].clone()];
+        return rel_equiv(&g, &[RelOp::Eq], ps, pops, dl);
+    }
+    if let Some(p) = chain_ends(ps, pops) {
+        let p = [p[0].clone(), p[1].clone()];
+        return rel_equiv(gs, gops, &p, &[RelOp::Eq], dl);
     }
     if gs.len() != ps.len() {
         return Ok(false);
@@ -525,10 +638,27 @@ fn rel_equiv(gs: &[Node], gops: &[RelOp], ps: &[Node], pops: &[RelOp], dl: &Dead
         if pops[0] == gops[0].flip() && equiv(&gs[0], &ps[1], dl)? && equiv(&gs[1], &ps[0], dl)? {
             return Ok(true);
         }
-        // equations with the same zero set up to sign: a - b ≡ ±(c - d)
+        // equations with the same zero set: a − b ≡ k·(c − d), k ≠ 0
         if gops[0] == RelOp::Eq && pops[0] == RelOp::Eq {
             if let (Some(g), Some(p)) = (sub(&gs[0], &gs[1]), sub(&ps[0], &ps[1])) {
-                if expr_equiv(&g, &p, dl)? || expr_equiv(&g, &Expr::Neg(Box::new(p)), dl)? {
+                if expr_equiv(&g, &p, dl)?
+                    || expr_equiv(&g, &Expr::Neg(Box::new(p.clone())), dl)?
+                    || proportional(&g, &p, false, dl)?
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        // inequalities with the same solution set: a − b ≡ k·(c − d), k > 0 for the same direction, k < 0
+        // for the flipped one (`−x > −1` is `x < 1`)
+        if is_order(gops[0]) && is_order(pops[0]) {
+            if let (Some(g), Some(p)) = (sub(&gs[0], &gs[1]), sub(&ps[0], &ps[1])) {
+                let flipped = Expr::Neg(Box::new(p.clone()));
+                if (pops[0] == gops[0]
+                    && (expr_equiv(&g, &p, dl)? || proportional(&g, &p, true, dl)?))
+                    || (pops[0] == gops[0].flip()
+                        && (expr_equiv(&g, &flipped, dl)? || proportional(&g, &flipped, true, dl)?))
+                {
                     return Ok(true);
                 }
             }
@@ -574,9 +704,10 @@ pub fn equiv(gold: &Node, pred: &Node, dl: &Deadline) -> R<bool> {
         (Expr(a), Expr(b)) => expr_equiv_pct(a, b, dl)?,
         (Rel(gs, gops), Rel(ps, pops)) => rel_equiv(gs, gops, ps, pops, dl)?,
         (Rel(gs, gops), p) => {
-            if gops.iter().all(|o| *o == RelOp::Eq) && gs.len() == 2 && is_sym(&gs[0]) {
-                // gold `x = 2`, prediction `2`
-                equiv(&gs[1], p, dl)?
+            if gops.iter().all(|o| *o == RelOp::Eq) && (gs.len() > 2 || names_a_quantity(&gs[0])) {
+                // gold `x = 2` (or `(p, q) = (3, 2)`, `|AB| = 1`, `x = 1 + 1 = 2`), prediction the value: the
+                // last side is the answer, as in Math-Verify
+                equiv(&gs[gs.len() - 1], p, dl)?
             } else if gops == &[RelOp::In] && gs.len() == 2 {
                 equiv(&gs[1], p, dl)?
             } else if let Some(iv) = ineq_to_interval(gs, gops) {

@@ -42,6 +42,53 @@ fn last_boxed_str(s: &str) -> Option<&str> {
 }
 
 /// Given the text right after an opening `{`, returns the content up to its matching `}`.
+/// Whether the text between two boxed answers only joins them: commas, `and`, `\quad`, `\text{and}`, math
+/// delimiters and spaces (`\boxed{5}, wait, actually \boxed{6}` is a correction, not two answers).
+fn is_connector(gap: &str) -> bool {
+    let mut g = gap.to_string();
+    for t in [
+        "\\text{", "\\qquad", "\\quad", "\\(", "\\)", "\\[", "\\]", "\\,", "$", "}", "{", ",", ";",
+        "&",
+    ] {
+        g = g.replace(t, " ");
+    }
+    g.split_whitespace().all(|w| w == "and" || w == "or")
+}
+
+/// The final run of `\boxed{…}` answers of `s`: the last box and those before it separated only by
+/// connecting text ([`is_connector`]), in order.
+fn final_boxed_group(s: &str) -> Vec<String> {
+    let mut boxes: Vec<(usize, usize, &str)> = vec![];
+    let mut from = 0;
+    while let Some(k) = s[from..].find("\\boxed") {
+        let start = from + k;
+        let rest = &s[start + "\\boxed".len()..];
+        let Some(inner) = rest.trim_start().strip_prefix('{') else {
+            from = start + 1;
+            continue;
+        };
+        let Some(arg) = balanced(inner) else { break };
+        let open = s.len() - inner.len();
+        let end = open + arg.len() + 1;
+        boxes.push((start, end, arg));
+        from = end;
+    }
+    let mut group: Vec<&str> = vec![];
+    for (i, &(start, end, arg)) in boxes.iter().enumerate().rev() {
+        if i + 1 < boxes.len() {
+            if !is_connector(&s[end..boxes[i + 1].0]) {
+                break;
+            }
+        } else if s[end..].contains("\\boxed") {
+            break;
+        }
+        let _ = start;
+        group.push(arg);
+    }
+    group.reverse();
+    group.into_iter().map(str::to_string).collect()
+}
+
 pub fn balanced(s: &str) -> Option<&str> {
     let mut depth = 1i32;
     let mut prev_backslash = false;
@@ -92,6 +139,12 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
         &[resp]
     };
     for scope in scopes {
+        let group = final_boxed_group(scope);
+        if group.len() > 1 {
+            // `\boxed{1} and \boxed{2}`: the answer is all of them (Math-Verify joins them)
+            out.push(group.join(", "));
+            return out;
+        }
         if let Some(b) = last_boxed(scope) {
             out.push(b);
             return out;
@@ -99,12 +152,16 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
     }
     let text = tail;
     if let Some(m) = FINAL_ANSWER.captures_iter(text).last() {
-        let mut a = m
-            .name("a")
-            .map(|x| x.as_str())
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let mut a = m.name("a").map(|x| x.as_str()).unwrap_or("").trim();
+        // "Final Answer: The final answer is $x$": the inner statement holds the answer
+        while let Some(inner) = FINAL_ANSWER
+            .captures(a)
+            .filter(|c| c.get(0).is_some_and(|m| m.start() == 0))
+            .and_then(|c| c.name("a"))
+        {
+            a = inner.as_str().trim();
+        }
+        let mut a = a.to_string();
         // cut at a closing math delimiter or a sentence end
         for stop in ["$", "\\)", "\\]"] {
             if let Some(k) = a.find(stop) {
@@ -129,6 +186,40 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
         out.push(m.as_str().to_string());
     }
     out
+}
+
+static PLAIN_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"-?(?:\d+(?:[ ,]\d{3})+|\d+)(?:[.,]\d+)?|-?\.\d+").expect("static regex")
+});
+
+/// The last number of plain text, canonical (`1,000.99` → `1000.99`, `1 000` → `1000`, `2,74` and `0,111` →
+/// decimal commas), for Math-Verify's expression-only extraction. A number glued to a preceding letter
+/// (`AZYUK2A`) is not an answer; units after it (`1,000.99m²`) are fine.
+pub fn last_plain_number(text: &str) -> Option<String> {
+    let m = PLAIN_NUMBER
+        .find_iter(text)
+        .filter(|m| {
+            !text[..m.start()]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphabetic())
+        })
+        .last()?;
+    let n = m.as_str();
+    let out = if n.contains('.') {
+        n.replace([',', ' '], "")
+    } else if n.contains(',') {
+        let parts: Vec<&str> = n.split(',').collect();
+        let lead = parts[0].trim_start_matches('-');
+        if parts.len() == 2 && (parts[1].len() != 3 || lead == "0") {
+            n.replace(',', ".")
+        } else {
+            n.replace(',', "")
+        }
+    } else {
+        n.replace(' ', "")
+    };
+    Some(out)
 }
 
 static THOUSANDS: LazyLock<Regex> =
@@ -247,6 +338,11 @@ fn unwrap_delims(mut s: &str) -> &str {
 /// Normalises one answer string (already extracted) to the form the parser expects.
 pub fn normalize(ans: &str) -> String {
     let s = unwrap_delims(ans.trim());
+    // `x = 1/3 \approx 0.33`: the approximation is not the answer
+    let s = match s.find("\\approx") {
+        Some(k) if s[..k].contains('=') => s[..k].trim_end(),
+        _ => s,
+    };
     let mut s = s.replace("\\left.", "").replace("\\right.", "");
     // thousands separated by thin spaces: 1\,000
     s = THIN_THOUSANDS
