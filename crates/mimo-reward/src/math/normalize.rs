@@ -115,7 +115,11 @@ static FINAL_ANSWER: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex")
 });
 static MATH_SEG: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)\$\$(.+?)\$\$|\$([^$]+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)").expect("static regex")
+    Regex::new(r"(?s)\$\$(.+?)\$\$|\$([^$\n]+?)\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)")
+        .expect("static regex")
+});
+static ANY_MATH: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?s)\$\$.*?\$\$|\$[^$]*\$|\\\[.*?\\\]|\\\(.*?\\\)").expect("static regex")
 });
 static LAST_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -182,7 +186,10 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
             out.push(m.as_str().trim().to_string());
         }
     }
-    if let Some(m) = LAST_NUMBER.find_iter(text).last() {
+    // The last plain number outside math: a number inside math that did not make an answer (`$-[0,1)$`, a
+    // formula split over lines) is not one either.
+    let outside = ANY_MATH.replace_all(text, " ");
+    if let Some(m) = LAST_NUMBER.find_iter(&outside).last() {
         out.push(m.as_str().to_string());
     }
     out
