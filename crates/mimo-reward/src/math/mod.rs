@@ -134,7 +134,7 @@ pub fn verify_with(gold: &str, pred: &str, cfg: &VerifyConfig, timeout: Duration
     let mut lenient = true;
 
     let gold_src = if cfg.latex {
-        normalize::last_boxed(gold).unwrap_or_else(|| gold.to_string())
+        normalize::boxed_answer(gold).unwrap_or_else(|| gold.to_string())
     } else {
         normalize::last_plain_number(gold).unwrap_or_else(|| gold.to_string())
     };

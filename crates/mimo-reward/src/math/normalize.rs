@@ -13,6 +13,17 @@ const MAX_UNWRAP: usize = 8;
 const MAX_UNIT_WORDS: usize = 4;
 
 /// Finds the argument of the last `\boxed{…}` / `\fbox{…}` (balanced braces), if any.
+/// The boxed answer of `s`: its final group of boxes joined (`\boxed{1} and \boxed{2}` → `1, 2`), else its
+/// last box.
+pub fn boxed_answer(s: &str) -> Option<String> {
+    let group = final_boxed_group(s);
+    if group.len() > 1 {
+        Some(group.join(", "))
+    } else {
+        last_boxed(s)
+    }
+}
+
 pub fn last_boxed(s: &str) -> Option<String> {
     last_boxed_str(s).map(str::to_string)
 }
@@ -143,13 +154,7 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
         &[resp]
     };
     for scope in scopes {
-        let group = final_boxed_group(scope);
-        if group.len() > 1 {
-            // `\boxed{1} and \boxed{2}`: the answer is all of them (Math-Verify joins them)
-            out.push(group.join(", "));
-            return out;
-        }
-        if let Some(b) = last_boxed(scope) {
+        if let Some(b) = boxed_answer(scope) {
             out.push(b);
             return out;
         }
@@ -256,6 +261,12 @@ static UNIT_TAIL: LazyLock<Regex> = LazyLock::new(|| {
 });
 static UNIT_MARK: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\x01\s*(?:\^\{?\d\}?)?").expect("static regex"));
+static DOUBLED_COMMAND: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\\\\(frac|dfrac|tfrac|left|right|le|leq|ge|geq|lt|gt|neq|sqrt|cdot|times|pi|infty|in|cup|cap|boxed|text|mathbf|overrightarrow)\b")
+            .expect("static regex")
+});
+static BANG_THOUSANDS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(\d),\\!\s*(\d{3})").expect("static regex"));
 static THIN_THOUSANDS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\d(?:\\[, ]\d{3})+").expect("static regex"));
 static SPACING: LazyLock<Regex> = LazyLock::new(|| {
@@ -344,13 +355,17 @@ fn unwrap_delims(mut s: &str) -> &str {
 
 /// Normalises one answer string (already extracted) to the form the parser expects.
 pub fn normalize(ans: &str) -> String {
-    let s = unwrap_delims(ans.trim());
+    // `\\frac`, `\\left(`: commands written with doubled backslashes (JSON-escaped twice)
+    let undoubled = DOUBLED_COMMAND.replace_all(ans, r"\$1");
+    let s = unwrap_delims(undoubled.trim());
     // `x = 1/3 \approx 0.33`: the approximation is not the answer
     let s = match s.find("\\approx") {
         Some(k) if s[..k].contains('=') => s[..k].trim_end(),
         _ => s,
     };
     let mut s = s.replace("\\left.", "").replace("\\right.", "");
+    // thousands separated by `,\!`: 11,\!111
+    s = BANG_THOUSANDS.replace_all(&s, "$1$2").into_owned();
     // thousands separated by thin spaces: 1\,000
     s = THIN_THOUSANDS
         .replace_all(&s, |c: &regex::Captures<'_>| {
