@@ -438,6 +438,22 @@ pub enum Tol {
     Float,
 }
 
+thread_local! {
+    /// Decimal places of the [`Tol::Decimal`] comparison for the verification running on this thread (set by
+    /// `math::verify_with` for its duration; Math-Verify's `float_rounding`). A thread-local because the
+    /// equivalence functions recurse through every node kind and this one number would otherwise be threaded
+    /// through all their signatures.
+    static DECIMALS: std::cell::Cell<u32> = const { std::cell::Cell::new(6) };
+}
+
+/// Runs `f` with decimal comparisons at `places` decimal places (restored afterwards).
+pub fn with_decimals<T>(places: u32, f: impl FnOnce() -> T) -> T {
+    let before = DECIMALS.with(|d| d.replace(places.min(30)));
+    let out = f();
+    DECIMALS.with(|d| d.set(before));
+    out
+}
+
 /// Compares two values: exactly when both are exact rationals (the decimal tolerance is then applied in
 /// exact arithmetic too), otherwise in f64 with the tolerance. An infinity equals only the same infinity;
 /// an exact value outside the f64 range never equals an approximation.
@@ -460,15 +476,20 @@ pub fn val_eq(a: &Val, b: &Val, tol: Tol) -> bool {
     let d = (x - y).abs();
     match tol {
         // equal after rounding to 6 decimal places, or to 9 significant digits
-        Tol::Decimal => d <= 5e-7 || d <= 1e-9 * x.abs().max(y.abs()),
+        Tol::Decimal => {
+            let places = DECIMALS.with(|d| d.get()) as i32;
+            d <= 0.5 * 10f64.powi(-places) + 1e-15 || d <= 1e-9 * x.abs().max(y.abs())
+        }
         Tol::Float => d <= 1e-8 * x.abs().max(y.abs()) || d < 1e-12,
     }
 }
 
-/// The decimal tolerance of [`val_eq`] in exact arithmetic: |x − y| ≤ 5·10⁻⁷ or ≤ 10⁻⁹·max(|x|, |y|).
+/// The decimal tolerance of [`val_eq`] in exact arithmetic: |x − y| ≤ ½·10⁻ᵈ (d decimal places, 6 by
+/// default) or ≤ 10⁻⁹·max(|x|, |y|).
 fn exact_close(x: &BigRational, y: &BigRational) -> bool {
     let d = (x - y).abs();
-    let abs_tol = BigRational::new(BigInt::from(5), BigInt::from(10_000_000));
+    let places = DECIMALS.with(|d| d.get());
+    let abs_tol = BigRational::new(BigInt::from(5), BigInt::from(10u32).pow(places + 1));
     d <= abs_tol
         || d * BigRational::from_integer(BigInt::from(1_000_000_000)) <= x.abs().max(y.abs())
 }

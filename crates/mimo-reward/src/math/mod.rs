@@ -128,6 +128,21 @@ pub fn verify(gold: &str, pred: &str, timeout: Duration) -> MathVerdict {
 
 /// [`verify`] with explicit settings.
 pub fn verify_with(gold: &str, pred: &str, cfg: &VerifyConfig, timeout: Duration) -> MathVerdict {
+    let before = SET_RELATION.with(|c| c.replace(cfg.allow_set_relation_comp));
+    let v = eval::with_decimals(cfg.float_rounding, || {
+        verify_inner(gold, pred, cfg, timeout)
+    });
+    SET_RELATION.with(|c| c.set(before));
+    v
+}
+
+thread_local! {
+    /// `allow_set_relation_comp` of the verification running on this thread (see [`eval::with_decimals`] for
+    /// why a thread-local).
+    static SET_RELATION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn verify_inner(gold: &str, pred: &str, cfg: &VerifyConfig, timeout: Duration) -> MathVerdict {
     let dl = Deadline::after(timeout);
     let mut errors = Vec::new();
     // the lenient string comparison is allowed only when nothing was refused
@@ -609,6 +624,12 @@ fn proportional(g: &Expr, p: &Expr, positive: bool, dl: &Deadline) -> R<bool> {
 fn rel_equiv(gs: &[Node], gops: &[RelOp], ps: &[Node], pops: &[RelOp], dl: &Deadline) -> R<bool> {
     if let (Some(a), Some(b)) = (ineq_to_interval(gs, gops), ineq_to_interval(ps, pops)) {
         return equiv(&a, &b, dl);
+    }
+    // gold `x ∈ S`, prediction an inequality describing S: only when set/relation comparison is allowed
+    if gops == [RelOp::In] && gs.len() == 2 && SET_RELATION.with(|c| c.get()) {
+        if let Some(iv) = ineq_to_interval(ps, pops) {
+            return equiv(&gs[1], &iv, dl);
+        }
     }
     if let Some(g) = chain_ends(gs, gops) {
         let g = [g[0].clone(), g[1].clone()];
