@@ -132,6 +132,10 @@ static MATH_SEG: LazyLock<Regex> = LazyLock::new(|| {
 static ANY_MATH: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?s)\$\$.*?\$\$|\$[^$]*\$|\\\[.*?\\\]|\\\(.*?\\\)").expect("static regex")
 });
+/// The end of a sentence inside a final-answer statement (a period before a space or the end, not a decimal
+/// point).
+static SENTENCE_END: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\.(?:\s|$)").expect("static regex"));
 static LAST_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
         .expect("static regex")
@@ -148,42 +152,28 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
         Some(k) => &resp[k + "</think>".len()..],
         None => resp,
     };
-    let scopes: &[&str] = if tail.len() < resp.len() {
-        &[tail, resp]
-    } else {
-        &[resp]
-    };
-    for scope in scopes {
-        if let Some(b) = boxed_answer(scope) {
+    let text = tail;
+    // A boxed answer and a "final answer …" statement rank alike: the later one in the text wins (a solution
+    // that boxes an intermediate value and then states its final answer means the statement); a plain "the
+    // answer is" after a box does not override it.
+    let boxed = boxed_answer(tail).map(|b| (last_box_start(tail), b));
+    let stated = final_answer_statement(text);
+    match (boxed, stated) {
+        (Some((bp, b)), Some((sp, st))) if sp > bp && is_final_phrase(&text[sp..]) => {
+            out.push(st);
+            out.push(b);
+        }
+        (Some((_, b)), _) => {
             out.push(b);
             return out;
         }
+        (None, Some((_, st))) => out.push(st),
+        (None, None) => {}
     }
-    let text = tail;
-    if let Some(m) = FINAL_ANSWER.captures_iter(text).last() {
-        let mut a = m.name("a").map(|x| x.as_str()).unwrap_or("").trim();
-        // "Final Answer: The final answer is $x$": the inner statement holds the answer
-        while let Some(inner) = FINAL_ANSWER
-            .captures(a)
-            .filter(|c| c.get(0).is_some_and(|m| m.start() == 0))
-            .and_then(|c| c.name("a"))
-        {
-            a = inner.as_str().trim();
-        }
-        let mut a = a.to_string();
-        // cut at a closing math delimiter or a sentence end
-        for stop in ["$", "\\)", "\\]"] {
-            if let Some(k) = a.find(stop) {
-                a.truncate(k);
-            }
-        }
-        let a = a
-            .trim()
-            .trim_end_matches(['.', ','].as_ref())
-            .trim()
-            .to_string();
-        if !a.is_empty() {
-            out.push(a);
+    if out.is_empty() && tail.len() < resp.len() {
+        if let Some(b) = boxed_answer(resp) {
+            out.push(b);
+            return out;
         }
     }
     if let Some(c) = MATH_SEG.captures_iter(text).last() {
@@ -198,6 +188,62 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
         out.push(m.as_str().to_string());
     }
     out
+}
+
+/// Whether a final-answer statement starting `s` says "final answer".
+fn is_final_phrase(s: &str) -> bool {
+    s.get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case("final answer"))
+}
+
+/// Byte offset of the last `\boxed`/`\fbox` in `s` (0 when none).
+fn last_box_start(s: &str) -> usize {
+    ["\\boxed", "\\fbox"]
+        .iter()
+        .filter_map(|p| s.rfind(p))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The last "final answer is …" statement of `text`: where it starts and its answer. The answer ends at a
+/// closing math delimiter or the end of the sentence; a statement whose words hold no math (`The largest $n$
+/// is 34.`) gives the last number of the sentence.
+fn final_answer_statement(text: &str) -> Option<(usize, String)> {
+    let m = FINAL_ANSWER.captures_iter(text).last()?;
+    let start = m.get(0).map_or(0, |x| x.start());
+    let mut a = m.name("a").map(|x| x.as_str()).unwrap_or("").trim();
+    // "Final Answer: The final answer is $x$": the inner statement holds the answer
+    loop {
+        let lead = a
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("the "))
+            .map_or(0, |_| 4);
+        let Some(inner) = FINAL_ANSWER
+            .captures(&a[lead..])
+            .filter(|c| c.get(0).is_some_and(|m| m.start() == 0))
+            .and_then(|c| c.name("a"))
+        else {
+            break;
+        };
+        a = inner.as_str().trim();
+    }
+    let sentence = SENTENCE_END.find(a).map_or(a, |e| &a[..e.start()]);
+    let mut cut = sentence.to_string();
+    for stop in ["$", "\\)", "\\]"] {
+        if let Some(k) = cut.find(stop) {
+            cut.truncate(k);
+        }
+    }
+    let cut = cut.trim().trim_end_matches(['.', ',']).trim();
+    if !cut.is_empty() && cut.chars().any(|c| c.is_ascii_digit() || c == '\\') {
+        return Some((start, cut.to_string()));
+    }
+    let words = ANY_MATH.replace_all(sentence, " ");
+    LAST_NUMBER
+        .find_iter(&words)
+        .last()
+        .map(|n| (start, n.as_str().to_string()))
+        .or_else(|| (!cut.is_empty()).then(|| (start, cut.to_string())))
 }
 
 static PLAIN_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
