@@ -2,6 +2,8 @@
 //! avg@k (mean fraction correct) and the unbiased pass@k estimator. Problems and their scoring are
 //! `mimo_reward`'s ([`Problem`], [`score`]): the math verifier, or every sandboxed test passing for code.
 
+pub mod remote;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -18,6 +20,9 @@ pub enum EvalError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Text(#[from] TextError),
+    /// A remote endpoint failed for good (after retries); finished samples are kept.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// Unbiased pass@k from `n` samples with `c` correct (Chen et al. 2021): `1 − C(n−c, k) / C(n, k)`.
@@ -74,7 +79,7 @@ impl Default for EvalOptions {
 }
 
 /// One generated sample and its verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Sample {
     pub problem: String,
     pub sample: usize,
@@ -140,19 +145,32 @@ pub fn evaluate(
             continue;
         };
         let out = text.tokenizer.decode(&tokens, true)?;
-        let p = &problems[pi];
-        let verdict = score(p, &out, &opts.scoring);
-        let correct = verdict.all_passed();
-        let pred = verdict.pred;
-        samples.push(Sample {
-            problem: p.id.clone(),
-            sample: s,
-            text: out,
-            completion_tokens: tokens.len(),
-            pred,
-            correct,
-        });
+        samples.push(scored_sample(&problems[pi], s, out, tokens.len(), opts));
     }
+    Ok(report(problems, samples, opts.k))
+}
+
+/// Sample `s` of problem `p` with its verdict (the one scorer RL rewards use).
+pub fn scored_sample(
+    p: &Problem,
+    s: usize,
+    text: String,
+    completion_tokens: usize,
+    opts: &EvalOptions,
+) -> Sample {
+    let verdict = score(p, &text, &opts.scoring);
+    Sample {
+        problem: p.id.clone(),
+        sample: s,
+        correct: verdict.all_passed(),
+        pred: verdict.pred,
+        text,
+        completion_tokens,
+    }
+}
+
+/// The report over `samples` (avg@k, unbiased pass@1 and pass@k per problem, averaged).
+pub fn report(problems: &[Problem], samples: Vec<Sample>, k: usize) -> EvalReport {
     let mut per_problem: Vec<ProblemResult> = problems
         .iter()
         .map(|p| ProblemResult {
@@ -175,16 +193,33 @@ pub fn evaluate(
     }
     let m = per_problem.len().max(1) as f64;
     let mean = |f: &dyn Fn(&ProblemResult) -> f64| per_problem.iter().map(f).sum::<f64>() / m;
-    Ok(EvalReport {
+    EvalReport {
         problems: problems.len(),
-        k: opts.k,
+        k,
         avg_at_k: mean(&|r| r.correct as f64 / r.n.max(1) as f64),
         pass_at_1: mean(&|r| pass_at_k(r.n, r.correct, 1)),
-        pass_at_k: mean(&|r| pass_at_k(r.n, r.correct, opts.k)),
+        pass_at_k: mean(&|r| pass_at_k(r.n, r.correct, k)),
         completion_tokens: samples.iter().map(|s| s.completion_tokens).sum(),
         per_problem,
         samples,
-    })
+    }
+}
+
+/// The report as a Markdown table (one row of headline figures, then per-problem counts).
+pub fn markdown(r: &EvalReport, title: &str) -> String {
+    let mut out = format!(
+        "# {title}\n\n| problems | k | avg@k | pass@1 | pass@k | completion tokens |\n|---|---|---|---|---|---|\n\
+         | {} | {} | {:.4} | {:.4} | {:.4} | {} |\n\n| problem | gold | correct / n |\n|---|---|---|\n",
+        r.problems, r.k, r.avg_at_k, r.pass_at_1, r.pass_at_k, r.completion_tokens
+    );
+    for p in &r.per_problem {
+        let gold = p.gold.replace('|', "\\|");
+        out.push_str(&format!(
+            "| {} | {gold} | {} / {} |\n",
+            p.id, p.correct, p.n
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
