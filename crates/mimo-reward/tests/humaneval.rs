@@ -85,6 +85,23 @@ fn humaneval_canonical_solutions_pass_and_broken_ones_fail() {
         .map(|(id, o)| (id, o.status, o.detail.clone()))
         .collect();
     assert!(failed.is_empty(), "canonical solutions failed: {failed:?}");
+    // The same problems through `Problem::from_json` (what `mimo eval --data HumanEval.jsonl` reads) and the
+    // one scorer: a response with the canonical solution in a code block passes.
+    let settings = mimo_reward::RewardSettings {
+        sandbox: cfg.clone(),
+        ..Default::default()
+    };
+    for (i, p) in problems.iter().take(5).enumerate() {
+        let problem = mimo_reward::Problem::from_json(p, i + 1).unwrap();
+        assert_eq!(problem.id, field(p, "task_id"));
+        let answer = format!(
+            "Here it is:\n```python\n{}{}```",
+            field(p, "prompt"),
+            field(p, "canonical_solution")
+        );
+        let score = mimo_reward::score(&problem, &answer, &settings);
+        assert!(score.all_passed(), "{}: {score:?}", problem.id);
+    }
     let bad = run(true);
     let passed: Vec<_> = bad
         .iter()
