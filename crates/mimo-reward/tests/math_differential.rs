@@ -5,6 +5,7 @@
 //! * `ours-right`: we match the intent, Math-Verify does not (documented in docs/math-verify.md);
 //! * `theirs-right`: Math-Verify matches the intent, we do not (a bug of ours);
 //! * `both-wrong`: neither matches the intent (a generator case both read differently).
+//!
 //! Fails on any false positive of ours that Math-Verify does not make, or if we match the intent less often.
 //! Skipped with a message when the venv has no `math_verify`, unless `CI` is set.
 
