@@ -149,7 +149,7 @@ fn verify_inner(gold: &str, pred: &str, cfg: &VerifyConfig, timeout: Duration) -
     let mut lenient = true;
 
     let gold_src = if cfg.latex {
-        normalize::boxed_answer(gold).unwrap_or_else(|| gold.to_string())
+        normalize::gold_answer(gold)
     } else {
         normalize::last_plain_number(gold).unwrap_or_else(|| gold.to_string())
     };
@@ -543,7 +543,7 @@ fn ineq_to_interval(sides: &[Node], ops: &[RelOp]) -> Option<Node> {
                 _ => None,
             }
         }
-        ([a, x, b], [o1, o2]) if is_sym(x) => {
+        ([a, x, b], [o1, o2]) if is_sym(x) || names_a_quantity(x) => {
             if lower(*o1) && lower(*o2) {
                 Some(Node::Interval(
                     Box::new(a.clone()),
@@ -688,8 +688,33 @@ fn rel_equiv(gs: &[Node], gops: &[RelOp], ps: &[Node], pops: &[RelOp], dl: &Dead
     Ok(false)
 }
 
+/// `v` without elements equivalent to an earlier one (a set lists each element once).
+fn distinct<'a>(v: &'a [Node], dl: &Deadline) -> R<Vec<&'a Node>> {
+    let mut out: Vec<&Node> = Vec::with_capacity(v.len());
+    'next: for x in v {
+        for y in &out {
+            if equiv(y, x, dl)? {
+                continue 'next;
+            }
+        }
+        out.push(x);
+    }
+    Ok(out)
+}
+
 fn unordered(a: &[Node], b: &[Node], dl: &Deadline) -> R<bool> {
     if a.len() != b.len() {
+        // a repeated element (`(3, 17), (3, 17)`) does not make another set
+        let (da, db) = (distinct(a, dl)?, distinct(b, dl)?);
+        if da.len() != a.len() || db.len() != b.len() {
+            let da: Vec<Node> = da.into_iter().cloned().collect();
+            let db: Vec<Node> = db.into_iter().cloned().collect();
+            return if da.len() == db.len() {
+                unordered(&da, &db, dl)
+            } else {
+                Ok(false)
+            };
+        }
         return Ok(false);
     }
     let mut used = vec![false; b.len()];

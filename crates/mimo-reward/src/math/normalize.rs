@@ -13,6 +13,32 @@ const MAX_UNWRAP: usize = 8;
 const MAX_UNIT_WORDS: usize = 4;
 
 /// Finds the argument of the last `\boxed{…}` / `\fbox{…}` (balanced braces), if any.
+/// A bare gold answer's answer part: its boxed answer; else its math segments (`$21, 16$ or $11$` → the
+/// segments joined when only connectors separate them, else the last one: `$125$ miles` → `125`); else all of
+/// it.
+pub fn gold_answer(gold: &str) -> String {
+    if let Some(b) = boxed_answer(gold) {
+        return b;
+    }
+    let segs: Vec<(usize, usize, &str)> = MATH_SEG
+        .captures_iter(gold)
+        .filter_map(|c| {
+            let whole = c.get(0)?;
+            let inner = (1..=4).find_map(|i| c.get(i))?;
+            Some((whole.start(), whole.end(), inner.as_str().trim()))
+        })
+        .collect();
+    let Some(&(_, last_end, last)) = segs.last() else {
+        return gold.to_string();
+    };
+    let outside_words = |t: &str| t.split_whitespace().count();
+    let joined = segs.windows(2).all(|w| is_connector(&gold[w[0].1..w[1].0]));
+    if segs.len() > 1 && joined && outside_words(&gold[last_end..]) <= 3 {
+        return segs.iter().map(|s| s.2).collect::<Vec<_>>().join(", ");
+    }
+    last.to_string()
+}
+
 /// The boxed answer of `s`: its final group of boxes joined (`\boxed{1} and \boxed{2}` → `1, 2`), else its
 /// last box.
 pub fn boxed_answer(s: &str) -> Option<String> {
@@ -180,6 +206,9 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
         if let Some(m) = (1..=4).find_map(|i| c.get(i)) {
             out.push(m.as_str().trim().to_string());
         }
+    } else if text.contains('\\') && text.trim().len() <= 200 {
+        // bare LaTeX without delimiters (`\frac{10}{9}`): the text is the answer
+        out.push(text.trim().to_string());
     }
     // The last plain number outside math: a number inside math that did not make an answer (`$-[0,1)$`, a
     // formula split over lines) is not one either.
