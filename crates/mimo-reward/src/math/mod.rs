@@ -625,6 +625,12 @@ fn rel_equiv(gs: &[Node], gops: &[RelOp], ps: &[Node], pops: &[RelOp], dl: &Dead
     if let (Some(a), Some(b)) = (ineq_to_interval(gs, gops), ineq_to_interval(ps, pops)) {
         return equiv(&a, &b, dl);
     }
+    // gold an inequality, prediction `x ∈ S`: S must be the inequality's interval
+    if pops == [RelOp::In] && ps.len() == 2 {
+        if let Some(iv) = ineq_to_interval(gs, gops) {
+            return equiv(&iv, &ps[1], dl);
+        }
+    }
     // gold `x ∈ S`, prediction an inequality describing S: only when set/relation comparison is allowed
     if gops == [RelOp::In] && gs.len() == 2 && SET_RELATION.with(|c| c.get()) {
         if let Some(iv) = ineq_to_interval(ps, pops) {

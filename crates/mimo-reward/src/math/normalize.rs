@@ -89,7 +89,12 @@ fn is_connector(gap: &str) -> bool {
     ] {
         g = g.replace(t, " ");
     }
-    g.split_whitespace().all(|w| w == "and" || w == "or")
+    let words: Vec<&str> = g.split_whitespace().collect();
+    words.iter().all(|w| *w == "and" || *w == "or")
+        // `\boxed{1} papers and \boxed{2} bins`: a unit word and a conjunction
+        || (words.len() <= 3
+            && words.contains(&"and")
+            && words.iter().all(|w| w.chars().all(|c| c.is_ascii_alphabetic())))
 }
 
 /// The final run of `\boxed{…}` answers of `s`: the last box and those before it separated only by
@@ -152,7 +157,7 @@ static FINAL_ANSWER: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex")
 });
 static MATH_SEG: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)\$\$(.+?)\$\$|\$([^$\n]+?)\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)")
+    Regex::new(r"(?s)\$\$(.+?)\$\$|\$((?:[^$\n\\]|\\.)+?)\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)")
         .expect("static regex")
 });
 static ANY_MATH: LazyLock<Regex> = LazyLock::new(|| {
@@ -264,7 +269,13 @@ fn final_answer_statement(text: &str) -> Option<(usize, String)> {
         }
     }
     let cut = cut.trim().trim_end_matches(['.', ',']).trim();
-    if !cut.is_empty() && cut.chars().any(|c| c.is_ascii_digit() || c == '\\') {
+    // a sentence of words (`Jane started growing Sphere 3 hours ago`) states its number, not a formula
+    let prose = cut
+        .split_whitespace()
+        .filter(|w| w.len() > 1 && w.chars().all(|c| c.is_ascii_alphabetic()))
+        .count()
+        >= 3;
+    if !cut.is_empty() && !prose && cut.chars().any(|c| c.is_ascii_digit() || c == '\\') {
         return Some((start, cut.to_string()));
     }
     let words = ANY_MATH.replace_all(sentence, " ");
@@ -440,7 +451,9 @@ pub fn normalize(ans: &str) -> String {
     };
     let mut s = s.replace("\\left.", "").replace("\\right.", "");
     // thousands separated by `,\!`: 11,\!111
-    s = BANG_THOUSANDS.replace_all(&s, "$1$2").into_owned();
+    while BANG_THOUSANDS.is_match(&s) {
+        s = BANG_THOUSANDS.replace_all(&s, "$1$2").into_owned();
+    }
     // thousands separated by thin spaces: 1\,000
     s = THIN_THOUSANDS
         .replace_all(&s, |c: &regex::Captures<'_>| {
