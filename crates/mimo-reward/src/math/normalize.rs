@@ -207,19 +207,26 @@ pub fn extract_candidates(resp: &str) -> Vec<String> {
             return out;
         }
     }
+    let mut math = None;
     if let Some(c) = MATH_SEG.captures_iter(text).last() {
-        if let Some(m) = (1..=4).find_map(|i| c.get(i)) {
-            out.push(m.as_str().trim().to_string());
+        if let (Some(all), Some(m)) = (c.get(0), (1..=4).find_map(|i| c.get(i))) {
+            math = Some((all.end(), m.as_str().trim().to_string()));
         }
     } else if text.contains('\\') && text.trim().len() <= 200 {
         // bare LaTeX without delimiters (`\frac{10}{9}`): the text is the answer
         out.push(text.trim().to_string());
     }
-    // The last plain number outside math: a number inside math that did not make an answer (`$-[0,1)$`, a
-    // formula split over lines) is not one either.
-    let outside = ANY_MATH.replace_all(text, " ");
-    if let Some(m) = LAST_NUMBER.find_iter(&outside).last() {
-        out.push(m.as_str().to_string());
+    // The last plain number outside math (a number inside math that did not make an answer, `$-[0,1)$` or a
+    // formula split over lines, is not one either); the last math and the last number rank by position: a
+    // solution that ends "… so there are 12 sequences." answers 12, not its last formula.
+    let outside = ANY_MATH.replace_all(text, |c: &regex::Captures<'_>| " ".repeat(c[0].len()));
+    let number = LAST_NUMBER
+        .find_iter(&outside)
+        .last()
+        .map(|m| (m.start(), m.as_str().to_string()));
+    match (math, number) {
+        (Some((mp, m)), Some((np, n))) if np > mp => out.extend([n, m]),
+        (m, n) => out.extend(m.into_iter().chain(n).map(|x| x.1)),
     }
     out
 }
