@@ -89,13 +89,21 @@ fn is_connector(gap: &str) -> bool {
     ] {
         g = g.replace(t, " ");
     }
+    // the next answer's label (`\) and \( y_2 = \boxed{…}`)
+    let g = ANSWER_LABEL.replace_all(&g, " ");
     let words: Vec<&str> = g.split_whitespace().collect();
+    let wordlike = |w: &&str| {
+        w.chars().all(|c| c.is_ascii_alphabetic())
+            || (w.len() == 3 && w.starts_with('(') && w.ends_with(')'))
+    };
     words.iter().all(|w| *w == "and" || *w == "or")
-        // `\boxed{1} papers and \boxed{2} bins`: a unit word and a conjunction
-        || (words.len() <= 3
-            && words.contains(&"and")
-            && words.iter().all(|w| w.chars().all(|c| c.is_ascii_alphabetic())))
+        // `\boxed{1} papers and \boxed{2} bins`, `\text{ for part (a) and }`: a few words and a conjunction
+        || (words.len() <= 5 && words.contains(&"and") && words.iter().all(wordlike))
 }
+
+/// `y_2 =`, `x =`: the label of the answer that follows.
+static ANSWER_LABEL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$").expect("static regex"));
 
 /// The final run of `\boxed{…}` answers of `s`: the last box and those before it separated only by
 /// connecting text ([`is_connector`]), in order.
@@ -478,6 +486,7 @@ pub fn normalize(ans: &str) -> String {
         ("\\dbinom", "\\binom"),
         ("\\tbinom", "\\binom"),
         ("{,}", ""),
+        ("{, }", ""),
         ("^{\\circ}", ""),
         ("^\\circ", ""),
         ("\\circ", ""),
