@@ -421,7 +421,21 @@ impl Parser<'_> {
     }
 
     fn additive(&mut self) -> R<Node> {
-        let first = self.term()?;
+        let mut first = self.term()?;
+        // matrix sums: `A + B`, `A - B`
+        while let Node::Matrix(a) = &first {
+            let sign = if self.eat(&Tok::Plus) {
+                false
+            } else if self.eat(&Tok::Minus) {
+                true
+            } else {
+                break;
+            };
+            let Node::Matrix(b) = self.term()? else {
+                return perr("a matrix plus a non-matrix");
+            };
+            first = Node::Matrix(matrix_sum(a, &b, sign)?);
+        }
         if !matches!(self.peek(), Some(Tok::Plus | Tok::Minus)) {
             return Ok(first);
         }
@@ -456,7 +470,21 @@ impl Parser<'_> {
     }
 
     fn term(&mut self) -> R<Node> {
-        let first = self.unary()?;
+        let mut first = self.unary()?;
+        // matrix products: `A B`, `A \cdot B`, `A * B`
+        while let Node::Matrix(a) = &first {
+            let save = self.i;
+            if !(self.eat(&Tok::Star) || self.starts_primary()) {
+                break;
+            }
+            match self.unary()? {
+                Node::Matrix(b) => first = Node::Matrix(matrix_product(a, &b)?),
+                _ => {
+                    self.i = save;
+                    break;
+                }
+            }
+        }
         // the product/quotient so far and its tree depth
         let mut acc: Option<(Expr, usize)> = None;
         let mut first = Some(first);
@@ -877,4 +905,60 @@ pub fn num_from_str(s: &str) -> R<Expr> {
         return Ok(int(0));
     }
     Ok(Expr::Num(r, dec))
+}
+
+fn matrix_entry(n: &Node) -> R<Expr> {
+    match n {
+        Node::Expr(e) => Ok(e.clone()),
+        _ => perr("a matrix entry that is not an expression"),
+    }
+}
+
+/// `a ± b` entry by entry (same shapes).
+fn matrix_sum(a: &[Vec<Node>], b: &[Vec<Node>], minus: bool) -> R<Vec<Vec<Node>>> {
+    if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.len() != y.len()) {
+        return perr("matrices of different shapes added");
+    }
+    a.iter()
+        .zip(b)
+        .map(|(ra, rb)| {
+            ra.iter()
+                .zip(rb)
+                .map(|(x, y)| {
+                    let y = matrix_entry(y)?;
+                    let y = if minus { Expr::Neg(Box::new(y)) } else { y };
+                    Ok(Node::Expr(Expr::Add(vec![matrix_entry(x)?, y])))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The matrix product `a·b` (columns of `a` = rows of `b`).
+fn matrix_product(a: &[Vec<Node>], b: &[Vec<Node>]) -> R<Vec<Vec<Node>>> {
+    let inner = b.len();
+    let cols = b.first().map_or(0, Vec::len);
+    if a.iter().any(|r| r.len() != inner)
+        || b.iter().any(|r| r.len() != cols)
+        || inner * cols > 4096
+    {
+        return perr("matrices of incompatible shapes multiplied");
+    }
+    a.iter()
+        .map(|ra| {
+            (0..cols)
+                .map(|j| {
+                    let terms = (0..inner)
+                        .map(|k| {
+                            Ok(Expr::Mul(vec![
+                                matrix_entry(&ra[k])?,
+                                matrix_entry(&b[k][j])?,
+                            ]))
+                        })
+                        .collect::<R<Vec<Expr>>>()?;
+                    Ok(Node::Expr(Expr::Add(terms)))
+                })
+                .collect()
+        })
+        .collect()
 }
