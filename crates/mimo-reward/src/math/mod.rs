@@ -198,6 +198,10 @@ fn verify_inner(gold: &str, pred: &str, cfg: &VerifyConfig, timeout: Duration) -
 
     let correct = match (&gold_node, &pred_node) {
         (Some(g), Some(p)) => match equiv(g, p, &dl) {
+            Ok(false) if !cfg.strict => match (g, p) {
+                (Node::Expr(a), Node::Expr(b)) => expr_equiv_unnamed(a, b, &dl).unwrap_or(false),
+                _ => false,
+            },
             Ok(b) => b,
             Err(e) => {
                 errors.push(format!("compare: {e}"));
@@ -482,6 +486,37 @@ pub fn expr_equiv(a: &Expr, b: &Expr, dl: &Deadline) -> R<bool> {
         return Ok(a.to_string() == b.to_string());
     }
     Ok(true)
+}
+
+/// Equivalence up to the names of the variables (Math-Verify's `strict=False`): the `k`-th variable of `b` to
+/// appear takes the values of the `k`-th of `a` (`f(x)` and `f(y)` are the same function).
+fn expr_equiv_unnamed(a: &Expr, b: &Expr, dl: &Deadline) -> R<bool> {
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    a.symbols(&mut sa);
+    b.symbols(&mut sb);
+    if sa.len() != sb.len() || sa.is_empty() || sa == sb {
+        return Ok(false);
+    }
+    let mut pts = Points(0x5EED ^ sa.len() as u64);
+    let mut ok = 0;
+    for k in 0..SAMPLE_POINTS * 2 {
+        dl.check()?;
+        let vals: Vec<Val> = (0..sa.len()).map(|_| Val::Exact(pts.rational(k))).collect();
+        let env = |names: &[String]| -> HashMap<String, Val> {
+            names.iter().cloned().zip(vals.iter().cloned()).collect()
+        };
+        let (Ok(x), Ok(y)) = (eval(a, &env(&sa), dl), eval(b, &env(&sb), dl)) else {
+            continue;
+        };
+        if !val_eq(&x, &y, Tol::Float) {
+            return Ok(false);
+        }
+        ok += 1;
+        if ok >= SAMPLE_POINTS {
+            break;
+        }
+    }
+    Ok(ok > 0)
 }
 
 fn expr_equiv_pct(a: &Expr, b: &Expr, dl: &Deadline) -> R<bool> {

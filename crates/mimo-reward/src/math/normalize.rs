@@ -366,6 +366,8 @@ static DOUBLED_COMMAND: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\\\\(frac|dfrac|tfrac|left|right|le|leq|ge|geq|lt|gt|neq|sqrt|cdot|times|pi|infty|in|cup|cap|boxed|text|mathbf|overrightarrow)\b")
             .expect("static regex")
 });
+static BRACE_THOUSANDS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(\d)\s*\{,\s*\}\s*(\d{3})").expect("static regex"));
 static BANG_THOUSANDS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(\d),\\!\s*(\d{3})").expect("static regex"));
 static THIN_THOUSANDS: LazyLock<Regex> =
@@ -466,6 +468,8 @@ pub fn normalize(ans: &str) -> String {
     };
     let mut s = s.replace("\\left.", "").replace("\\right.", "");
     // thousands separated by `,\!`: 11,\!111
+    // `14 {, }916`: a braced comma between digit groups
+    s = BRACE_THOUSANDS.replace_all(&s, "$1$2").into_owned();
     while BANG_THOUSANDS.is_match(&s) {
         s = BANG_THOUSANDS.replace_all(&s, "$1$2").into_owned();
     }
@@ -486,7 +490,6 @@ pub fn normalize(ans: &str) -> String {
         ("\\dbinom", "\\binom"),
         ("\\tbinom", "\\binom"),
         ("{,}", ""),
-        ("{, }", ""),
         ("^{\\circ}", ""),
         ("^\\circ", ""),
         ("\\circ", ""),
