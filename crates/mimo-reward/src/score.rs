@@ -91,6 +91,21 @@ pub fn score(problem: &Problem, response: &str, s: &RewardSettings) -> Score {
                 pred: v.pred_parsed,
             }
         }
+        Check::Stdio { tests } => match last_code_block(response) {
+            None => Score {
+                passed: vec![false; tests.len()],
+                formatted: false,
+                pred: None,
+            },
+            Some(code) => Score {
+                passed: sandbox::run_stdio_tests(Language::Python, &code, tests, &s.sandbox)
+                    .into_iter()
+                    .map(|o| o.passed)
+                    .collect(),
+                formatted: true,
+                pred: Some(code),
+            },
+        },
         Check::Code { tests } => match last_code_block(response) {
             None => Score {
                 passed: vec![false; tests.len()],

@@ -102,6 +102,15 @@ fn humaneval_canonical_solutions_pass_and_broken_ones_fail() {
         let score = mimo_reward::score(&problem, &answer, &settings);
         assert!(score.all_passed(), "{}: {score:?}", problem.id);
     }
+    // A stdin → stdout set (MBPP style) through the same loader and scorer.
+    let stdio = serde_json::json!({"prompt": "Add two numbers read from stdin.", "id": "add",
+        "tests": [{"input": "2 3\n", "output": "5"}, {"input": "10 -4\n", "output": "6\n"}]});
+    let problem = mimo_reward::Problem::from_json(&stdio, 1).unwrap();
+    assert_eq!(problem.num_tests(), 2);
+    let right = "```python\na, b = map(int, input().split())\nprint(a + b)\n```";
+    let wrong = "```python\na, b = map(int, input().split())\nprint(a - b)\n```";
+    assert!(mimo_reward::score(&problem, right, &settings).all_passed());
+    assert!(!mimo_reward::score(&problem, wrong, &settings).all_passed());
     let bad = run(true);
     let passed: Vec<_> = bad
         .iter()

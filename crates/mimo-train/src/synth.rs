@@ -114,6 +114,7 @@ impl Example {
         match &self.problem.check {
             Check::Math { answer } => v["answer"] = answer.as_str().into(),
             Check::Code { tests } => v["tests"] = serde_json::json!(tests),
+            Check::Stdio { tests } => v["tests"] = serde_json::json!(tests),
         }
         v["split"] = self.split.as_str().into();
         v["hash"] = self.problem.id.as_str().into();
