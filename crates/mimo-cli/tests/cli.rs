@@ -1,5 +1,7 @@
 //! The `mimo` binary end to end: stable JSON interfaces and exit codes.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -261,7 +263,7 @@ fn serve_refuses_impossible_settings_with_exit_2() {
 /// SIGTERM while a checkpoint's chat template loops: the request fails, the server exits, nothing hangs.
 #[test]
 fn serve_exits_on_sigterm_while_a_template_loops() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let dir = serve_model();
     let tc_path = dir.path().join("tokenizer_config.json");
     let mut tc: serde_json::Value =
@@ -270,28 +272,8 @@ fn serve_exits_on_sigterm_while_a_template_loops() {
         "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
     );
     std::fs::write(&tc_path, tc.to_string()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mimo"))
-        .args([
-            "serve",
-            "--model",
-            &dir.path().display().to_string(),
-            "--port",
-            "0",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(a) = line.split("listening on http://").nth(1) {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut serve, addr) = common::spawn_serve(dir.path(), &[]);
+    let child = &mut serve.0;
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
     write!(

@@ -2,10 +2,14 @@
 //! 4!" is right for gold 4 and has no code block for code problems), and a flaky endpoint that fails mid-run:
 //! finished samples are kept and the same command resumes without requesting them again.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use common::{spawn_serve, Serve};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -13,36 +17,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `mimo serve` on a free loopback port; returns the child and its `/v1` base URL.
 fn serve(model: &Path) -> (Serve, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mimo"))
-        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
-        .args(["--served-model-name", "scripted", "--max-num-seqs", "4"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(a) = line.split("listening on ").nth(1) {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Serve(child), format!("{addr}/v1"))
+    let (child, addr) = spawn_serve(
+        model,
+        &["--served-model-name", "scripted", "--max-num-seqs", "4"],
+    );
+    (child, format!("http://{addr}/v1"))
 }
 
 fn eval(args: &[&str]) -> std::process::Output {

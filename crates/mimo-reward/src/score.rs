@@ -91,37 +91,34 @@ pub fn score(problem: &Problem, response: &str, s: &RewardSettings) -> Score {
                 pred: v.pred_parsed,
             }
         }
-        Check::Stdio { tests } => match last_code_block(response) {
-            None => Score {
-                passed: vec![false; tests.len()],
-                formatted: false,
-                pred: None,
-            },
-            Some(code) => Score {
-                passed: sandbox::run_stdio_tests(Language::Python, &code, tests, &s.sandbox)
-                    .into_iter()
-                    .map(|o| o.passed)
-                    .collect(),
-                formatted: true,
-                pred: Some(code),
-            },
+        Check::Stdio { tests } => code_score(response, tests.len(), |code| {
+            sandbox::run_stdio_tests(Language::Python, code, tests, &s.sandbox)
+                .into_iter()
+                .map(|o| o.passed)
+                .collect()
+        }),
+        Check::Code { tests } => code_score(response, tests.len(), |code| {
+            tests
+                .iter()
+                .map(|t| sandbox::run_test_program(Language::Python, code, t, &s.sandbox).passed)
+                .collect()
+        }),
+    }
+}
+
+/// The score of a code answer: the last code block of `response` run through `run` (one verdict per test),
+/// or every test failed when there is no code block.
+fn code_score(response: &str, tests: usize, run: impl FnOnce(&str) -> Vec<bool>) -> Score {
+    match last_code_block(response) {
+        None => Score {
+            passed: vec![false; tests],
+            formatted: false,
+            pred: None,
         },
-        Check::Code { tests } => match last_code_block(response) {
-            None => Score {
-                passed: vec![false; tests.len()],
-                formatted: false,
-                pred: None,
-            },
-            Some(code) => Score {
-                passed: tests
-                    .iter()
-                    .map(|t| {
-                        sandbox::run_test_program(Language::Python, &code, t, &s.sandbox).passed
-                    })
-                    .collect(),
-                formatted: true,
-                pred: Some(code),
-            },
+        Some(code) => Score {
+            passed: run(&code),
+            formatted: true,
+            pred: Some(code),
         },
     }
 }
