@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use indicatif::{ProgressBar, ProgressStyle};
 use mimo_engine::engine::{Engine, EngineConfig, PoolSettings};
 use mimo_model::MimoModel;
 use mimo_reward::{load_problems, CodeReward, RewardSettings};
@@ -259,13 +258,7 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics =
         std::fs::File::create(&metrics_path).map_err(|e| RlError::io(&metrics_path, e))?;
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "rl    {bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let mut bar = mimo_train::progress::Progress::new("rl", true, args.steps, 0);
     let (mut first_reward, mut last_reward) = (None, 0.0);
     let (mut rollout_wall, mut update_total) = (0.0, 0.0);
     for step in 0..args.steps {
@@ -317,7 +310,7 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
             m.rollout.wall_s,
             m.update_s
         ));
-        bar.inc(1);
+        bar.inc();
         on_step(&m);
     }
     bar.finish();

@@ -22,6 +22,7 @@ pub mod model;
 #[cfg(feature = "tch")]
 pub mod optim;
 pub mod plot;
+pub mod progress;
 #[cfg(feature = "tch")]
 mod rundir;
 #[cfg(feature = "tch")]

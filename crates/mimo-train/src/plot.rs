@@ -43,9 +43,9 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), String> {
         .fold(0.0f64, f64::max)
         * 1.05;
     let series: [Series; 3] = [
-        ("loss", BLACK, |m| m.loss),
+        ("total", BLACK, |m| m.loss),
         ("main", BLUE, |m| m.loss_main),
-        ("mtp", RED, |m| m.loss_mtp),
+        ("MTP", RED, |m| m.loss_mtp),
     ];
     let mut chart = ChartBuilder::on(&root)
         .margin(20)
@@ -58,7 +58,7 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), String> {
         chart
             .configure_mesh()
             .x_desc("step")
-            .y_desc("loss (black: total, blue: main, red: MTP)")
+            .y_desc("loss")
             .draw()
             .map_err(|e| e.to_string())?;
     } else {
@@ -71,13 +71,22 @@ pub fn plot_losses(metrics: &[StepMetrics], path: &Path) -> Result<(), String> {
             .draw()
             .map_err(|e| e.to_string())?;
     }
-    for (_, color, f) in series {
-        chart
+    let text = font_available();
+    for (name, color, f) in series {
+        let s = chart
             .draw_series(LineSeries::new(
                 metrics.iter().map(|m| (m.step as f64, f(m))),
                 color.stroke_width(2),
             ))
             .map_err(|e| e.to_string())?;
+        if text {
+            s.label(name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        }
+    }
+    if text {
+        draw_legend(&mut chart)?;
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
@@ -90,7 +99,7 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Draws curves to `path` (PNG, 900×500) with axis descriptions; the legend is spelled out in `y_desc`.
+/// Draws curves to `path` (PNG, 900×500) with axis descriptions and a legend of the curve names.
 pub fn plot_lines(curves: &[Curve], x_desc: &str, y_desc: &str, path: &Path) -> Result<(), String> {
     let pts = || {
         curves
@@ -115,12 +124,12 @@ pub fn plot_lines(curves: &[Curve], x_desc: &str, y_desc: &str, path: &Path) -> 
             (y0 - pad).min(0.0f64.max(y0 - pad))..y1 + pad,
         )
         .map_err(|e| e.to_string())?;
-    if font_available() {
-        let legend: Vec<String> = curves.iter().map(|c| c.name.clone()).collect();
+    let text = font_available();
+    if text {
         chart
             .configure_mesh()
             .x_desc(x_desc)
-            .y_desc(format!("{y_desc} ({})", legend.join(", ")))
+            .y_desc(y_desc)
             .draw()
             .map_err(|e| e.to_string())?;
     } else {
@@ -134,12 +143,18 @@ pub fn plot_lines(curves: &[Curve], x_desc: &str, y_desc: &str, path: &Path) -> 
             .map_err(|e| e.to_string())?;
     }
     for c in curves {
-        chart
+        let color = c.color;
+        let series = chart
             .draw_series(LineSeries::new(
                 c.points.iter().copied(),
                 c.color.stroke_width(2),
             ))
             .map_err(|e| e.to_string())?;
+        if text {
+            series.label(c.name.as_str()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        }
         if c.points.len() <= 12 {
             chart
                 .draw_series(
@@ -150,6 +165,58 @@ pub fn plot_lines(curves: &[Curve], x_desc: &str, y_desc: &str, path: &Path) -> 
                 .map_err(|e| e.to_string())?;
         }
     }
+    if text {
+        draw_legend(&mut chart)?;
+    }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The series legend, boxed in the upper right corner.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curves_are_drawn_with_a_legend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.png");
+        let curves = [
+            Curve {
+                name: "reward".into(),
+                color: BLUE,
+                points: (0..20)
+                    .map(|i| (i as f64, (i as f64 / 5.0).sin()))
+                    .collect(),
+            },
+            Curve {
+                name: "held-out pass@1".into(),
+                color: RED,
+                points: vec![(0.0, 0.2), (10.0, 0.4), (19.0, 0.5)],
+            },
+        ];
+        plot_lines(&curves, "step", "value", &path).unwrap();
+        if let Ok(keep) = std::env::var("MIMO_KEEP_PLOT") {
+            std::fs::copy(&path, keep).unwrap();
+        }
+        let png = std::fs::read(&path).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        assert!(plot_lines(&[], "x", "y", &path).is_err());
+    }
 }

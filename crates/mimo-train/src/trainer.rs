@@ -64,7 +64,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
 
     let (steps, hp) = (args.train.steps, &args.optim.adamw);
     let staged = !args.stages.is_empty();
-    let bar = progress_bar(args.train.progress, steps, start_step);
+    let mut bar = crate::progress::Progress::new("train", args.train.progress, steps, start_step);
     let t0 = Instant::now();
     let mut tokens: u64 = 0;
     let mut tokens_total: u64 = resume.as_ref().map_or(0, |st| st.tokens);
@@ -118,7 +118,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             run.save_checkpoint(&model, &opt, &extra, &state)?;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     drop(metrics);
 
     let outcome = Outcome {
@@ -272,21 +272,6 @@ fn head_counts(batches: &[Batch], heads: usize) -> Vec<f64> {
                 .sum()
         })
         .collect()
-}
-
-/// The progress bar (hidden when `show` is off), at `start` of `steps`.
-fn progress_bar(show: bool, steps: usize, start: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(steps as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}",
-    ) {
-        b.set_style(style);
-    }
-    b.set_position(start as u64);
-    b
 }
 
 /// The progress bar's message for a step (prefixed with the stage name when training in `[[stages]]`).
