@@ -82,7 +82,10 @@ fn every_parameter_gets_a_gradient() {
     for name in ["mimo-untied", "mimo-tied-sharded-bf16"] {
         let model = TrainModel::from_dir(&fixture(name), Device::Cpu).unwrap();
         let v = model.config().vocab_size as i64;
-        let w = Tensor::randint(v, [2, 12], (Kind::Int64, Device::Cpu));
+        // Fixed ids, not `randint`: libtorch's generator is process-global and `random_init_is_seeded` runs
+        // beside this test.
+        let ids: Vec<i64> = (0..24).map(|i| (i * 37 + 5) % v).collect();
+        let w = Tensor::from_slice(&ids).reshape([2, 12]);
         let out = model.forward(&w.narrow(1, 0, 11)).unwrap();
         let l = compute_loss(&out, &w, None, 0.3).unwrap();
         assert!(l.main.is_finite() && l.mtp.iter().all(|x| x.is_finite()));
@@ -103,7 +106,8 @@ fn every_parameter_gets_a_gradient() {
 #[test]
 fn sft_mask_removes_prompt_tokens_from_the_loss() {
     let model = TrainModel::from_dir(&fixture("mimo-untied"), Device::Cpu).unwrap();
-    let w = Tensor::randint(397, [1, 10], (Kind::Int64, Device::Cpu));
+    let ids: Vec<i64> = (0..10).map(|i| (i * 53 + 11) % 397).collect();
+    let w = Tensor::from_slice(&ids).unsqueeze(0);
     let out = model.forward(&w.narrow(1, 0, 9)).unwrap();
     let full = compute_loss(&out, &w, None, 0.0).unwrap();
     // Mask out targets 1..5: the main loss becomes the mean over targets 5..9 only.
