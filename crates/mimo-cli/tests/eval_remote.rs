@@ -147,8 +147,14 @@ fn remote_eval_against_mimo_serve_math_and_code() {
     );
 }
 
-/// An endpoint that answers `good` requests and then fails with 503 until `healthy` is set.
-fn flaky_endpoint(good: usize, healthy: Arc<AtomicBool>, served: Arc<AtomicUsize>) -> String {
+/// An endpoint that answers `good` requests and then fails with 503 until `healthy` is set; with `stall`, its
+/// first request is answered only after 3 s (a request timeout).
+fn flaky_endpoint(
+    good: usize,
+    healthy: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    stall: bool,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -179,6 +185,9 @@ fn flaky_endpoint(good: usize, healthy: Arc<AtomicBool>, served: Arc<AtomicUsize
                 }
             }
             let n = served.fetch_add(1, Ordering::SeqCst);
+            if stall && n == 0 {
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
             let (status, body) = if n < good || healthy.load(Ordering::SeqCst) {
                 let b = serde_json::json!({"choices": [{"message": {"role": "assistant",
                     "content": "So the answer is \\boxed{4}."}}], "usage": {"completion_tokens": 7}});
@@ -212,7 +221,7 @@ fn remote_eval_keeps_finished_samples_and_resumes() {
     std::fs::write(&data, set).unwrap();
     let healthy = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
-    let base = flaky_endpoint(3, healthy.clone(), served.clone());
+    let base = flaky_endpoint(3, healthy.clone(), served.clone(), false);
     let samples = dir.path().join("samples.jsonl");
     let args = [
         "--base-url",
@@ -258,5 +267,56 @@ fn remote_eval_keeps_finished_samples_and_resumes() {
     assert_eq!(
         std::fs::read_to_string(&samples).unwrap().lines().count(),
         8
+    );
+}
+
+#[test]
+fn remote_eval_retries_a_request_that_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\": \"q\", \"answer\": \"4\", \"id\": \"p\"}\n",
+    )
+    .unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let base = flaky_endpoint(
+        usize::MAX,
+        Arc::new(AtomicBool::new(true)),
+        served.clone(),
+        true,
+    );
+    let samples = dir.path().join("samples.jsonl");
+    let out = eval(&[
+        "--base-url",
+        &base,
+        "--served-model",
+        "m",
+        "--data",
+        data.to_str().unwrap(),
+        "--k",
+        "2",
+        "--concurrency",
+        "1",
+        "--retries",
+        "2",
+        "--request-timeout-s",
+        "1",
+        "--samples",
+        samples.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["avg_at_k"].as_f64(), Some(1.0), "{v}");
+    // The stalled first request timed out and was sent again (the one-connection-at-a-time endpoint may let a
+    // retry time out too while it stalls): more requests than samples.
+    assert!(
+        served.load(Ordering::SeqCst) >= 3,
+        "{}",
+        served.load(Ordering::SeqCst)
     );
 }

@@ -59,7 +59,7 @@ impl Progress {
         self.pos = pos;
         self.bar.set_position(pos);
         if let Some((label, steps, every, t0)) = &self.plain {
-            if pos % every == 0 || pos == *steps {
+            if pos.is_multiple_of(*every) || pos == *steps {
                 eprintln!(
                     "{label} step {pos}/{steps} {} [{:.0}s]",
                     self.msg,
