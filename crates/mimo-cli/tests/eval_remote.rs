@@ -26,6 +26,23 @@ fn serve(model: &Path) -> (Serve, String) {
     (child, format!("http://{addr}/v1"))
 }
 
+/// `mimo eval --base-url BASE --served-model MODEL --data DATA --k K --samples SAMPLES EXTRA…`.
+fn eval_remote(
+    base: &str,
+    model: &str,
+    data: &Path,
+    k: usize,
+    samples: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let k = k.to_string();
+    let mut args = vec!["--base-url", base, "--served-model", model];
+    args.extend(["--data", data.to_str().unwrap(), "--k", &k]);
+    args.extend(["--samples", samples.to_str().unwrap()]);
+    args.extend(extra);
+    eval(&args)
+}
+
 fn eval(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mimo"))
         .arg("eval")
@@ -49,22 +66,8 @@ fn remote_eval_against_mimo_serve_math_and_code() {
     .unwrap();
     let samples = dir.path().join("samples.jsonl");
     let md = dir.path().join("report.md");
-    let out = eval(&[
-        "--base-url",
-        &base,
-        "--served-model",
-        "scripted",
-        "--data",
-        math.to_str().unwrap(),
-        "--k",
-        "3",
-        "--max-tokens",
-        "64",
-        "--samples",
-        samples.to_str().unwrap(),
-        "--report-md",
-        md.to_str().unwrap(),
-    ]);
+    let extra = ["--max-tokens", "64", "--report-md", md.to_str().unwrap()];
+    let out = eval_remote(&base, "scripted", &math, 3, &samples, &extra);
     assert!(
         out.status.success(),
         "{}",
@@ -101,20 +104,15 @@ fn remote_eval_against_mimo_serve_math_and_code() {
         "{\"prompt\": \"Write f(x) returning x.\", \"tests\": [\"assert f(1) == 1\"], \"id\": \"c\"}\n",
     )
     .unwrap();
-    let out = eval(&[
-        "--base-url",
+    let code_samples = dir.path().join("code-samples.jsonl");
+    let out = eval_remote(
         &base,
-        "--served-model",
         "scripted",
-        "--data",
-        code.to_str().unwrap(),
-        "--k",
-        "2",
-        "--max-tokens",
-        "64",
-        "--samples",
-        dir.path().join("code-samples.jsonl").to_str().unwrap(),
-    ]);
+        &code,
+        2,
+        &code_samples,
+        &["--max-tokens", "64"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -127,18 +125,7 @@ fn remote_eval_against_mimo_serve_math_and_code() {
     );
 
     // A wrong model name is a clear error, not retried forever.
-    let out = eval(&[
-        "--base-url",
-        &base,
-        "--served-model",
-        "nope",
-        "--data",
-        math.to_str().unwrap(),
-        "--k",
-        "1",
-        "--samples",
-        dir.path().join("x.jsonl").to_str().unwrap(),
-    ]);
+    let out = eval_remote(&base, "nope", &math, 1, &dir.path().join("x.jsonl"), &[]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("404"),
@@ -223,23 +210,9 @@ fn remote_eval_keeps_finished_samples_and_resumes() {
     let served = Arc::new(AtomicUsize::new(0));
     let base = flaky_endpoint(3, healthy.clone(), served.clone(), false);
     let samples = dir.path().join("samples.jsonl");
-    let args = [
-        "--base-url",
-        &base,
-        "--served-model",
-        "m",
-        "--data",
-        data.to_str().unwrap(),
-        "--k",
-        "2",
-        "--concurrency",
-        "1",
-        "--retries",
-        "1",
-        "--samples",
-        samples.to_str().unwrap(),
-    ];
-    let out = eval(&args);
+    let extra = ["--concurrency", "1", "--retries", "1"];
+    let run = || eval_remote(&base, "m", &data, 2, &samples, &extra);
+    let out = run();
     assert!(
         !out.status.success(),
         "the failing endpoint must fail the run"
@@ -251,7 +224,7 @@ fn remote_eval_keeps_finished_samples_and_resumes() {
 
     healthy.store(true, Ordering::SeqCst);
     let before = served.load(Ordering::SeqCst);
-    let out = eval(&args);
+    let out = run();
     assert!(
         out.status.success(),
         "{}",
@@ -287,24 +260,15 @@ fn remote_eval_retries_a_request_that_times_out() {
         true,
     );
     let samples = dir.path().join("samples.jsonl");
-    let out = eval(&[
-        "--base-url",
-        &base,
-        "--served-model",
-        "m",
-        "--data",
-        data.to_str().unwrap(),
-        "--k",
-        "2",
+    let extra = [
         "--concurrency",
         "1",
         "--retries",
         "2",
         "--request-timeout-s",
         "1",
-        "--samples",
-        samples.to_str().unwrap(),
-    ]);
+    ];
+    let out = eval_remote(&base, "m", &data, 2, &samples, &extra);
     assert!(
         out.status.success(),
         "{}",

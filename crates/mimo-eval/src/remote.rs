@@ -57,10 +57,11 @@ fn load_samples(path: &Path) -> Result<Vec<Sample>, EvalError> {
         }
     };
     let mut out = vec![];
+    let last = text.lines().count();
     for (i, line) in text.lines().enumerate() {
         match serde_json::from_str::<Sample>(line) {
             Ok(s) => out.push(s),
-            Err(_) if i + 1 == text.lines().count() => {} // torn by a kill: redone
+            Err(_) if i + 1 == last => {} // torn by a kill: redone
             Err(e) => {
                 return Err(EvalError::Remote(format!(
                     "{}:{}: not a sample ({e}); move the file away to start over",

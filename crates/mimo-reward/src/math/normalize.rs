@@ -124,7 +124,7 @@ fn final_boxed_group(s: &str) -> Vec<String> {
         from = end;
     }
     let mut group: Vec<&str> = vec![];
-    for (i, &(start, end, arg)) in boxes.iter().enumerate().rev() {
+    for (i, &(_, end, arg)) in boxes.iter().enumerate().rev() {
         if i + 1 < boxes.len() {
             if !is_connector(&s[end..boxes[i + 1].0]) {
                 break;
@@ -132,7 +132,6 @@ fn final_boxed_group(s: &str) -> Vec<String> {
         } else if s[end..].contains("\\boxed") {
             break;
         }
-        let _ = start;
         group.push(arg);
     }
     group.reverse();
