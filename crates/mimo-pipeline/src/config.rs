@@ -58,6 +58,21 @@ pub struct EvalSection {
     pub top_p: f32,
     pub max_tokens: usize,
     pub mtp_prompts: usize,
+    /// Samples per problem for the SFT model (0: `k`): its pass@k curve runs up to this k, the headroom RL can
+    /// turn into pass@1.
+    #[serde(default)]
+    pub sft_k: usize,
+}
+
+impl EvalSection {
+    /// Samples per problem for the SFT model.
+    pub fn sft_samples(&self) -> usize {
+        if self.sft_k == 0 {
+            self.k
+        } else {
+            self.sft_k
+        }
+    }
 }
 
 /// The pipeline config.

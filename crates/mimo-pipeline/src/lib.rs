@@ -52,15 +52,21 @@ pub fn run_pipeline(
         args.eval.k
     ));
     let mut evals = Evals::default();
-    for (name, dir) in [("base", &base), ("sft", &sft)] {
-        evals.run(&mut run, name, dir, &heldout)?;
-    }
+    evals.run(&mut run, "base", &base, &heldout, args.eval.k)?;
+    evals.run(&mut run, "sft", &sft, &heldout, args.eval.sft_samples())?;
     let e = &args.eval;
     let mtp_sft = stages::mtp_acceptance(&sft, &heldout, e.mtp_prompts, e.max_tokens)?;
     run.lap("eval-base-sft");
 
     let (rl, rl_steps, rl_args) = stages::rl(&mut run, &sft)?;
-    evals.run(&mut run, "rl", &rl.model, &heldout)?;
+    evals.run(&mut run, "rl", &rl.model, &heldout, args.eval.k)?;
+    let paired = evals.paired();
+    if let Some(d) = paired.get("rl - sft") {
+        run.log(&format!(
+            "  RL − SFT pass@1 {:+.3} ± {:.3} (paired standard error, {} problems)",
+            d.delta, d.se, d.problems
+        ));
+    }
     let mtp_rl = stages::mtp_acceptance(&rl.model, &heldout, e.mtp_prompts, e.max_tokens)?;
     run.log(&format!(
         "  MTP acceptance (greedy, k=1): sft {mtp_sft:.3}, rl {mtp_rl:.3}"
@@ -68,7 +74,20 @@ pub fn run_pipeline(
     run.lap("eval-rl");
     let b = stages::bench(&mut run, &sft, &rl_args.kinds, &rl_steps)?;
 
+    let sft_pass_at_k = evals
+        .per_problem
+        .get("sft")
+        .map(|r| mimo_eval::pass_at_k_curve(r, 16))
+        .unwrap_or_default();
     let report = PipelineReport {
+        pass_at_1_se: evals
+            .per_problem
+            .iter()
+            .map(|(k, r)| (k.clone(), mimo_eval::pass_at_1_se(r)))
+            .collect(),
+        paired,
+        sft_pass_at_k,
+        eval_k_sft: args.eval.sft_samples(),
         pass_at_1: evals.pass,
         mtp_acceptance: mtp_rl,
         mtp_acceptance_sft: mtp_sft,
@@ -111,7 +130,18 @@ pub fn run_pipeline(
             same: b.sim_same,
         },
     ];
-    write_report(out, &report, &rl_steps, &bench)?;
+    // Where each pretraining stage after the first starts, for the loss plot.
+    let marks: Vec<(f64, String)> = args
+        .stages
+        .iter()
+        .scan(0, |at, s| {
+            let start = *at;
+            *at += s.steps;
+            Some((start as f64, s.name.clone()))
+        })
+        .skip(1)
+        .collect();
+    write_report(out, &report, &rl_steps, &bench, &marks)?;
     Ok(report)
 }
 
@@ -121,26 +151,46 @@ struct Evals {
     pass: BTreeMap<String, f64>,
     boxed: BTreeMap<String, f64>,
     lengths: BTreeMap<String, f64>,
+    per_problem: BTreeMap<String, Vec<mimo_eval::ProblemResult>>,
 }
 
 impl Evals {
-    /// Stage 6: evaluates checkpoint `dir` as `name` (samples to `out/eval-NAME.jsonl`) and logs its figures.
+    /// Stage 6: evaluates checkpoint `dir` as `name` with `k` samples per problem (samples to
+    /// `out/eval-NAME.jsonl`) and logs its figures.
     fn run(
         &mut self,
         run: &mut Run,
         name: &str,
         dir: &Path,
         heldout: &[mimo_reward::Problem],
+        k: usize,
     ) -> Result<()> {
         let samples = run.out.join(format!("eval-{name}.jsonl"));
-        let (r, b, n) = stages::eval_model(dir, heldout, &run.args.eval, run.args.seed, &samples)?;
+        let (r, b, n) =
+            stages::eval_model(dir, heldout, &run.args.eval, k, run.args.seed, &samples)?;
+        let se = mimo_eval::pass_at_1_se(&r.per_problem);
         self.pass.insert(name.to_string(), r.pass_at_1);
         self.boxed.insert(name.to_string(), b);
         self.lengths.insert(name.to_string(), n);
+        self.per_problem.insert(name.to_string(), r.per_problem);
         run.log(&format!(
-            "  {name}: pass@1 {:.3}, \\boxed compliance {:.3}, {n:.0} response tokens",
+            "  {name}: pass@1 {:.3} ± {se:.3} ({k} samples), \\boxed compliance {:.3}, {n:.0} response tokens",
             r.pass_at_1, b
         ));
         Ok(())
+    }
+
+    /// Paired pass@1 differences of consecutive stages on the same problems: "sft - base", "rl - sft".
+    fn paired(&self) -> BTreeMap<String, mimo_eval::Paired> {
+        [("sft", "base"), ("rl", "sft")]
+            .into_iter()
+            .filter_map(|(b, a)| {
+                let d = mimo_eval::paired_difference(
+                    self.per_problem.get(a)?,
+                    self.per_problem.get(b)?,
+                )?;
+                Some((format!("{b} - {a}"), d))
+            })
+            .collect()
     }
 }

@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use mimo_eval::Paired;
 use mimo_rl::bench::SimDevice;
 use mimo_rl::rl::RlStepMetrics;
 use mimo_rl::RolloutStats;
-use mimo_train::plot::{plot_lines, Curve};
+use mimo_train::plot::{plot_bars, plot_lines, plot_lines_marked, Bar, Curve};
 use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,18 @@ const STAGES: [&str; 3] = ["base", "sft", "rl"];
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PipelineReport {
     pub pass_at_1: BTreeMap<String, f64>,
+    /// Standard error of each stage's pass@1 over the held-out problems.
+    #[serde(default)]
+    pub pass_at_1_se: BTreeMap<String, f64>,
+    /// Paired pass@1 differences on the same problems ("sft - base", "rl - sft") with their standard errors.
+    #[serde(default)]
+    pub paired: BTreeMap<String, Paired>,
+    /// The SFT model's unbiased pass@k for k = 1, 2, … (up to 16 or its sample count).
+    #[serde(default)]
+    pub sft_pass_at_k: Vec<f64>,
+    /// Samples per problem of the SFT evaluation.
+    #[serde(default)]
+    pub eval_k_sft: usize,
     pub mtp_acceptance: f64,
     pub mtp_acceptance_sft: f64,
     /// Seamless vs naive wall time on this CPU (decode cost grows with the batch, so idle slots are free).
@@ -69,10 +82,11 @@ pub(crate) fn write_report(
     r: &PipelineReport,
     rl_steps: &[RlStepMetrics],
     bench: &[BenchRun],
+    stage_marks: &[(f64, String)],
 ) -> Result<()> {
     let json = serde_json::to_string_pretty(r).map_err(|e| PipelineError::Config(e.to_string()))?;
     write(&out.join("report.json"), &json)?;
-    let plots = write_plots(out, r, rl_steps, bench)?;
+    let plots = write_plots(out, r, rl_steps, bench, stage_marks)?;
     write(&out.join("report.md"), &report_markdown(r, bench, &plots))
 }
 
@@ -92,7 +106,11 @@ struct PlotDir {
 
 impl PlotDir {
     fn plot(&mut self, file: &str, curves: Vec<Curve>, x: &str, y: &str) {
-        if plot_lines(&curves, x, y, &self.dir.join(file)).is_ok() {
+        self.keep(file, plot_lines(&curves, x, y, &self.dir.join(file)));
+    }
+
+    fn keep(&mut self, file: &str, made: std::result::Result<(), String>) {
+        if made.is_ok() {
             self.made.push(file.to_string());
         }
     }
@@ -104,26 +122,28 @@ fn write_plots(
     r: &PipelineReport,
     rl_steps: &[RlStepMetrics],
     bench: &[BenchRun],
+    stage_marks: &[(f64, String)],
 ) -> Result<Vec<String>> {
     let dir = out.join("plots");
     std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
     let mut d = PlotDir { dir, made: vec![] };
-    training_plots(&mut d, out, r);
+    training_plots(&mut d, out, r, stage_marks);
     rl_plots(&mut d, r, rl_steps);
     rollout_plot(&mut d, bench);
     Ok(d.made)
 }
 
-/// Pretraining and SFT losses, MTP acceptance.
-fn training_plots(d: &mut PlotDir, out: &Path, r: &PipelineReport) {
+/// Pretraining and SFT losses (pretraining stage boundaries and the start of SFT marked), MTP acceptance.
+fn training_plots(d: &mut PlotDir, out: &Path, r: &PipelineReport, stage_marks: &[(f64, String)]) {
     let train_metrics = |dir: &str| {
         mimo_train::metrics::read_metrics(&out.join(dir).join("metrics.jsonl")).unwrap_or_default()
     };
     let (pre, sft) = (train_metrics("pretrain"), train_metrics("sft"));
     let off = pre.last().map_or(0, |m| m.step) as f64;
-    d.plot(
-        "loss.png",
-        vec![
+    let mut marks = stage_marks.to_vec();
+    marks.push((off, "SFT".into()));
+    let loss = plot_lines_marked(
+        &[
             curve(
                 "pretrain main",
                 RGBColor(0, 0, 200),
@@ -149,9 +169,12 @@ fn training_plots(d: &mut PlotDir, out: &Path, r: &PipelineReport) {
                     .collect(),
             ),
         ],
+        &marks,
         "step (pretrain, then SFT)",
         "loss",
+        &d.dir.join("loss.png"),
     );
+    d.keep("loss.png", loss);
     d.plot(
         "mtp_acceptance.png",
         vec![
@@ -216,19 +239,34 @@ fn rl_plots(d: &mut PlotDir, r: &PipelineReport, rl_steps: &[RlStepMetrics]) {
         "RL step",
         "tokens",
     );
+    let bars: Vec<Bar> = STAGES
+        .iter()
+        .map(|k| Bar {
+            label: k.to_string(),
+            value: r.pass_at_1.get(*k).copied().unwrap_or(0.0),
+            err: r.pass_at_1_se.get(*k).copied().unwrap_or(0.0),
+        })
+        .collect();
+    let file = "pass_at_1.png";
+    let made = plot_bars(
+        &bars,
+        "held-out pass@1 (± 1 standard error)",
+        &d.dir.join(file),
+    );
+    d.keep(file, made);
     d.plot(
-        "pass_at_1.png",
+        "sft_pass_at_k.png",
         vec![curve(
-            "held-out pass@1 (0 = base, 1 = SFT, 2 = RL)",
-            RGBColor(0, 0, 200),
-            STAGES
+            "SFT model, unbiased pass@k",
+            RGBColor(0, 120, 0),
+            r.sft_pass_at_k
                 .iter()
                 .enumerate()
-                .map(|(i, k)| (i as f64, r.pass_at_1.get(*k).copied().unwrap_or(0.0)))
+                .map(|(i, p)| ((i + 1) as f64, *p))
                 .collect(),
         )],
-        "stage",
-        "pass@1",
+        "k (samples per problem)",
+        "held-out pass@k",
     );
 }
 
@@ -275,16 +313,35 @@ fn report_markdown(r: &PipelineReport, bench: &[BenchRun], plots: &[String]) -> 
         r.final_checkpoint.display()
     ));
     md.push_str(&format!(
-        "## Held-out pass@1 ({} problems × {} samples, temperature 0.6, top-p 0.95)\n\n| stage | pass@1 | \\boxed{{}} compliance | mean response tokens |\n|---|---|---|---|\n",
-        r.eval_problems, r.eval_k
+        "## Held-out pass@1 ({} problems × {} samples, SFT × {}; temperature 0.6, top-p 0.95)\n\n| stage | pass@1 | standard error | \\boxed{{}} compliance | mean response tokens |\n|---|---|---|---|---|\n",
+        r.eval_problems, r.eval_k, r.eval_k_sft
     ));
     for k in STAGES {
         md.push_str(&format!(
-            "| {k} | {:.3} | {:.3} | {:.0} |\n",
+            "| {k} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
             r.pass_at_1.get(k).copied().unwrap_or(0.0),
+            r.pass_at_1_se.get(k).copied().unwrap_or(0.0),
             r.boxed_compliance.get(k).copied().unwrap_or(0.0),
             r.response_tokens.get(k).copied().unwrap_or(0.0)
         ));
+    }
+    if !r.paired.is_empty() {
+        md.push_str("\nPaired differences on the same problems (mean of per-problem pass-rate differences):\n\n| comparison | Δ pass@1 | paired standard error |\n|---|---|---|\n");
+        for (name, d) in &r.paired {
+            md.push_str(&format!("| {name} | {:+.3} | {:.3} |\n", d.delta, d.se));
+        }
+    }
+    if !r.sft_pass_at_k.is_empty() {
+        md.push_str("\nSFT pass@k (the headroom RL can turn into pass@1):\n\n| k |");
+        let ks: Vec<usize> = (1..=r.sft_pass_at_k.len()).collect();
+        for k in &ks {
+            md.push_str(&format!(" {k} |"));
+        }
+        md.push_str(&format!("\n|---|{}\n| pass@k |", "---|".repeat(ks.len())));
+        for p in &r.sft_pass_at_k {
+            md.push_str(&format!(" {p:.3} |"));
+        }
+        md.push('\n');
     }
     md.push_str(&format!(
         "\n## MTP\n\nGreedy speculative decoding with k = 1: acceptance {:.3} after SFT, {:.3} after RL (MTP frozen during RL).\n",

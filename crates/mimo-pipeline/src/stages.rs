@@ -336,18 +336,19 @@ fn eval_engine(dir: &Path, mtp: usize, max_num_seqs: usize) -> Result<Loaded> {
     )?)
 }
 
-/// Held-out pass@1 of one checkpoint, the fraction of samples with a `\boxed{}` answer and their mean
-/// completion tokens; the samples go to `samples_out`.
+/// Held-out pass@1 of one checkpoint from `k` samples per problem, the fraction of samples with a `\boxed{}`
+/// answer and their mean completion tokens; the samples go to `samples_out`.
 pub(crate) fn eval_model(
     dir: &Path,
     problems: &[Problem],
     e: &EvalSection,
+    k: usize,
     seed: u64,
     samples_out: &Path,
 ) -> Result<(EvalReport, f64, f64)> {
     let mut l = eval_engine(dir, 0, 64)?;
     let opts = EvalOptions {
-        k: e.k,
+        k,
         temperature: e.temperature,
         top_p: e.top_p,
         max_tokens: e.max_tokens,

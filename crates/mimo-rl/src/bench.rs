@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::rollout::{
-    EngineGenerator, Generator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode, RolloutStats,
+    EngineGenerator, Finished, Generator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode,
+    RolloutStats,
 };
 use crate::sampler::ProblemSampler;
 
@@ -196,7 +197,7 @@ impl Generator for SimGenerator {
             .push_back((self.next, problem, p.seed.unwrap_or(0), p.max_tokens));
         Ok(self.next)
     }
-    fn step(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
+    fn step(&mut self) -> Result<Vec<Finished>> {
         while self.running.len() < self.capacity {
             let Some((id, problem, seed, len)) = self.queue.pop_front() else {
                 break;
@@ -224,7 +225,7 @@ impl Generator for SimGenerator {
                 0.5
             };
             let coin = (*seed >> 11) as f64 / (1u64 << 53) as f64;
-            done.push((*id, vec![if coin < p { 1 } else { 0 }; *len]));
+            done.push(Finished::new(*id, vec![if coin < p { 1 } else { 0 }; *len]));
             false
         });
         Ok(done)

@@ -17,7 +17,7 @@ use mimo_engine::engine::{Engine, EngineConfig, PoolSettings};
 use mimo_model::MimoModel;
 use mimo_reward::{load_problems, CodeReward, RewardSettings};
 use mimo_text::ModelText;
-use mimo_train::grpo::{Group, GrpoArgs, GrpoTrainer, Rollout, UpdateStats};
+use mimo_train::grpo::{Group, GrpoArgs, GrpoTrainer, MismatchStats, Rollout, UpdateStats};
 use mimo_train::model::TrainModel;
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +120,9 @@ pub struct RlStepMetrics {
     pub clip_low: f64,
     pub clip_high: f64,
     pub approx_kl: f64,
+    /// Rollout (engine) vs trainer log-probs of the sampled tokens and the truncated IS weights.
+    #[serde(default)]
+    pub mismatch: MismatchStats,
     pub grad_norm: f64,
     pub update_s: f64,
     /// Weight hand-off trainer → engine.
@@ -169,7 +172,8 @@ pub fn copy_text_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn to_groups(batch: &[GroupOut]) -> Vec<Group> {
+/// The selected groups as GRPO input; a response's engine log-probs go along when there is one per token.
+pub fn to_groups(batch: &[GroupOut]) -> Vec<Group> {
     batch
         .iter()
         .map(|g| Group {
@@ -177,11 +181,13 @@ fn to_groups(batch: &[GroupOut]) -> Vec<Group> {
                 .responses
                 .iter()
                 .zip(&g.rewards)
-                .filter(|(r, _)| !r.is_empty())
-                .map(|(r, &reward)| Rollout {
+                .enumerate()
+                .filter(|(_, (r, _))| !r.is_empty())
+                .map(|(i, (r, &reward))| Rollout {
                     prompt: g.prompt.clone(),
                     response: r.clone(),
                     reward,
+                    engine_logprobs: g.logprobs.get(i).filter(|lp| lp.len() == r.len()).cloned(),
                 })
                 .collect(),
         })
@@ -285,6 +291,7 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
             clip_low: upd.clip_low,
             clip_high: upd.clip_high,
             approx_kl: upd.approx_kl,
+            mismatch: upd.mismatch.clone(),
             grad_norm: upd.grad_norm,
             update_s: upd.seconds,
             handoff_s,

@@ -31,12 +31,33 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, RlError};
 use crate::sampler::{is_valid_group, Origin, ProblemSampler};
 
+/// A request that finished: its completion tokens and the log-prob each was sampled with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub id: u64,
+    pub tokens: Vec<u32>,
+    /// One per token (the sampler's distribution at the request's temperature, before top-p truncation), or
+    /// empty when the generator does not report them.
+    pub logprobs: Vec<f32>,
+}
+
+impl Finished {
+    /// A finished request without log-probs.
+    pub fn new(id: u64, tokens: Vec<u32>) -> Self {
+        Self {
+            id,
+            tokens,
+            logprobs: vec![],
+        }
+    }
+}
+
 /// What the rollout engine needs from a generator (the candle [`Engine`], or a scripted one in tests).
 pub trait Generator {
     /// Queues one request.
     fn submit(&mut self, prompt: &[u32], params: SamplingParams) -> Result<u64>;
     /// One decoding step; returns the requests that finished, with their completion tokens.
-    fn step(&mut self) -> Result<Vec<(u64, Vec<u32>)>>;
+    fn step(&mut self) -> Result<Vec<Finished>>;
     /// Drops a request; returns how many tokens it had generated.
     fn abort(&mut self, id: u64) -> usize;
     /// True while requests are queued or running.
@@ -51,7 +72,7 @@ pub trait Generator {
 pub struct EngineGenerator<'a> {
     pub engine: &'a mut Engine,
     pub capacity: usize,
-    partial: HashMap<u64, Vec<u32>>,
+    partial: HashMap<u64, Finished>,
 }
 
 impl<'a> EngineGenerator<'a> {
@@ -69,7 +90,7 @@ impl Generator for EngineGenerator<'_> {
     fn submit(&mut self, prompt: &[u32], params: SamplingParams) -> Result<u64> {
         Ok(self.engine.add_request(prompt.to_vec(), params)?)
     }
-    fn step(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
+    fn step(&mut self) -> Result<Vec<Finished>> {
         let mut done = vec![];
         for o in self.engine.step()? {
             if o.finish == Some(FinishReason::Error) {
@@ -81,16 +102,21 @@ impl Generator for EngineGenerator<'_> {
                 }
                 .into());
             }
-            self.partial.entry(o.id).or_default().extend(&o.tokens);
+            let f = self
+                .partial
+                .entry(o.id)
+                .or_insert_with(|| Finished::new(o.id, vec![]));
+            f.tokens.extend(&o.tokens);
+            f.logprobs.extend(o.logprobs.iter().map(|l| l.logprob));
             if o.finish.is_some() {
-                done.push((o.id, self.partial.remove(&o.id).unwrap_or_default()));
+                done.extend(self.partial.remove(&o.id));
             }
         }
         Ok(done)
     }
     fn abort(&mut self, id: u64) -> usize {
         self.engine.abort(id);
-        self.partial.remove(&id).map_or(0, |t| t.len())
+        self.partial.remove(&id).map_or(0, |f| f.tokens.len())
     }
     fn has_work(&self) -> bool {
         self.engine.has_work()
@@ -200,6 +226,9 @@ pub struct GroupOut {
     pub seq: usize,
     pub prompt: Vec<u32>,
     pub responses: Vec<Vec<u32>>,
+    /// Per response, the engine's log-prob of each token (empty when the generator gave none).
+    #[serde(skip)]
+    pub logprobs: Vec<Vec<f32>>,
     pub texts: Vec<String>,
     pub rewards: Vec<f64>,
 }
@@ -327,6 +356,7 @@ struct Task {
     /// Engine request id per rollout (None once finished or aborted).
     requests: Vec<Option<u64>>,
     responses: Vec<Option<Vec<u32>>>,
+    logprobs: Vec<Vec<f32>>,
     /// Tokens generated per rollout (finished or aborted).
     rollout_tokens: Vec<usize>,
     texts: Vec<String>,
@@ -376,7 +406,7 @@ impl StepState {
     }
 
     /// One timed generation step; returns the finished requests.
-    fn generate(&mut self, gen: &mut dyn Generator) -> Result<Vec<(u64, Vec<u32>)>> {
+    fn generate(&mut self, gen: &mut dyn Generator) -> Result<Vec<Finished>> {
         let running = gen.running();
         let t0 = Instant::now();
         let done = gen.step();
@@ -454,6 +484,7 @@ impl StepState {
                         .iter_mut()
                         .map(|r| r.take().unwrap_or_default())
                         .collect(),
+                    logprobs: std::mem::take(&mut t.logprobs),
                     texts: std::mem::take(&mut t.texts),
                     rewards: std::mem::take(&mut t.rewards),
                 }
@@ -562,6 +593,8 @@ impl RolloutEngine {
             top_p: self.args.top_p,
             max_tokens,
             seed: Some(h),
+            // The sampled token's log-prob, for the trainer's mismatch correction.
+            logprobs: Some(0),
             ..Default::default()
         }
     }
@@ -584,6 +617,7 @@ impl RolloutEngine {
             origin,
             requests,
             responses: vec![None; g],
+            logprobs: vec![vec![]; g],
             rollout_tokens: vec![0; g],
             texts: vec![String::new(); g],
             scores: vec![None; g],
@@ -605,13 +639,13 @@ impl RolloutEngine {
     }
 
     /// Records finished generations; with asynchronous reward (seamless) they go to the reward workers at once.
-    fn on_finished(
-        &self,
-        done: Vec<(u64, Vec<u32>)>,
-        s: &mut StepState,
-        send_now: bool,
-    ) -> Result<()> {
-        for (id, tokens) in done {
+    fn on_finished(&self, done: Vec<Finished>, s: &mut StepState, send_now: bool) -> Result<()> {
+        for Finished {
+            id,
+            tokens,
+            logprobs,
+        } in done
+        {
             let Some(&(t, r)) = s.owner.get(&id) else {
                 continue;
             };
@@ -621,6 +655,7 @@ impl RolloutEngine {
             task.requests[r] = None;
             task.texts[r] = text.clone();
             task.responses[r] = Some(tokens);
+            task.logprobs[r] = logprobs;
             if send_now {
                 self.send_reward(t, r, task.problem, text)?;
             }

@@ -10,7 +10,8 @@ use mimo_engine::engine::{Engine, EngineConfig};
 use mimo_engine::SamplingParams;
 use mimo_model::{MimoModel, ModelConfig};
 use mimo_rl::rl::engine_model;
-use mimo_train::grpo::{Group, GrpoArgs, GrpoTrainer, Rollout};
+use mimo_rl::rollout::{EngineGenerator, Generator};
+use mimo_train::grpo::{response_logprobs, Group, GrpoArgs, GrpoTrainer, Rollout};
 use mimo_train::model::TrainModel;
 
 fn fixture() -> PathBuf {
@@ -58,11 +59,13 @@ fn the_engine_samples_from_the_updated_policy() {
                 prompt: prompt.clone(),
                 response: vec![7, 7, 7],
                 reward: good,
+                engine_logprobs: None,
             },
             Rollout {
                 prompt: prompt.clone(),
                 response: vec![9, 9, 9],
                 reward: 1.0 - good,
+                engine_logprobs: None,
             },
         ],
     };
@@ -123,6 +126,77 @@ fn the_engine_samples_from_the_updated_policy() {
         new > old + 16,
         "token 7 sampled {old}/64 before, {new}/64 after the update"
     );
+}
+
+/// The log-probs the engine samples with (temperature 0.8, top-p 0.9: the distribution before truncation) are
+/// the trainer's log-probs of the same tokens, so the mismatch correction sees only numerical noise.
+#[test]
+fn engine_sampling_logprobs_equal_the_trainers() {
+    let dir = fixture();
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let temperature = 0.8;
+    let args = GrpoArgs {
+        temperature,
+        mini_batches: 1,
+        ..Default::default()
+    };
+    let policy = TrainModel::from_dir(&dir, tch::Device::Cpu).unwrap();
+    let mut trainer = GrpoTrainer::new(policy, args).unwrap();
+    let mut engine = Engine::new(
+        Arc::new(engine_model(&trainer, &cfg).unwrap()),
+        EngineConfig {
+            max_num_seqs: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let prompt = vec![3u32, 14, 15, 92];
+    let mut gen = EngineGenerator::new(&mut engine, 8);
+    for s in 0..8u64 {
+        let p = SamplingParams {
+            temperature: temperature as f32,
+            top_p: 0.9,
+            max_tokens: 24,
+            seed: Some(s),
+            logprobs: Some(0),
+            ..Default::default()
+        };
+        gen.submit(&prompt, p).unwrap();
+    }
+    let mut finished = vec![];
+    while gen.has_work() {
+        finished.extend(gen.step().unwrap());
+    }
+    assert_eq!(finished.len(), 8);
+    let rollouts: Vec<Rollout> = finished
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            assert_eq!(f.logprobs.len(), f.tokens.len());
+            Rollout {
+                prompt: prompt.clone(),
+                response: f.tokens,
+                reward: (i % 2) as f64,
+                engine_logprobs: Some(f.logprobs),
+            }
+        })
+        .collect();
+    let ours = response_logprobs(trainer.model(), &rollouts, 8, temperature).unwrap();
+    let mut worst = 0f32;
+    for (r, lp) in rollouts.iter().zip(&ours) {
+        for (a, b) in lp.iter().zip(r.engine_logprobs.as_ref().unwrap()) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "engine vs trainer log-probs differ by {worst}"
+    );
+    let upd = trainer.update(&[Group { rollouts }]).unwrap();
+    let m = &upd.mismatch;
+    assert_eq!(m.tokens, 8 * 24);
+    assert!(m.max_abs_dlogp < 1e-4 && m.truncated == 0.0, "{m:?}");
+    assert!((m.weight - 1.0).abs() < 1e-4, "{m:?}");
 }
 
 #[test]

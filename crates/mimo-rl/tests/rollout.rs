@@ -3,7 +3,7 @@
 
 use mimo_engine::SamplingParams;
 use mimo_reward::{Check, Problem, RewardSettings};
-use mimo_rl::rollout::{Generator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode};
+use mimo_rl::rollout::{Finished, Generator, LengthSkew, RolloutArgs, RolloutEngine, RolloutMode};
 use mimo_rl::Result;
 
 /// Decodes one token per step (2 ms each) for up to `capacity` requests (FIFO admission). A request's tokens are
@@ -34,7 +34,7 @@ impl Generator for Scripted {
         self.queue.push((self.next, p.seed.unwrap(), p.max_tokens));
         Ok(self.next)
     }
-    fn step(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
+    fn step(&mut self) -> Result<Vec<Finished>> {
         self.steps += 1;
         // A decode step costs time, as on a real device; rewards (microseconds for math) arrive in between.
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -48,7 +48,7 @@ impl Generator for Scripted {
         }
         self.running.retain(|&(id, seed, len, n)| {
             if n >= len {
-                done.push((id, vec![(seed % 1000) as u32; len]));
+                done.push(Finished::new(id, vec![(seed % 1000) as u32; len]));
                 false
             } else {
                 true

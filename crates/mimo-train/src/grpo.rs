@@ -11,6 +11,12 @@
 //! mini-batch. There is no KL term by default; `kl_beta > 0` adds the k3 estimator against the initial policy
 //! with the same normalisation. The MTP layers are frozen: the RL forward skips them and they are not optimised.
 //!
+//! **Rollout/trainer mismatch correction.** The rollouts are sampled by the candle engine, the loss is taken by
+//! libtorch: the two stacks' log-probs of the same token differ a little (more in bf16 or on a GPU), so the
+//! rollouts are slightly off-policy for the trainer. When a rollout carries the engine's log-probs, each token's
+//! term is multiplied by the truncated importance weight `w = min(π_old / π_rollout, cap)` (TIS; [`RolloutIs`]),
+//! as veRL's rollout correction and TRL's `vllm_importance_sampling_correction` do.
+//!
 //! The data types, [`GrpoArgs`] and [`group_advantages`] build without libtorch; the update needs the `tch`
 //! feature.
 
@@ -31,6 +37,9 @@ pub struct Rollout {
     pub response: Vec<u32>,
     /// Scalar reward (finite).
     pub reward: f64,
+    /// The log-prob the rollout engine sampled each response token with (at the rollout temperature), one per
+    /// response token; `None` when unknown, which leaves the rollout uncorrected (see [`RolloutIs`]).
+    pub engine_logprobs: Option<Vec<f32>>,
 }
 
 impl Rollout {
@@ -59,6 +68,20 @@ impl Rollout {
                 self.reward
             )));
         }
+        if let Some(lp) = &self.engine_logprobs {
+            if lp.len() != self.response.len() {
+                return Err(TrainError::Input(format!(
+                    "{at}: {} engine log-probs for {} response tokens",
+                    lp.len(),
+                    self.response.len()
+                )));
+            }
+            if let Some(x) = lp.iter().find(|x| !(x.is_finite() && **x <= 0.0)) {
+                return Err(TrainError::Input(format!(
+                    "{at}: engine log-prob {x} (need a finite value <= 0)"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -71,10 +94,10 @@ pub struct Group {
 }
 
 impl Group {
-    /// The group-normalised advantage of each rollout ([`group_advantages`] of the rewards).
-    pub fn advantages(&self) -> Vec<f64> {
+    /// The group-normalised advantage of each rollout ([`group_advantages_with`] of the rewards).
+    pub fn advantages(&self, norm: AdvNorm) -> Vec<f64> {
         let rewards: Vec<f64> = self.rollouts.iter().map(|r| r.reward).collect();
-        group_advantages(&rewards)
+        group_advantages_with(&rewards, norm)
     }
 
     /// Total number of response tokens (`N_g` of the loss).
@@ -83,9 +106,28 @@ impl Group {
     }
 }
 
-/// `(r − mean) / (std + 1e-6)` with the population std over the group (design §7.5). A group whose rewards are
-/// all equal (std 0) gets all zeros; an empty slice gives an empty vector.
+/// How a group's rewards become advantages: `A_i = (r_i − mean) / (std + 1e-6)` with one of these stds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvNorm {
+    /// The population std, `√(Σ(r − mean)² / G)` (design §7.5).
+    #[default]
+    PopulationStd,
+    /// The sample std, `√(Σ(r − mean)² / (G − 1))` (veRL's and TRL's GRPO, `torch.std`).
+    SampleStd,
+    /// No scaling, `A_i = r_i − mean` (Dr. GRPO).
+    None,
+}
+
+/// `(r − mean) / (std + 1e-6)` with the population std over the group (design §7.5); see
+/// [`group_advantages_with`].
 pub fn group_advantages(rewards: &[f64]) -> Vec<f64> {
+    group_advantages_with(rewards, AdvNorm::PopulationStd)
+}
+
+/// Group-normalised advantages under `norm`. A group whose rewards are all equal gets all zeros (so does a
+/// single rollout); an empty slice gives an empty vector.
+pub fn group_advantages_with(rewards: &[f64], norm: AdvNorm) -> Vec<f64> {
     let Some(&first) = rewards.first() else {
         return vec![];
     };
@@ -94,12 +136,28 @@ pub fn group_advantages(rewards: &[f64]) -> Vec<f64> {
     }
     let n = rewards.len() as f64;
     let mean = rewards.iter().sum::<f64>() / n;
-    let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n;
-    let std = var.sqrt();
-    rewards
-        .iter()
-        .map(|r| (r - mean) / (std + ADV_EPS))
-        .collect()
+    let ss = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>();
+    let scale = match norm {
+        AdvNorm::PopulationStd => (ss / n).sqrt() + ADV_EPS,
+        AdvNorm::SampleStd => (ss / (n - 1.0)).sqrt() + ADV_EPS,
+        AdvNorm::None => 1.0,
+    };
+    rewards.iter().map(|r| (r - mean) / scale).collect()
+}
+
+/// Truncated importance sampling (TIS) of the rollout/trainer mismatch, on the log-ratio
+/// `δ = log π_old − log π_rollout` of the trainer's (old-policy) and the engine's log-probs of each sampled
+/// token. The weight multiplies each token's surrogate term and carries no gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutIs {
+    /// No correction.
+    Off,
+    /// Per token: `w_t = min(exp δ_t, cap)` (TRL's default `token_truncate`; veRL `rollout_is = "token"`).
+    #[default]
+    Token,
+    /// Per sequence: `w = min(exp Σ_t δ_t, cap)` on every token of the response (veRL `"sequence"`).
+    Sequence,
 }
 
 /// Checks that `groups` can be trained on: at least one group, every group non-empty, every rollout with a
@@ -143,6 +201,12 @@ pub struct GrpoArgs {
     /// Sampling temperature of the rollouts: log-probs are taken of `softmax(logits / T)`, the policy that
     /// generated them (`mimo rl` sets it from `rollout.temperature`).
     pub temperature: f64,
+    /// Advantage normalisation within a group.
+    pub adv_norm: AdvNorm,
+    /// Mismatch correction against the engine's log-probs (rollouts without them are not corrected).
+    pub rollout_is: RolloutIs,
+    /// Upper bound of the importance weight (TIS cap; TRL and veRL use 2).
+    pub rollout_is_cap: f64,
     /// AdamW β1, β2, ε, weight decay (default 0) and the global grad-norm clip (default 1; 0 = off).
     #[serde(flatten)]
     pub adamw: AdamWArgs,
@@ -158,6 +222,9 @@ impl Default for GrpoArgs {
             mini_batches: 2,
             micro_batch: 16,
             temperature: 1.0,
+            adv_norm: AdvNorm::PopulationStd,
+            rollout_is: RolloutIs::Token,
+            rollout_is_cap: 2.0,
             adamw: AdamWArgs::default(),
         }
     }
@@ -181,6 +248,12 @@ impl GrpoArgs {
             if !(v >= 0.0 && v.is_finite()) {
                 return bad(field, format!("{v} (need a finite value >= 0)"));
             }
+        }
+        if !(self.rollout_is_cap >= 1.0 && self.rollout_is_cap.is_finite()) {
+            return bad(
+                "rollout_is_cap",
+                format!("{} (need a finite value >= 1)", self.rollout_is_cap),
+            );
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad(
@@ -265,6 +338,41 @@ pub struct UpdateStats {
     pub seconds: f64,
     /// Per mini-batch stats, in order (the first one sees the old policy: ratio 1).
     pub mini_batches: Vec<LossStats>,
+    /// Rollout/trainer mismatch over the rollouts that carried engine log-probs.
+    pub mismatch: MismatchStats,
+}
+
+/// How far the engine's sampling log-probs are from the trainer's (old-policy) ones, and what the truncated
+/// importance weights did (token means over the response tokens that carried engine log-probs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MismatchStats {
+    /// Mean `|log π_old − log π_rollout|`.
+    pub mean_abs_dlogp: f64,
+    /// Largest `|log π_old − log π_rollout|`.
+    pub max_abs_dlogp: f64,
+    /// k3 estimate of KL(π_rollout ‖ π_old): mean `ρ − 1 − log ρ`, `ρ = π_old / π_rollout`.
+    pub kl: f64,
+    /// Mean importance weight after truncation (1 without correction).
+    pub weight: f64,
+    /// Fraction of tokens whose weight was truncated at the cap.
+    pub truncated: f64,
+    /// Tokens compared.
+    pub tokens: usize,
+}
+
+impl MismatchStats {
+    /// Folds in another batch's stats (token-weighted means).
+    pub fn merge(&mut self, other: &MismatchStats) {
+        let (a, b) = (self.tokens as f64, other.tokens as f64);
+        let n = (a + b).max(1.0);
+        let mix = |x: f64, y: f64| (x * a + y * b) / n;
+        self.mean_abs_dlogp = mix(self.mean_abs_dlogp, other.mean_abs_dlogp);
+        self.kl = mix(self.kl, other.kl);
+        self.weight = mix(self.weight, other.weight);
+        self.truncated = mix(self.truncated, other.truncated);
+        self.max_abs_dlogp = self.max_abs_dlogp.max(other.max_abs_dlogp);
+        self.tokens += other.tokens;
+    }
 }
 
 /// Splits `n` items into `parts.min(n)` consecutive ranges whose sizes differ by at most one.
@@ -286,7 +394,9 @@ pub fn split_even(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
 #[cfg(feature = "tch")]
 mod policy;
 #[cfg(feature = "tch")]
-pub use policy::{grpo_loss, response_logprobs, token_logprobs, GrpoTrainer, RolloutBatch};
+pub use policy::{
+    grpo_loss, response_logprobs, rollout_is_weights, token_logprobs, GrpoTrainer, RolloutBatch,
+};
 
 #[cfg(test)]
 mod tests {
@@ -343,6 +453,7 @@ mod tests {
             prompt,
             response,
             reward: 0.0,
+            engine_logprobs: None,
         };
         let ok = Group {
             rollouts: vec![r(vec![1], vec![2])],
@@ -359,5 +470,48 @@ mod tests {
         };
         let e = validate_groups(&[ok, oob], 10).unwrap_err().to_string();
         assert!(e.contains("group 1 rollout 1") && e.contains("10"), "{e}");
+        for (lp, why) in [(vec![-0.5, -0.5], "2 engine log-probs"), (vec![0.5], "0.5")] {
+            let g = Group {
+                rollouts: vec![Rollout {
+                    engine_logprobs: Some(lp),
+                    ..r(vec![1], vec![2])
+                }],
+            };
+            let e = validate_groups(&[g], 10).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn advantage_normalisations() {
+        let r = [1.0, 0.0, 0.0, 1.0, 1.0];
+        let mean = 0.6;
+        let ss: f64 = r.iter().map(|x| (x - mean) * (x - mean)).sum();
+        for (norm, scale) in [
+            (AdvNorm::PopulationStd, (ss / 5.0).sqrt() + ADV_EPS),
+            (AdvNorm::SampleStd, (ss / 4.0).sqrt() + ADV_EPS),
+            (AdvNorm::None, 1.0),
+        ] {
+            let a = group_advantages_with(&r, norm);
+            for (x, y) in a.iter().zip(&r) {
+                assert!((x - (y - mean) / scale).abs() < 1e-12, "{norm:?}");
+            }
+        }
+        assert_eq!(group_advantages_with(&[2.0], AdvNorm::SampleStd), vec![0.0]);
+        let a: GrpoArgs =
+            toml::from_str("adv_norm = \"sample_std\"\nrollout_is = \"sequence\"").unwrap();
+        assert_eq!(
+            (a.adv_norm, a.rollout_is),
+            (AdvNorm::SampleStd, RolloutIs::Sequence)
+        );
+        let bad = GrpoArgs {
+            rollout_is_cap: 0.5,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rollout_is_cap"));
     }
 }

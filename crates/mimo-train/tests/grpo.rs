@@ -81,7 +81,19 @@ fn loss_clips_each_side_and_normalises_by_group_tokens() {
     let old = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
     let mask = t2(&[&[1.0, 1.0, 0.0], &[1.0, 1.0, 1.0]]);
     let adv = t1(&[1.0, -1.0]);
-    let (loss, st) = grpo_loss(&new, &old, &adv, &mask, &[0, 0], &[5.0], 0.2, 0.28, None).unwrap();
+    let (loss, st) = grpo_loss(
+        &new,
+        &old,
+        &adv,
+        &mask,
+        &[0, 0],
+        &[5.0],
+        0.2,
+        0.28,
+        None,
+        None,
+    )
+    .unwrap();
     assert!(close(loss.double_value(&[]), 0.104, 1e-6), "{st:?}");
     assert!(close(st.loss, 0.104, 1e-6));
     assert_eq!(st.tokens, 5);
@@ -119,7 +131,8 @@ fn loss_two_groups_each_normalised_by_its_own_tokens() {
     let mask = t2(&[&[1.0, 1.0, 0.0, 0.0], &[1.0, 1.0, 1.0, 1.0]]);
     let adv = t1(&[1.0, -0.5]);
     let tokens = [2.0, 4.0];
-    let (loss, st) = grpo_loss(&z, &z, &adv, &mask, &[0, 1], &tokens, 0.2, 0.28, None).unwrap();
+    let (loss, st) =
+        grpo_loss(&z, &z, &adv, &mask, &[0, 1], &tokens, 0.2, 0.28, None, None).unwrap();
     assert!(close(loss.double_value(&[]), -0.25, 1e-7));
     assert_eq!(st.tokens, 6);
     // Split into row chunks with the mini-batch's group counts, the parts add up: −1/2 + 0.5/2 = −0.25.
@@ -134,6 +147,7 @@ fn loss_two_groups_each_normalised_by_its_own_tokens() {
         0.2,
         0.28,
         None,
+        None,
     )
     .unwrap();
     let (l1, _) = grpo_loss(
@@ -145,6 +159,7 @@ fn loss_two_groups_each_normalised_by_its_own_tokens() {
         &tokens,
         0.2,
         0.28,
+        None,
         None,
     )
     .unwrap();
@@ -171,6 +186,7 @@ fn k3_kl_against_reference() {
         0.2,
         0.28,
         Some((&reference, 0.1)),
+        None,
     )
     .unwrap();
     assert!(close(loss.double_value(&[]), 0.025, 1e-7), "{st:?}");
@@ -182,10 +198,22 @@ fn loss_rejects_bad_shapes() {
     let z = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
     let adv = t1(&[1.0, -1.0]);
     let short = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
-    assert!(grpo_loss(&z, &short, &adv, &z, &[0, 0], &[3.0], 0.2, 0.28, None).is_err());
-    assert!(grpo_loss(&z, &z, &t1(&[1.0]), &z, &[0, 0], &[3.0], 0.2, 0.28, None).is_err());
-    assert!(grpo_loss(&z, &z, &adv, &z, &[0, 1], &[3.0], 0.2, 0.28, None).is_err());
-    assert!(grpo_loss(&z, &z, &adv, &z, &[0, 0], &[0.0], 0.2, 0.28, None).is_err());
+    assert!(grpo_loss(&z, &short, &adv, &z, &[0, 0], &[3.0], 0.2, 0.28, None, None).is_err());
+    assert!(grpo_loss(
+        &z,
+        &z,
+        &t1(&[1.0]),
+        &z,
+        &[0, 0],
+        &[3.0],
+        0.2,
+        0.28,
+        None,
+        None
+    )
+    .is_err());
+    assert!(grpo_loss(&z, &z, &adv, &z, &[0, 1], &[3.0], 0.2, 0.28, None, None).is_err());
+    assert!(grpo_loss(&z, &z, &adv, &z, &[0, 0], &[0.0], 0.2, 0.28, None, None).is_err());
 }
 
 #[test]
@@ -195,11 +223,13 @@ fn token_logprobs_align_with_the_forward_and_ignore_padding() {
         prompt: vec![1, 2, 3],
         response: vec![4, 5],
         reward: 0.0,
+        engine_logprobs: None,
     };
     let long = Rollout {
         prompt: vec![7],
         response: vec![8, 9, 10, 11, 12, 13],
         reward: 1.0,
+        engine_logprobs: None,
     };
     // By hand: log_softmax(forward([1, 2, 3, 4])) at position 2 for token 4 and position 3 for token 5.
     let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).unsqueeze(0);
@@ -242,6 +272,7 @@ fn rollout(prompt: &[u32], response: &[u32], reward: f64) -> Rollout {
         prompt: prompt.to_vec(),
         response: response.to_vec(),
         reward,
+        engine_logprobs: None,
     }
 }
 

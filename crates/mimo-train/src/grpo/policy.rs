@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{split_even, validate_groups, Group, GrpoArgs, LossStats, Rollout, UpdateStats};
+use super::{
+    split_even, validate_groups, Group, GrpoArgs, LossStats, MismatchStats, Rollout, RolloutIs,
+    UpdateStats,
+};
 use crate::error::{Result, TrainError};
 use crate::model::{Param, TrainModel};
 use crate::optim::AdamW;
@@ -133,11 +136,73 @@ pub fn response_logprobs(
     Ok(out)
 }
 
+/// Truncated importance weights of the rollout/trainer mismatch (TIS, see [`RolloutIs`]) `[b, T]`, and their
+/// statistics.
+///
+/// `log_ratio = log π_old − log π_rollout` and `mask` are `[b, T]`, `mask` 1 on the response tokens that carry
+/// engine log-probs. Token mode: `w = min(exp δ, cap)`; sequence mode: `w_i = min(exp Σ_t δ_it, cap)` on every
+/// token of row `i`; the log-ratio (or its sum) is clamped to ±20 before `exp`, as veRL's
+/// `compute_rollout_correction_weights` does. `Off` gives the mask itself (weight 1). The weights are 0 off the
+/// mask and carry no gradient.
+pub fn rollout_is_weights(
+    log_ratio: &Tensor,
+    mask: &Tensor,
+    mode: RolloutIs,
+    cap: f64,
+) -> Result<(Tensor, MismatchStats)> {
+    if log_ratio.size() != mask.size() || log_ratio.dim() != 2 {
+        return Err(TrainError::Input(format!(
+            "log_ratio {:?} and mask {:?} must both be [b, T]",
+            log_ratio.size(),
+            mask.size()
+        )));
+    }
+    let mask = mask.to_kind(Kind::Float);
+    let d = (log_ratio.detach().to_kind(Kind::Float) * &mask).to_device(mask.device());
+    let raw = match mode {
+        RolloutIs::Off | RolloutIs::Token => d.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp(),
+        RolloutIs::Sequence => d
+            .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+            .clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+            .exp()
+            .expand_as(&d),
+    } * &mask;
+    let weights = match mode {
+        RolloutIs::Off => mask.shallow_clone(),
+        _ => raw.clamp_max(cap),
+    };
+    let n = mask.sum(Kind::Float).double_value(&[]);
+    let mean = |t: &Tensor| {
+        if n > 0.0 {
+            (t * &mask).sum(Kind::Float).double_value(&[]) / n
+        } else {
+            0.0
+        }
+    };
+    let stats = MismatchStats {
+        mean_abs_dlogp: mean(&d.abs()),
+        max_abs_dlogp: if n > 0.0 {
+            (d.abs() * &mask).max().double_value(&[])
+        } else {
+            0.0
+        },
+        kl: mean(&(d.exp() - 1.0 - &d)),
+        weight: mean(&weights),
+        truncated: match mode {
+            RolloutIs::Off => 0.0,
+            _ => mean(&raw.gt(cap).to_kind(Kind::Float)),
+        },
+        tokens: n.round() as usize,
+    };
+    Ok((weights, stats))
+}
+
 /// The GRPO loss of one (micro-)batch and its token statistics.
 ///
 /// `logp_new`, `logp_old`, `mask`: `[b, T]`; `adv`: `[b]` (one advantage per row) or `[b, T]`. Row `i` belongs
 /// to group `group_of_row[i]` of the mini-batch, whose total response-token count is `group_tokens[g]`.
-/// Per token `r = exp(new − old)` and `s = min(r·A, clip(r, 1 − eps_low, 1 + eps_high)·A)`; the loss is
+/// Per token `r = exp(new − old)` and `s = w · min(r·A, clip(r, 1 − eps_low, 1 + eps_high)·A)`, `w` the
+/// mismatch weight (`is_weights`, `[b, T]`, from [`rollout_is_weights`]; 1 when `None`); the loss is
 /// `−(1/G) Σ_g (1/N_g) Σ_{tokens of g} s` with `G = group_tokens.len()`. With `kl = Some((logp_ref, β))` it adds
 /// `β · (1/G) Σ_g (1/N_g) Σ k3`, `k3 = exp(ref − new) − (ref − new) − 1`.
 ///
@@ -155,12 +220,14 @@ pub fn grpo_loss(
     eps_low: f64,
     eps_high: f64,
     kl: Option<(&Tensor, f64)>,
+    is_weights: Option<&Tensor>,
 ) -> Result<(Tensor, LossStats)> {
     check_loss_inputs(
         logp_new,
         [("logp_old", logp_old), ("mask", mask)]
             .into_iter()
-            .chain(kl.map(|(r, _)| ("logp_ref", r))),
+            .chain(kl.map(|(r, _)| ("logp_ref", r)))
+            .chain(is_weights.map(|w| ("is_weights", w))),
         adv,
         group_of_row,
         group_tokens,
@@ -184,7 +251,10 @@ pub fn grpo_loss(
     let log_ratio = ((logp_new - logp_old) * &mask).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO);
     let ratio = log_ratio.exp();
     let clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high);
-    let surrogate = (&ratio * &adv).minimum(&(clipped * &adv));
+    let mut surrogate = (&ratio * &adv).minimum(&(clipped * &adv));
+    if let Some(w) = is_weights {
+        surrogate = surrogate * w.detach().to_kind(Kind::Float).to_device(dev);
+    }
     let surrogate_loss = -(surrogate * &weights).sum(Kind::Float);
     let k3 = kl.map(|(logp_ref, beta)| {
         let d = ((logp_ref - logp_new) * &mask).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO);
@@ -277,6 +347,8 @@ struct Chunk {
     group_of_row: Vec<usize>,
     old: Tensor,
     reference: Option<Tensor>,
+    /// Mismatch weights `[b, T]` when the correction is on and some row carries engine log-probs.
+    is_weights: Option<Tensor>,
 }
 
 /// One optimizer step's worth of groups.
@@ -357,7 +429,7 @@ impl GrpoTrainer {
     pub fn update(&mut self, groups: &[Group]) -> Result<UpdateStats> {
         let start = Instant::now();
         validate_groups(groups, self.model.config().vocab_size)?;
-        let mut plan = self.plan(groups)?;
+        let (mut plan, mismatch) = self.plan(groups)?;
         self.reference_logprobs(&mut plan)?;
 
         let (eps_low, eps_high) = (self.args.eps_low, self.args.eps_high);
@@ -386,6 +458,7 @@ impl GrpoTrainer {
                         eps_low,
                         eps_high,
                         kl,
+                        c.is_weights.as_ref(),
                     )?;
                     st.merge(&s);
                     Ok((loss, s.loss))
@@ -417,6 +490,7 @@ impl GrpoTrainer {
             steps,
             seconds: start.elapsed().as_secs_f64(),
             mini_batches: per_mb,
+            mismatch,
         })
     }
 
@@ -442,16 +516,22 @@ impl GrpoTrainer {
         self.model.save_hf(dir, extra)
     }
 
-    /// Splits `groups` into mini-batches and micro-batches, with advantages and the old-policy log-probs.
-    fn plan(&self, groups: &[Group]) -> Result<Vec<MiniBatch>> {
+    /// Splits `groups` into mini-batches and micro-batches, with advantages, the old-policy log-probs and the
+    /// mismatch weights against the engine's log-probs.
+    fn plan(&self, groups: &[Group]) -> Result<(Vec<MiniBatch>, MismatchStats)> {
         let vocab = self.model.config().vocab_size;
         let device = self.model.device();
         let mut plan = vec![];
+        let mut mismatch = MismatchStats::default();
         for range in split_even(groups.len(), self.args.mini_batches) {
             let mb_groups = &groups[range];
             let mut rows: Vec<(usize, &Rollout, f64)> = vec![];
             for (g, group) in mb_groups.iter().enumerate() {
-                for (r, a) in group.rollouts.iter().zip(group.advantages()) {
+                for (r, a) in group
+                    .rollouts
+                    .iter()
+                    .zip(group.advantages(self.args.adv_norm))
+                {
                     rows.push((g, r, a));
                 }
             }
@@ -462,11 +542,13 @@ impl GrpoTrainer {
                 let adv: Vec<f32> = part.iter().map(|p| p.2 as f32).collect();
                 let old =
                     tch::no_grad(|| token_logprobs(&self.model, &batch, self.args.temperature))?;
+                let is_weights = self.mismatch_weights(&rollouts, &batch, &old, &mut mismatch)?;
                 chunks.push(Chunk {
                     adv: Tensor::from_slice(&adv).to_device(device),
                     group_of_row: part.iter().map(|p| p.0).collect(),
                     old,
                     reference: None,
+                    is_weights,
                     batch,
                 });
             }
@@ -478,7 +560,46 @@ impl GrpoTrainer {
                     .collect(),
             });
         }
-        Ok(plan)
+        Ok((plan, mismatch))
+    }
+
+    /// The chunk's TIS weights (1 on the tokens of rollouts without engine log-probs), with the mismatch
+    /// statistics folded into `stats`; `None` when no row carries engine log-probs. With the correction off the
+    /// mismatch is still measured but no weights are applied.
+    fn mismatch_weights(
+        &self,
+        rows: &[&Rollout],
+        batch: &RolloutBatch,
+        old: &Tensor,
+        stats: &mut MismatchStats,
+    ) -> Result<Option<Tensor>> {
+        if rows.iter().all(|r| r.engine_logprobs.is_none()) {
+            return Ok(None);
+        }
+        let t = batch.inputs.size()[1] as usize;
+        let mut engine = vec![0f32; rows.len() * t];
+        let mut has = vec![0f32; rows.len() * t];
+        for (i, (r, &(start, len))) in rows.iter().zip(&batch.spans).enumerate() {
+            if let Some(lp) = &r.engine_logprobs {
+                engine[i * t + start..i * t + start + len].copy_from_slice(lp);
+                has[i * t + start..i * t + start + len].fill(1.0);
+            }
+        }
+        let shape = [rows.len() as i64, t as i64];
+        let dev = old.device();
+        let engine = Tensor::from_slice(&engine).reshape(shape).to_device(dev);
+        let has = Tensor::from_slice(&has).reshape(shape).to_device(dev);
+        let (w, s) = rollout_is_weights(
+            &(old - engine),
+            &has,
+            self.args.rollout_is,
+            self.args.rollout_is_cap,
+        )?;
+        stats.merge(&s);
+        Ok(match self.args.rollout_is {
+            RolloutIs::Off => None,
+            _ => Some(w + batch.mask.to_device(dev) - has),
+        })
     }
 
     /// With a KL reference: swaps its weights into the model, fills every chunk's reference log-probs, and
