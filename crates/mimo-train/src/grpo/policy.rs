@@ -251,10 +251,11 @@ pub fn grpo_loss(
     let log_ratio = ((logp_new - logp_old) * &mask).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO);
     let ratio = log_ratio.exp();
     let clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high);
-    let mut surrogate = (&ratio * &adv).minimum(&(clipped * &adv));
-    if let Some(w) = is_weights {
-        surrogate = surrogate * w.detach().to_kind(Kind::Float).to_device(dev);
-    }
+    let surrogate = (&ratio * &adv).minimum(&(clipped * &adv));
+    let surrogate = match is_weights {
+        Some(w) => surrogate * w.detach().to_kind(Kind::Float).to_device(dev),
+        None => surrogate,
+    };
     let surrogate_loss = -(surrogate * &weights).sum(Kind::Float);
     let k3 = kl.map(|(logp_ref, beta)| {
         let d = ((logp_ref - logp_new) * &mask).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO);
