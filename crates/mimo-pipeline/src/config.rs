@@ -62,6 +62,9 @@ pub struct EvalSection {
     /// turn into pass@1.
     #[serde(default)]
     pub sft_k: usize,
+    /// Samples per problem for the base model (0: `k`).
+    #[serde(default)]
+    pub base_k: usize,
 }
 
 impl EvalSection {
@@ -71,6 +74,15 @@ impl EvalSection {
             self.k
         } else {
             self.sft_k
+        }
+    }
+
+    /// Samples per problem for the base model.
+    pub fn base_samples(&self) -> usize {
+        if self.base_k == 0 {
+            self.k
+        } else {
+            self.base_k
         }
     }
 }

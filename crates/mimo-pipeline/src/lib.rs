@@ -52,7 +52,7 @@ pub fn run_pipeline(
         args.eval.k
     ));
     let mut evals = Evals::default();
-    evals.run(&mut run, "base", &base, &heldout, args.eval.k)?;
+    evals.run(&mut run, "base", &base, &heldout, args.eval.base_samples())?;
     evals.run(&mut run, "sft", &sft, &heldout, args.eval.sft_samples())?;
     let e = &args.eval;
     let mtp_sft = stages::mtp_acceptance(&sft, &heldout, e.mtp_prompts, e.max_tokens)?;
@@ -87,7 +87,14 @@ pub fn run_pipeline(
             .collect(),
         paired,
         sft_pass_at_k,
-        eval_k_sft: args.eval.sft_samples(),
+        eval_samples: [
+            ("base", args.eval.base_samples()),
+            ("sft", args.eval.sft_samples()),
+            ("rl", args.eval.k),
+        ]
+        .into_iter()
+        .map(|(s, k)| (s.to_string(), k))
+        .collect(),
         pass_at_1: evals.pass,
         mtp_acceptance: mtp_rl,
         mtp_acceptance_sft: mtp_sft,

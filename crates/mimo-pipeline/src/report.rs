@@ -30,9 +30,9 @@ pub struct PipelineReport {
     /// The SFT model's unbiased pass@k for k = 1, 2, … (up to 16 or its sample count).
     #[serde(default)]
     pub sft_pass_at_k: Vec<f64>,
-    /// Samples per problem of the SFT evaluation.
+    /// Samples per problem of each stage's evaluation.
     #[serde(default)]
-    pub eval_k_sft: usize,
+    pub eval_samples: BTreeMap<String, usize>,
     pub mtp_acceptance: f64,
     pub mtp_acceptance_sft: f64,
     /// Seamless vs naive wall time on this CPU (decode cost grows with the batch, so idle slots are free).
@@ -313,12 +313,13 @@ fn report_markdown(r: &PipelineReport, bench: &[BenchRun], plots: &[String]) -> 
         r.final_checkpoint.display()
     ));
     md.push_str(&format!(
-        "## Held-out pass@1 ({} problems × {} samples, SFT × {}; temperature 0.6, top-p 0.95)\n\n| stage | pass@1 | standard error | \\boxed{{}} compliance | mean response tokens |\n|---|---|---|---|---|\n",
-        r.eval_problems, r.eval_k, r.eval_k_sft
+        "## Held-out pass@1 ({} problems, temperature 0.6, top-p 0.95)\n\n| stage | samples per problem | pass@1 | standard error | \\boxed{{}} compliance | mean response tokens |\n|---|---|---|---|---|---|\n",
+        r.eval_problems
     ));
     for k in STAGES {
         md.push_str(&format!(
-            "| {k} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
+            "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
+            r.eval_samples.get(k).copied().unwrap_or(r.eval_k),
             r.pass_at_1.get(k).copied().unwrap_or(0.0),
             r.pass_at_1_se.get(k).copied().unwrap_or(0.0),
             r.boxed_compliance.get(k).copied().unwrap_or(0.0),

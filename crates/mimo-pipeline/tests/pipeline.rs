@@ -95,7 +95,25 @@ fn micro_pipeline_runs_every_stage_and_writes_a_loadable_checkpoint() {
     for key in ["base", "sft", "rl"] {
         let v = json["response_tokens"][key].as_f64().unwrap();
         assert!(v > 0.0, "response_tokens.{key} = {v}");
+        let se = json["pass_at_1_se"][key].as_f64().unwrap();
+        assert!((0.0..=0.5).contains(&se), "pass_at_1_se.{key} = {se}");
     }
+    // The paired RL − SFT difference is the difference of the two pass@1 figures (same problems).
+    let d = &json["paired"]["rl - sft"];
+    let want = json["pass_at_1"]["rl"].as_f64().unwrap() - json["pass_at_1"]["sft"].as_f64().unwrap();
+    assert!((d["delta"].as_f64().unwrap() - want).abs() < 1e-9, "{d}");
+    assert!(d["se"].as_f64().is_some_and(f64::is_finite), "{d}");
+    // The SFT model's pass@k runs to k = 16 (its default sample count), never decreasing.
+    assert_eq!(json["eval_samples"]["sft"], 16);
+    let curve: Vec<f64> = json["sft_pass_at_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(curve.len(), 16);
+    assert!(curve.windows(2).all(|w| w[1] >= w[0] - 1e-12), "{curve:?}");
+    assert!(out.join("plots/pass_at_1.png").is_file());
     // The SFT set mixes terse responses in (the default terse_fraction); the stage-3 reasoning corpus keeps
     // every response worked digit by digit ("ones …" steps).
     let math_responses = |path: &Path, field: &str| -> Vec<String> {

@@ -308,11 +308,12 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
         let line = serde_json::to_string(&m).map_err(|e| RlError::Data(e.to_string()))?;
         writeln!(metrics, "{line}").map_err(|e| RlError::io(&metrics_path, e))?;
         bar.set_message(format!(
-            "reward {:.3} loss {:+.4} clip {:.3}/{:.3} waste {:.2} rollout {:.1}s update {:.1}s",
+            "reward {:.3} loss {:+.4} clip {:.3}/{:.3} |dlogp| {:.1e} waste {:.2} rollout {:.1}s update {:.1}s",
             m.rollout.mean_reward,
             m.loss,
             m.clip_low,
             m.clip_high,
+            m.mismatch.mean_abs_dlogp,
             m.rollout.sample_waste,
             m.rollout.wall_s,
             m.update_s
