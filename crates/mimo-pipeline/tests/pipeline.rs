@@ -100,7 +100,8 @@ fn micro_pipeline_runs_every_stage_and_writes_a_loadable_checkpoint() {
     }
     // The paired RL − SFT difference is the difference of the two pass@1 figures (same problems).
     let d = &json["paired"]["rl - sft"];
-    let want = json["pass_at_1"]["rl"].as_f64().unwrap() - json["pass_at_1"]["sft"].as_f64().unwrap();
+    let want =
+        json["pass_at_1"]["rl"].as_f64().unwrap() - json["pass_at_1"]["sft"].as_f64().unwrap();
     assert!((d["delta"].as_f64().unwrap() - want).abs() < 1e-9, "{d}");
     assert!(d["se"].as_f64().is_some_and(f64::is_finite), "{d}");
     // The SFT model's pass@k runs to k = 16 (its default sample count), never decreasing.

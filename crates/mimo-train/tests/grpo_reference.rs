@@ -4,19 +4,13 @@
 //! to 1e-6.
 #![cfg(feature = "tch")]
 
-use std::path::PathBuf;
+mod common;
+
+use std::path::{Path, PathBuf};
 
 use mimo_train::grpo::{group_advantages_with, grpo_loss, rollout_is_weights, AdvNorm, RolloutIs};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
-
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("MIMO_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    venv.exists().then_some(venv)
-}
 
 /// xorshift64*: deterministic inputs without a dependency.
 struct Rng(u64);
@@ -129,7 +123,7 @@ fn assert_rows_close(what: &str, ours: &[Vec<f32>], theirs: &[Vec<f64>]) {
     }
 }
 
-fn verl(py: &PathBuf, request: &Value) -> Value {
+fn verl(py: &Path, request: &Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inputs.json");
     std::fs::write(&path, request.to_string()).unwrap();
@@ -150,12 +144,7 @@ fn verl(py: &PathBuf, request: &Value) -> Value {
 
 #[test]
 fn grpo_equals_verl_core_algos() {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the Python reference tests: run tools/setup-python.sh"
-        );
-        eprintln!("SKIPPED: no Python env (.venv or MIMO_PYTHON); run tools/setup-python.sh");
+    let Some(py) = common::python_or_skip() else {
         return;
     };
     let (eps_low, eps_high, cap) = (0.2, 0.28, 2.0);

@@ -2,6 +2,8 @@
 //! and HF checkpoints that load back (here and into the candle engine model).
 #![cfg(feature = "tch")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -188,23 +190,10 @@ fn random_init_is_seeded() {
     assert_eq!(norm.tensor.sum(Kind::Float).double_value(&[]), 64.0);
 }
 
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("MIMO_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    venv.exists().then_some(venv)
-}
-
 /// A checkpoint written by the trainer loads in transformers as Qwen2 with the same main-model logits.
 #[test]
 fn written_checkpoint_loads_in_transformers() {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the Python reference tests: run tools/setup-python.sh"
-        );
-        eprintln!("SKIPPED: no Python env (.venv or MIMO_PYTHON); run tools/setup-python.sh");
+    let Some(py) = common::python_or_skip() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

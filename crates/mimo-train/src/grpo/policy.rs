@@ -172,13 +172,7 @@ pub fn rollout_is_weights(
         _ => raw.clamp_max(cap),
     };
     let n = mask.sum(Kind::Float).double_value(&[]);
-    let mean = |t: &Tensor| {
-        if n > 0.0 {
-            (t * &mask).sum(Kind::Float).double_value(&[]) / n
-        } else {
-            0.0
-        }
-    };
+    let mean = |t: &Tensor| masked_mean(t, &mask, n);
     let stats = MismatchStats {
         mean_abs_dlogp: mean(&d.abs()),
         max_abs_dlogp: if n > 0.0 {
@@ -186,7 +180,11 @@ pub fn rollout_is_weights(
         } else {
             0.0
         },
-        kl: mean(&(d.exp() - 1.0 - &d)),
+        // In f64: for |δ| ~ 1e-7 (f32 stacks agreeing) the f32 terms cancel to rounding noise.
+        kl: {
+            let d = d.to_kind(Kind::Double);
+            mean(&(d.exp() - 1.0 - &d))
+        },
         weight: mean(&weights),
         truncated: match mode {
             RolloutIs::Off => 0.0,
@@ -268,13 +266,7 @@ pub fn grpo_loss(
 
     let stats = tch::no_grad(|| {
         let n = mask.sum(Kind::Float).double_value(&[]);
-        let mean = |t: &Tensor| {
-            if n > 0.0 {
-                (t * &mask).sum(Kind::Float).double_value(&[]) / n
-            } else {
-                0.0
-            }
-        };
+        let mean = |t: &Tensor| masked_mean(t, &mask, n);
         let flag = |t: Tensor| t.to_kind(Kind::Float);
         LossStats {
             loss: loss.double_value(&[]),
@@ -287,6 +279,15 @@ pub fn grpo_loss(
         }
     });
     Ok((loss, stats))
+}
+
+/// `Σ t·mask / n` (`n` = the mask's sum), 0 for an empty mask.
+fn masked_mean(t: &Tensor, mask: &Tensor, n: f64) -> f64 {
+    if n > 0.0 {
+        (t * mask).sum(Kind::Float).double_value(&[]) / n
+    } else {
+        0.0
+    }
 }
 
 /// The shape and index checks of [`grpo_loss`]: `logp_new` is `[b, T]` and so is each of `like_new`, `adv` is
