@@ -43,7 +43,8 @@ train = { batch_size = 2, progress = false, plot = false }
 [sft]
 train = { steps = 2, batch_size = 2, seq_len = 128, progress = false, plot = false }
 [rl]
-steps = 1
+steps = 2
+max_staleness = 1
 max_num_seqs = 16
 rollout = { groups = 1, group_size = 2, max_tokens = 8, max_tasks_per_step = 4 }
 [eval]
@@ -115,6 +116,19 @@ fn micro_pipeline_runs_every_stage_and_writes_a_loadable_checkpoint() {
     assert_eq!(curve.len(), 16);
     assert!(curve.windows(2).all(|w| w[1] >= w[0] - 1e-12), "{curve:?}");
     assert!(out.join("plots/pass_at_1.png").is_file());
+    // One-step off-policy overlap: step 2's batch was sampled by the starting policy while step 1 trained.
+    let staleness: Vec<(u64, u64)> = std::fs::read_to_string(out.join("rl/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|m| {
+            (
+                m["weight_version"].as_u64().unwrap(),
+                m["staleness"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(staleness, vec![(0, 0), (0, 1)]);
     // The SFT set mixes terse responses in (the default terse_fraction); the stage-3 reasoning corpus keeps
     // every response worked digit by digit ("ones …" steps).
     let math_responses = |path: &Path, field: &str| -> Vec<String> {

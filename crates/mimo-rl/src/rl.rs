@@ -22,6 +22,7 @@ use mimo_train::model::TrainModel;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RlError};
+use crate::overlap::run_overlapped;
 use crate::rollout::{EngineGenerator, GroupOut, RolloutArgs, RolloutEngine, RolloutStats};
 
 /// `mimo rl` settings (TOML; every key has a default).
@@ -51,6 +52,9 @@ pub struct RlArgs {
     pub code_reward: CodeReward,
     pub rollout: RolloutArgs,
     pub grpo: GrpoArgs,
+    /// Off-policy overlap ([`crate::overlap`]): the batch of step `s` is sampled with the policy after
+    /// `max(0, s − max_staleness)` updates while earlier steps train; 0 is the sequential loop.
+    pub max_staleness: usize,
     /// Start over even if `out` holds a finished run.
     pub force: bool,
 }
@@ -71,6 +75,7 @@ impl Default for RlArgs {
             code_reward: CodeReward::Soft,
             rollout: RolloutArgs::default(),
             grpo: GrpoArgs::default(),
+            max_staleness: 0,
             force: false,
         }
     }
@@ -127,6 +132,12 @@ pub struct RlStepMetrics {
     pub update_s: f64,
     /// Weight hand-off trainer → engine.
     pub handoff_s: f64,
+    /// The policy version (updates taken) that sampled this step's batch.
+    #[serde(default)]
+    pub weight_version: u64,
+    /// Updates taken by the trainer since that version (0 on the sequential loop).
+    #[serde(default)]
+    pub staleness: u64,
     pub mean_response_tokens: f64,
     pub elapsed_s: f64,
 }
@@ -267,22 +278,15 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
     let mut bar = mimo_train::progress::Progress::new("rl", true, args.steps, 0);
     let (mut first_reward, mut last_reward) = (None, 0.0);
     let (mut rollout_wall, mut update_total) = (0.0, 0.0);
-    for step in 0..args.steps {
-        let (batch, rstats) = {
-            let mut gen = EngineGenerator::new(&mut engine, args.max_num_seqs);
-            rollout.collect(&mut gen)?
-        };
-        rollout_wall += rstats.wall_s;
-        let groups = to_groups(&batch);
-        let upd = if groups.is_empty() {
-            UpdateStats::default()
-        } else {
-            trainer.update(&groups)?
-        };
+    let mut record = |step: usize,
+                      batch: &[GroupOut],
+                      rollout: RolloutStats,
+                      upd: &UpdateStats,
+                      handoff_s: f64,
+                      version: u64|
+     -> Result<()> {
+        rollout_wall += rollout.wall_s;
         update_total += upd.seconds;
-        let t0 = Instant::now();
-        engine.replace_model(Arc::new(engine_model(&trainer, &cfg)?))?;
-        let handoff_s = t0.elapsed().as_secs_f64();
         let n_resp: usize = batch.iter().map(|g| g.responses.len()).sum();
         let m = RlStepMetrics {
             step: step + 1,
@@ -295,13 +299,15 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
             grad_norm: upd.grad_norm,
             update_s: upd.seconds,
             handoff_s,
+            weight_version: version,
+            staleness: step as u64 - version,
             mean_response_tokens: batch
                 .iter()
                 .flat_map(|g| g.responses.iter().map(Vec::len))
                 .sum::<usize>() as f64
                 / n_resp.max(1) as f64,
             elapsed_s: t_start.elapsed().as_secs_f64(),
-            rollout: rstats,
+            rollout,
         };
         first_reward.get_or_insert(m.rollout.mean_reward);
         last_reward = m.rollout.mean_reward;
@@ -320,6 +326,51 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
         ));
         bar.inc();
         on_step(&m);
+        Ok(())
+    };
+    if args.max_staleness == 0 {
+        for step in 0..args.steps {
+            let (batch, rstats) = {
+                let mut gen = EngineGenerator::new(&mut engine, args.max_num_seqs);
+                rollout.collect(&mut gen)?
+            };
+            let upd = update_on(&mut trainer, &batch)?;
+            let t0 = Instant::now();
+            engine.replace_model(Arc::new(engine_model(&trainer, &cfg)?))?;
+            record(
+                step,
+                &batch,
+                rstats,
+                &upd,
+                t0.elapsed().as_secs_f64(),
+                step as u64,
+            )?;
+        }
+    } else {
+        // The rollout thread owns the engine; new weights travel to it as host tensors and are installed
+        // (the hand-off) between its batches, never inside one.
+        let (engine, rollout, trainer, cfg) = (&mut engine, &mut rollout, &mut trainer, &cfg);
+        let max_num_seqs = args.max_num_seqs;
+        run_overlapped(
+            args.steps,
+            args.max_staleness,
+            |_, install: Option<(u64, mimo_model::HostWeights)>| {
+                let t0 = Instant::now();
+                if let Some((_, w)) = install {
+                    let m = MimoModel::from_host_weights(&w, cfg, DType::F32, &Device::Cpu)?;
+                    engine.replace_model(Arc::new(m))?;
+                }
+                let handoff_s = t0.elapsed().as_secs_f64();
+                let mut gen = EngineGenerator::new(engine, max_num_seqs);
+                let (batch, rstats) = rollout.collect(&mut gen)?;
+                Ok((batch, rstats, handoff_s))
+            },
+            |step, (batch, rstats, handoff_s), version| {
+                let upd = update_on(trainer, &batch)?;
+                record(step, &batch, rstats, &upd, handoff_s, version)?;
+                Ok(trainer.export_weights())
+            },
+        )?;
     }
     bar.finish();
     let model_dir = out.join("model");
@@ -341,6 +392,16 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
     let json = serde_json::to_string_pretty(&report).map_err(|e| RlError::Data(e.to_string()))?;
     std::fs::write(&report_path, json).map_err(|e| RlError::io(&report_path, e))?;
     Ok(report)
+}
+
+/// One GRPO update on the selected groups (none when every group was dropped).
+fn update_on(trainer: &mut GrpoTrainer, batch: &[GroupOut]) -> Result<UpdateStats> {
+    let groups = to_groups(batch);
+    Ok(if groups.is_empty() {
+        UpdateStats::default()
+    } else {
+        trainer.update(&groups)?
+    })
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {

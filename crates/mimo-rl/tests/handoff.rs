@@ -129,7 +129,8 @@ fn the_engine_samples_from_the_updated_policy() {
 }
 
 /// The log-probs the engine samples with (temperature 0.8, top-p 0.9: the distribution before truncation) are
-/// the trainer's log-probs of the same tokens, so the mismatch correction sees only numerical noise.
+/// the trainer's log-probs of the same tokens, so the mismatch correction sees only numerical noise; once the
+/// trainer has moved on (a stale batch, as with `max_staleness = 1`) it sees the policy change.
 #[test]
 fn engine_sampling_logprobs_equal_the_trainers() {
     let dir = fixture();
@@ -137,6 +138,7 @@ fn engine_sampling_logprobs_equal_the_trainers() {
     let temperature = 0.8;
     let args = GrpoArgs {
         temperature,
+        lr: 3e-2,
         mini_batches: 1,
         ..Default::default()
     };
@@ -192,11 +194,16 @@ fn engine_sampling_logprobs_equal_the_trainers() {
         worst < 1e-4,
         "engine vs trainer log-probs differ by {worst}"
     );
-    let upd = trainer.update(&[Group { rollouts }]).unwrap();
+    let batch = [Group { rollouts }];
+    let upd = trainer.update(&batch).unwrap();
     let m = &upd.mismatch;
     assert_eq!(m.tokens, 8 * 24);
     assert!(m.max_abs_dlogp < 1e-4 && m.truncated == 0.0, "{m:?}");
     assert!((m.weight - 1.0).abs() < 1e-4, "{m:?}");
+    // The same rollouts one update later: sampled by version 0, trained on by version 1.
+    let stale = trainer.update(&batch).unwrap().mismatch;
+    assert!(stale.mean_abs_dlogp > 1e-3, "{stale:?}");
+    assert!((stale.weight - 1.0).abs() > 1e-4, "{stale:?}");
 }
 
 #[test]
