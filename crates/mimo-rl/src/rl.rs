@@ -157,8 +157,13 @@ pub struct RlReport {
 
 /// Builds a candle model from the trainer's current weights.
 pub fn engine_model(trainer: &GrpoTrainer, cfg: &mimo_model::ModelConfig) -> Result<MimoModel> {
+    host_model(&trainer.export_weights(), cfg)
+}
+
+/// The engine's f32 CPU model from exported weights.
+fn host_model(w: &mimo_model::HostWeights, cfg: &mimo_model::ModelConfig) -> Result<MimoModel> {
     Ok(MimoModel::from_host_weights(
-        &trainer.export_weights(),
+        w,
         cfg,
         DType::F32,
         &Device::Cpu,
@@ -224,13 +229,6 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
     }
     let t_start = Instant::now();
 
-    let text = ModelText::load(&args.model)?;
-    let problems = load_problems(&args.data, &args.kinds)?;
-    let prompts = problems
-        .iter()
-        .map(|p| text.user_prompt_ids(&p.user_message(&args.instruction)))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-
     let policy = TrainModel::from_dir(&args.model, tch::Device::Cpu)?;
     let cfg = policy.config().clone();
     let grpo = GrpoArgs {
@@ -242,8 +240,95 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
         ..args.grpo.clone()
     };
     let mut trainer = GrpoTrainer::new(policy, grpo)?;
-    let mut engine = Engine::new(
-        Arc::new(engine_model(&trainer, &cfg)?),
+    let (mut engine, mut rollout) = rollout_side(args, &trainer, &cfg)?;
+
+    let mut log = StepLog::create(&out.join("metrics.jsonl"), args.steps)?;
+    let mut record = |step: usize,
+                      batch: &[GroupOut],
+                      rollout: RolloutStats,
+                      upd: &UpdateStats,
+                      handoff_s: f64,
+                      version: u64|
+     -> Result<()> {
+        let m = step_metrics(step, batch, rollout, upd, handoff_s, version, t_start);
+        log.write(&m)?;
+        on_step(&m);
+        Ok(())
+    };
+    if args.max_staleness == 0 {
+        for step in 0..args.steps {
+            let (batch, rstats) = {
+                let mut gen = EngineGenerator::new(&mut engine, args.max_num_seqs);
+                rollout.collect(&mut gen)?
+            };
+            let upd = update_on(&mut trainer, &batch)?;
+            let t0 = Instant::now();
+            engine.replace_model(Arc::new(engine_model(&trainer, &cfg)?))?;
+            let handoff_s = t0.elapsed().as_secs_f64();
+            record(step, &batch, rstats, &upd, handoff_s, step as u64)?;
+        }
+    } else {
+        // The rollout thread owns the engine; new weights travel to it as host tensors and are installed
+        // (the hand-off) between its batches, never inside one.
+        let (engine, rollout, trainer, cfg) = (&mut engine, &mut rollout, &mut trainer, &cfg);
+        let max_num_seqs = args.max_num_seqs;
+        run_overlapped(
+            args.steps,
+            args.max_staleness,
+            |_, install: Option<(u64, mimo_model::HostWeights)>| {
+                let t0 = Instant::now();
+                if let Some((_, w)) = install {
+                    engine.replace_model(Arc::new(host_model(&w, cfg)?))?;
+                }
+                let handoff_s = t0.elapsed().as_secs_f64();
+                let mut gen = EngineGenerator::new(engine, max_num_seqs);
+                let (batch, rstats) = rollout.collect(&mut gen)?;
+                Ok((batch, rstats, handoff_s))
+            },
+            |step, (batch, rstats, handoff_s), version| {
+                let upd = update_on(trainer, &batch)?;
+                record(step, &batch, rstats, &upd, handoff_s, version)?;
+                Ok(trainer.export_weights())
+            },
+        )?;
+    }
+    log.bar.finish();
+    let model_dir = out.join("model");
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir).map_err(|e| RlError::io(&model_dir, e))?;
+    }
+    trainer.save_hf(&model_dir, &[])?;
+    copy_text_files(&args.model, &model_dir)?;
+    let report = RlReport {
+        steps: args.steps,
+        model: model_dir,
+        seconds: t_start.elapsed().as_secs_f64(),
+        mean_reward_first: log.first_reward.unwrap_or(0.0),
+        mean_reward_last: log.last_reward,
+        easy_pool: rollout.sampler.easy_pool_len(),
+        rollout_wall_s: log.rollout_wall,
+        update_s: log.update_total,
+    };
+    let json = serde_json::to_string_pretty(&report).map_err(|e| RlError::Data(e.to_string()))?;
+    std::fs::write(&report_path, json).map_err(|e| RlError::io(&report_path, e))?;
+    Ok(report)
+}
+
+/// The candle engine on the trainer's current weights, and the rollout engine over the chat-formatted problems.
+fn rollout_side(
+    args: &RlArgs,
+    trainer: &GrpoTrainer,
+    cfg: &mimo_model::ModelConfig,
+) -> Result<(Engine, RolloutEngine)> {
+    let text = ModelText::load(&args.model)?;
+    let problems = load_problems(&args.data, &args.kinds)?;
+    let prompts = problems
+        .iter()
+        .map(|p| text.user_prompt_ids(&p.user_message(&args.instruction)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+
+    let engine = Engine::new(
+        Arc::new(engine_model(trainer, cfg)?),
         args.kv.apply(EngineConfig {
             max_num_seqs: args.max_num_seqs,
             eos_ids: text.eos_ids.clone(),
@@ -263,7 +348,7 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
         code: args.code_reward,
         ..Default::default()
     };
-    let mut rollout = RolloutEngine::new(
+    let rollout = RolloutEngine::new(
         args.rollout.clone(),
         problems,
         prompts,
@@ -271,49 +356,75 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
         args.seed,
         Box::new(move |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default()),
     )?;
+    Ok((engine, rollout))
+}
 
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).map_err(|e| RlError::io(&metrics_path, e))?;
-    let mut bar = mimo_train::progress::Progress::new("rl", true, args.steps, 0);
-    let (mut first_reward, mut last_reward) = (None, 0.0);
-    let (mut rollout_wall, mut update_total) = (0.0, 0.0);
-    let mut record = |step: usize,
-                      batch: &[GroupOut],
-                      rollout: RolloutStats,
-                      upd: &UpdateStats,
-                      handoff_s: f64,
-                      version: u64|
-     -> Result<()> {
-        rollout_wall += rollout.wall_s;
-        update_total += upd.seconds;
-        let n_resp: usize = batch.iter().map(|g| g.responses.len()).sum();
-        let m = RlStepMetrics {
-            step: step + 1,
-            batch_reward: mean(batch.iter().flat_map(|g| g.rewards.iter().copied())),
-            loss: upd.loss,
-            clip_low: upd.clip_low,
-            clip_high: upd.clip_high,
-            approx_kl: upd.approx_kl,
-            mismatch: upd.mismatch.clone(),
-            grad_norm: upd.grad_norm,
-            update_s: upd.seconds,
-            handoff_s,
-            weight_version: version,
-            staleness: step as u64 - version,
-            mean_response_tokens: batch
-                .iter()
-                .flat_map(|g| g.responses.iter().map(Vec::len))
-                .sum::<usize>() as f64
-                / n_resp.max(1) as f64,
-            elapsed_s: t_start.elapsed().as_secs_f64(),
-            rollout,
-        };
-        first_reward.get_or_insert(m.rollout.mean_reward);
-        last_reward = m.rollout.mean_reward;
-        let line = serde_json::to_string(&m).map_err(|e| RlError::Data(e.to_string()))?;
-        writeln!(metrics, "{line}").map_err(|e| RlError::io(&metrics_path, e))?;
-        bar.set_message(format!(
+/// One line of `metrics.jsonl` for a step whose batch was sampled with weight `version`.
+fn step_metrics(
+    step: usize,
+    batch: &[GroupOut],
+    rollout: RolloutStats,
+    upd: &UpdateStats,
+    handoff_s: f64,
+    version: u64,
+    t_start: Instant,
+) -> RlStepMetrics {
+    let lengths: Vec<usize> = batch
+        .iter()
+        .flat_map(|g| g.responses.iter().map(Vec::len))
+        .collect();
+    RlStepMetrics {
+        step: step + 1,
+        batch_reward: mean(batch.iter().flat_map(|g| g.rewards.iter().copied())),
+        loss: upd.loss,
+        clip_low: upd.clip_low,
+        clip_high: upd.clip_high,
+        approx_kl: upd.approx_kl,
+        mismatch: upd.mismatch.clone(),
+        grad_norm: upd.grad_norm,
+        update_s: upd.seconds,
+        handoff_s,
+        weight_version: version,
+        staleness: step as u64 - version,
+        mean_response_tokens: mean(lengths.iter().map(|&n| n as f64)),
+        elapsed_s: t_start.elapsed().as_secs_f64(),
+        rollout,
+    }
+}
+
+/// `metrics.jsonl`, the progress line and the run's running totals.
+struct StepLog {
+    path: PathBuf,
+    file: std::fs::File,
+    bar: mimo_train::progress::Progress,
+    first_reward: Option<f64>,
+    last_reward: f64,
+    rollout_wall: f64,
+    update_total: f64,
+}
+
+impl StepLog {
+    fn create(path: &Path, steps: usize) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: std::fs::File::create(path).map_err(|e| RlError::io(path, e))?,
+            bar: mimo_train::progress::Progress::new("rl", true, steps, 0),
+            first_reward: None,
+            last_reward: 0.0,
+            rollout_wall: 0.0,
+            update_total: 0.0,
+        })
+    }
+
+    /// Appends one step's line, updates the totals and the progress line.
+    fn write(&mut self, m: &RlStepMetrics) -> Result<()> {
+        self.rollout_wall += m.rollout.wall_s;
+        self.update_total += m.update_s;
+        self.first_reward.get_or_insert(m.rollout.mean_reward);
+        self.last_reward = m.rollout.mean_reward;
+        let line = serde_json::to_string(m).map_err(|e| RlError::Data(e.to_string()))?;
+        writeln!(self.file, "{line}").map_err(|e| RlError::io(&self.path, e))?;
+        self.bar.set_message(format!(
             "reward {:.3} loss {:+.4} clip {:.3}/{:.3} |dlogp| {:.1e} waste {:.2} rollout {:.1}s update {:.1}s",
             m.rollout.mean_reward,
             m.loss,
@@ -324,74 +435,9 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
             m.rollout.wall_s,
             m.update_s
         ));
-        bar.inc();
-        on_step(&m);
+        self.bar.inc();
         Ok(())
-    };
-    if args.max_staleness == 0 {
-        for step in 0..args.steps {
-            let (batch, rstats) = {
-                let mut gen = EngineGenerator::new(&mut engine, args.max_num_seqs);
-                rollout.collect(&mut gen)?
-            };
-            let upd = update_on(&mut trainer, &batch)?;
-            let t0 = Instant::now();
-            engine.replace_model(Arc::new(engine_model(&trainer, &cfg)?))?;
-            record(
-                step,
-                &batch,
-                rstats,
-                &upd,
-                t0.elapsed().as_secs_f64(),
-                step as u64,
-            )?;
-        }
-    } else {
-        // The rollout thread owns the engine; new weights travel to it as host tensors and are installed
-        // (the hand-off) between its batches, never inside one.
-        let (engine, rollout, trainer, cfg) = (&mut engine, &mut rollout, &mut trainer, &cfg);
-        let max_num_seqs = args.max_num_seqs;
-        run_overlapped(
-            args.steps,
-            args.max_staleness,
-            |_, install: Option<(u64, mimo_model::HostWeights)>| {
-                let t0 = Instant::now();
-                if let Some((_, w)) = install {
-                    let m = MimoModel::from_host_weights(&w, cfg, DType::F32, &Device::Cpu)?;
-                    engine.replace_model(Arc::new(m))?;
-                }
-                let handoff_s = t0.elapsed().as_secs_f64();
-                let mut gen = EngineGenerator::new(engine, max_num_seqs);
-                let (batch, rstats) = rollout.collect(&mut gen)?;
-                Ok((batch, rstats, handoff_s))
-            },
-            |step, (batch, rstats, handoff_s), version| {
-                let upd = update_on(trainer, &batch)?;
-                record(step, &batch, rstats, &upd, handoff_s, version)?;
-                Ok(trainer.export_weights())
-            },
-        )?;
     }
-    bar.finish();
-    let model_dir = out.join("model");
-    if model_dir.exists() {
-        std::fs::remove_dir_all(&model_dir).map_err(|e| RlError::io(&model_dir, e))?;
-    }
-    trainer.save_hf(&model_dir, &[])?;
-    copy_text_files(&args.model, &model_dir)?;
-    let report = RlReport {
-        steps: args.steps,
-        model: model_dir,
-        seconds: t_start.elapsed().as_secs_f64(),
-        mean_reward_first: first_reward.unwrap_or(0.0),
-        mean_reward_last: last_reward,
-        easy_pool: rollout.sampler.easy_pool_len(),
-        rollout_wall_s: rollout_wall,
-        update_s: update_total,
-    };
-    let json = serde_json::to_string_pretty(&report).map_err(|e| RlError::Data(e.to_string()))?;
-    std::fs::write(&report_path, json).map_err(|e| RlError::io(&report_path, e))?;
-    Ok(report)
 }
 
 /// One GRPO update on the selected groups (none when every group was dropped).
