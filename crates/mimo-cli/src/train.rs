@@ -62,13 +62,35 @@ pub struct SynthCli {
     /// Share of math responses that state the result without the worked steps.
     #[arg(long, default_value_t = 0.0)]
     terse_fraction: f64,
+    /// Problem kinds, comma-separated (arithmetic, linear, countdown, word, code, code_cases); default: all but
+    /// code_cases.
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
     #[arg(long)]
     force: bool,
 }
 
 /// Runs `mimo data synth`.
 pub fn synth(a: SynthCli) -> Result<()> {
+    use mimo_train::synth::SynthKind;
+    let kinds = match a.kinds.is_empty() {
+        true => SynthKind::DEFAULT.to_vec(),
+        false => a
+            .kinds
+            .iter()
+            .map(|k| {
+                SynthKind::parse(k).ok_or_else(|| {
+                    let known: Vec<&str> = SynthKind::ALL.iter().map(|k| k.name()).collect();
+                    crate::UsageError(format!(
+                        "--kinds: unknown kind `{k}` (known: {})",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect::<std::result::Result<_, _>>()?,
+    };
     let args = mimo_train::synth::SynthArgs {
+        kinds,
         out: a.out,
         train: a.train,
         heldout: a.heldout,

@@ -163,6 +163,9 @@ pub struct Sample {
     pub completion_tokens: usize,
     pub pred: Option<String>,
     pub correct: bool,
+    /// Fraction of the problem's tests this sample passed (math: 0 or 1), the partial credit of code tasks.
+    #[serde(default)]
+    pub tests_passed: f64,
 }
 
 /// Per-problem counts.
@@ -172,6 +175,8 @@ pub struct ProblemResult {
     pub gold: String,
     pub n: usize,
     pub correct: usize,
+    /// Sum over the samples of the fraction of tests passed.
+    pub tests_passed: f64,
 }
 
 /// The evaluation report.
@@ -184,6 +189,8 @@ pub struct EvalReport {
     /// Unbiased pass@1 and pass@k, averaged over problems.
     pub pass_at_1: f64,
     pub pass_at_k: f64,
+    /// Mean over problems of the fraction of tests a sample passes (code: partial credit; math: avg@k).
+    pub test_pass_rate: f64,
     pub completion_tokens: usize,
     pub per_problem: Vec<ProblemResult>,
     #[serde(skip)]
@@ -235,10 +242,12 @@ pub fn scored_sample(
     opts: &EvalOptions,
 ) -> Sample {
     let verdict = score(p, &text, &opts.scoring);
+    let passed = verdict.passed.iter().filter(|&&x| x).count();
     Sample {
         problem: p.id.clone(),
         sample: s,
         correct: verdict.all_passed(),
+        tests_passed: passed as f64 / verdict.passed.len().max(1) as f64,
         pred: verdict.pred,
         text,
         completion_tokens,
@@ -254,6 +263,7 @@ pub fn report(problems: &[Problem], samples: Vec<Sample>, k: usize) -> EvalRepor
             gold: p.gold().to_string(),
             n: 0,
             correct: 0,
+            tests_passed: 0.0,
         })
         .collect();
     let index: HashMap<&str, usize> = problems
@@ -265,6 +275,7 @@ pub fn report(problems: &[Problem], samples: Vec<Sample>, k: usize) -> EvalRepor
         if let Some(&i) = index.get(s.problem.as_str()) {
             per_problem[i].n += 1;
             per_problem[i].correct += s.correct as usize;
+            per_problem[i].tests_passed += s.tests_passed;
         }
     }
     let m = per_problem.len().max(1) as f64;
@@ -275,6 +286,7 @@ pub fn report(problems: &[Problem], samples: Vec<Sample>, k: usize) -> EvalRepor
         avg_at_k: mean(&|r| r.correct as f64 / r.n.max(1) as f64),
         pass_at_1: mean(&|r| pass_at_k(r.n, r.correct, 1)),
         pass_at_k: mean(&|r| pass_at_k(r.n, r.correct, k)),
+        test_pass_rate: mean(&|r| r.tests_passed / r.n.max(1) as f64),
         completion_tokens: samples.iter().map(|s| s.completion_tokens).sum(),
         per_problem,
         samples,
@@ -330,6 +342,7 @@ mod tests {
                 gold: String::new(),
                 n,
                 correct,
+                tests_passed: correct as f64,
             })
             .collect()
     }

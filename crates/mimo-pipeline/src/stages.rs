@@ -120,7 +120,7 @@ pub(crate) fn synth(run: &mut Run) -> Result<PathBuf> {
 fn write_sources(train: &[mimo_train::synth::Example], dir: &Path) -> Result<()> {
     let (mut general, mut math, mut code, mut cot) = (vec![], vec![], vec![], vec![]);
     for p in train {
-        let is_code = p.kind == SynthKind::Code;
+        let is_code = p.problem.is_code();
         let prompt = &p.problem.prompt;
         let answer_only = if is_code {
             let code_block = p.response.split("</think>").last().unwrap_or("").trim();

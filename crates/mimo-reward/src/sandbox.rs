@@ -785,6 +785,105 @@ pub fn run_test_program(
     }
 }
 
+/// Runs a Python solution against assert tests in one sandboxed process instead of one per test: the solution,
+/// then each test `exec`'d in turn, its verdict printed after a per-run nonce. Every test gets the verdict
+/// [`run_test_program`] would give it: a test that passes or fails its assert in the batch keeps that verdict;
+/// a test that raised anything else or has no verdict (a crash, a timeout, an `exit`, lost output) is re-run
+/// on its own; a solution that fails before the first test fails every test with the run's status (the same
+/// program prefix fails the same way alone). What the batch does not isolate: a test that mutates the
+/// solution's globals is seen by the tests after it, as in a pytest module. Other languages run per test.
+pub fn run_assert_tests(
+    lang: Language,
+    code: &str,
+    tests: &[String],
+    cfg: &SandboxConfig,
+) -> Vec<TestOutcome> {
+    if lang != Language::Python || tests.len() < 2 {
+        return run_many(tests, cfg, |t| run_test_program(lang, code, t, cfg));
+    }
+    let nonce = format!(
+        "mimo-{:016x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (std::process::id() as u64).rotate_left(32)
+    );
+    let list = serde_json::to_string(tests).unwrap_or_else(|_| "[]".into());
+    let harness = format!(
+        "{code}\n\nprint('\\n{nonce} loaded', flush=True)\n\
+         for _mimo_i, _mimo_t in enumerate({list}):\n    \
+         try:\n        exec(_mimo_t, globals())\n        _mimo_v = 'pass'\n    \
+         except AssertionError:\n        _mimo_v = 'fail'\n    \
+         except BaseException:\n        _mimo_v = 'other'\n    \
+         print('\\n{nonce}', _mimo_i, _mimo_v, flush=True)\n"
+    );
+    let r = run_program(lang, &harness, b"", cfg);
+    let marker = format!("{nonce} ");
+    let mut loaded = false;
+    let mut verdicts: Vec<Option<bool>> = vec![None; tests.len()];
+    for line in r.stdout.lines() {
+        let Some(rest) = line.strip_prefix(&marker) else {
+            continue;
+        };
+        let mut w = rest.split(' ');
+        match (w.next(), w.next()) {
+            (Some("loaded"), None) => loaded = true,
+            (Some(i), Some(v)) if loaded => {
+                if let Some(slot) = i.parse::<usize>().ok().and_then(|i| verdicts.get_mut(i)) {
+                    *slot = match v {
+                        "pass" => Some(true),
+                        "fail" => Some(false),
+                        _ => None,
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+    if !loaded {
+        let status = match r.status {
+            Status::Ok => Status::RuntimeError,
+            s => s,
+        };
+        let detail = r.detail.or_else(|| tail(&r.stderr));
+        return tests
+            .iter()
+            .map(|_| TestOutcome {
+                passed: false,
+                status,
+                detail: detail.clone(),
+            })
+            .collect();
+    }
+    let redo: Vec<usize> = (0..tests.len())
+        .filter(|&i| verdicts[i].is_none())
+        .collect();
+    let mut redone = run_many(&redo, cfg, |&i| {
+        run_test_program(lang, code, &tests[i], cfg)
+    })
+    .into_iter();
+    verdicts
+        .iter()
+        .map(|v| match v {
+            Some(true) => TestOutcome {
+                passed: true,
+                status: Status::Ok,
+                detail: None,
+            },
+            Some(false) => TestOutcome {
+                passed: false,
+                status: Status::WrongAnswer,
+                detail: None,
+            },
+            None => redone.next().unwrap_or(TestOutcome {
+                passed: false,
+                status: Status::SandboxError,
+                detail: Some("missing re-run".into()),
+            }),
+        })
+        .collect()
+}
+
 /// Runs many independent jobs with the concurrency limit of `cfg` (results in input order).
 pub fn run_many<T: Sync, O: Send>(
     items: &[T],

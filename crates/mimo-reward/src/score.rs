@@ -98,9 +98,9 @@ pub fn score(problem: &Problem, response: &str, s: &RewardSettings) -> Score {
                 .collect()
         }),
         Check::Code { tests } => code_score(response, tests.len(), |code| {
-            tests
-                .iter()
-                .map(|t| sandbox::run_test_program(Language::Python, code, t, &s.sandbox).passed)
+            sandbox::run_assert_tests(Language::Python, code, tests, &s.sandbox)
+                .into_iter()
+                .map(|o| o.passed)
                 .collect()
         }),
     }

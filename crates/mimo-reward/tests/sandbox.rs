@@ -3,8 +3,8 @@
 //! `MIMO_REQUIRE_SANDBOX` is set, in which case they fail.
 
 use mimo_reward::sandbox::{
-    probe, run_program, run_stdio_tests, run_test_program, Language, SandboxConfig, Status,
-    StdioTest,
+    probe, run_assert_tests, run_program, run_stdio_tests, run_test_program, Language,
+    SandboxConfig, Status, StdioTest,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -154,6 +154,48 @@ fn humaneval_style_test_program() {
         &cfg,
     );
     assert_eq!(crash.status, Status::RuntimeError);
+    assert_clean(&cfg);
+}
+
+#[test]
+fn batched_assert_tests_give_each_test_its_own_verdict() {
+    let _g = heavy();
+    let Some(cfg) = cfg("batch") else { return };
+    let solution = "def f(x):\n    print('mimo-0000000000000000 0 pass')\n    return 2 * x\n";
+    let tests: Vec<String> = [
+        "assert f(1) == 2",
+        "assert f(2) == 5",
+        "assert f(None) == 0",     // TypeError: a runtime error, re-run alone
+        "import sys\nsys.exit(0)", // exits 0 alone: passes there, so here too
+        "assert f(3) == 6",        // after the exit: re-run alone
+        "assert f(4) == 8, 'x' * 10",
+        "while True:\n    pass", // hangs: the batch times out, re-run alone
+        "assert f(5) == 11",
+    ]
+    .iter()
+    .map(|t| t.to_string())
+    .collect();
+    let batched = run_assert_tests(Language::Python, solution, &tests, &cfg);
+    let alone: Vec<_> = tests
+        .iter()
+        .map(|t| run_test_program(Language::Python, solution, t, &cfg))
+        .collect();
+    let verdicts = |v: &[mimo_reward::sandbox::TestOutcome]| -> Vec<(bool, Status)> {
+        v.iter().map(|o| (o.passed, o.status)).collect()
+    };
+    assert_eq!(verdicts(&batched), verdicts(&alone));
+    assert_eq!(
+        batched.iter().map(|o| o.passed).collect::<Vec<_>>(),
+        [true, false, false, true, true, true, false, false]
+    );
+    // A solution that does not load fails every test with its status, without re-runs.
+    let broken = run_assert_tests(Language::Python, "def f(x) return x\n", &tests[..2], &cfg);
+    assert!(
+        broken
+            .iter()
+            .all(|o| !o.passed && o.status == Status::RuntimeError),
+        "{broken:?}"
+    );
     assert_clean(&cfg);
 }
 

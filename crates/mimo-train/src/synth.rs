@@ -25,17 +25,35 @@ pub enum SynthKind {
     Countdown,
     Word,
     Code,
+    /// A function of up to three ordered rules with eight tests of graded difficulty ([`code_cases`]).
+    CodeCases,
 }
 
 impl SynthKind {
     /// Every kind.
-    pub const ALL: [SynthKind; 5] = [
+    pub const ALL: [SynthKind; 6] = [
+        SynthKind::Arithmetic,
+        SynthKind::Linear,
+        SynthKind::Countdown,
+        SynthKind::Word,
+        SynthKind::Code,
+        SynthKind::CodeCases,
+    ];
+
+    /// The kinds `mimo data synth` draws by default (every kind but [`SynthKind::CodeCases`], the code-reward
+    /// ablation's task, asked for by name).
+    pub const DEFAULT: [SynthKind; 5] = [
         SynthKind::Arithmetic,
         SynthKind::Linear,
         SynthKind::Countdown,
         SynthKind::Word,
         SynthKind::Code,
     ];
+
+    /// The kind named `name` (the serde name).
+    pub fn parse(name: &str) -> Option<SynthKind> {
+        SynthKind::ALL.into_iter().find(|k| k.name() == name)
+    }
 
     /// The name JSONL lines carry in `kind` (the serde name).
     pub fn name(self) -> &'static str {
@@ -45,6 +63,7 @@ impl SynthKind {
             SynthKind::Countdown => "countdown",
             SynthKind::Word => "word",
             SynthKind::Code => "code",
+            SynthKind::CodeCases => "code_cases",
         }
     }
 }
@@ -79,7 +98,7 @@ impl Default for SynthArgs {
             train: 10_000,
             heldout: 500,
             seed: 0,
-            kinds: SynthKind::ALL.to_vec(),
+            kinds: SynthKind::DEFAULT.to_vec(),
             max_digits: 3,
             max_depth: 3,
             heldout_every: 10,
@@ -470,6 +489,116 @@ fn code(r: &mut Rng) -> (String, String, String, Vec<String>) {
     (prompt, response, name.to_string(), tests)
 }
 
+/// One rule of a [`code_cases`] task: its condition on `x` and the value it returns.
+#[derive(Clone, Copy)]
+enum CaseRule {
+    Multiple { m: i64, v: i64 },
+    Above { t: i64, d: i64 },
+    Below { t: i64, v: i64 },
+}
+
+impl CaseRule {
+    fn matches(self, x: i64) -> bool {
+        match self {
+            CaseRule::Multiple { m, .. } => x % m == 0,
+            CaseRule::Above { t, .. } => x > t,
+            CaseRule::Below { t, .. } => x < t,
+        }
+    }
+    fn value(self, x: i64) -> i64 {
+        match self {
+            CaseRule::Multiple { v, .. } | CaseRule::Below { v, .. } => v,
+            CaseRule::Above { d, .. } => x - d,
+        }
+    }
+    fn describe(self) -> String {
+        match self {
+            CaseRule::Multiple { m, v } => format!("if x is a multiple of {m}, return {v}"),
+            CaseRule::Above { t, d } => format!("if x is greater than {t}, return x - {d}"),
+            CaseRule::Below { t, v } => format!("if x is less than {t}, return {v}"),
+        }
+    }
+    fn python(self) -> String {
+        match self {
+            CaseRule::Multiple { m, v } => format!("    if x % {m} == 0:\n        return {v}\n"),
+            CaseRule::Above { t, d } => format!("    if x > {t}:\n        return x - {d}\n"),
+            CaseRule::Below { t, v } => format!("    if x < {t}:\n        return {v}\n"),
+        }
+    }
+}
+
+/// A code task with tests of graded difficulty (the code-reward ablation, design §7.6): `cases(x)` applies one
+/// to three rules in order (multiple of m, above t, below t), then a default `k * x + c`. Eight tests: two that
+/// reach each rule (the first rule that matches decides) and the rest the default, so a solution that gets some
+/// rules right passes some tests, and a test's pass rate over rollouts measures how hard its rule is to write.
+fn code_cases(r: &mut Rng) -> (String, String, Vec<String>) {
+    let (k, c) = (r.range(2, 9), r.range(0, 19));
+    let mut kinds = vec![0, 1, 2];
+    let n = r.range(1, 3) as usize;
+    let mut rules = vec![];
+    while rules.len() < n {
+        let which = kinds.remove(r.range(0, kinds.len() as i64 - 1) as usize);
+        rules.push(match which {
+            0 => CaseRule::Multiple {
+                m: r.range(3, 7),
+                v: r.range(0, 99),
+            },
+            1 => CaseRule::Above {
+                t: r.range(30, 50),
+                d: r.range(1, 9),
+            },
+            _ => CaseRule::Below {
+                t: r.range(5, 15),
+                v: r.range(0, 99),
+            },
+        });
+    }
+    let f = |x: i64| {
+        rules
+            .iter()
+            .find(|rule| rule.matches(x))
+            .map_or(k * x + c, |rule| rule.value(x))
+    };
+    // The rule (index; rules.len() = the default) that decides f(x).
+    let branch = |x: i64| {
+        rules
+            .iter()
+            .position(|rule| rule.matches(x))
+            .unwrap_or(rules.len())
+    };
+    // Every rule is reachable in 0..=60 by at least two inputs, and the default by at least ten (15..=30
+    // minus one residue class), so each draw below finds an unused input.
+    let mut xs: Vec<i64> = vec![];
+    let wants = (0..rules.len()).flat_map(|i| [i, i]);
+    for want in wants.chain(std::iter::repeat(rules.len())).take(8) {
+        let free: Vec<i64> = (0..=60)
+            .filter(|&x| branch(x) == want && !xs.contains(&x))
+            .collect();
+        if !free.is_empty() {
+            xs.push(*r.pick(&free));
+        }
+    }
+    let tests = xs
+        .iter()
+        .map(|&x| format!("assert cases({x}) == {}", f(x)))
+        .collect();
+    let said: Vec<String> = rules.iter().map(|rule| rule.describe()).collect();
+    let default = format!("{k} * x + {c}");
+    let prompt = format!(
+        "Write a Python function `cases(x)`: {}; otherwise return {default}.",
+        said.join("; ")
+    );
+    let think = format!(
+        "Check the rules in order: {}; otherwise return {default}.",
+        said.join("; ")
+    );
+    let body: String = rules.iter().map(|rule| rule.python()).collect();
+    let response = format!(
+        "<think>\n{think}\n</think>\n\n```python\ndef cases(x):\n{body}    return {default}\n```"
+    );
+    (prompt, response, tests)
+}
+
 /// A math response: the reasoning opens by restating the question, then works it.
 ///
 /// With the question restated, each later mention of an operand or a name follows the same words as a recent
@@ -506,6 +635,10 @@ fn example(r: &mut Rng, kind: SynthKind, a: &SynthArgs) -> Example {
         SynthKind::Countdown => math(countdown(r)),
         SynthKind::Word => math(word(r, a.max_depth)),
         SynthKind::Code => code(r),
+        SynthKind::CodeCases => {
+            let (prompt, response, tests) = code_cases(r);
+            (prompt, response, Check::Code { tests })
+        }
     };
     Example {
         kind,
@@ -632,9 +765,44 @@ mod tests {
             }
         }
         let kinds: HashSet<SynthKind> = t1.iter().map(|p| p.kind).collect();
-        assert_eq!(kinds.len(), 5);
+        assert_eq!(kinds.len(), SynthKind::DEFAULT.len());
         let other = generate(&SynthArgs { seed: 1, ..a }).unwrap().0;
         assert_ne!(other, t1);
+    }
+
+    #[test]
+    fn code_cases_solutions_pass_and_partial_solutions_pass_only_some_tests() {
+        let a = SynthArgs {
+            train: 24,
+            heldout: 0,
+            kinds: vec![SynthKind::CodeCases],
+            ..SynthArgs::default()
+        };
+        let settings = mimo_reward::RewardSettings::default();
+        let (train, _, _) = generate(&a).unwrap();
+        let mut partial = 0;
+        for p in &train {
+            assert_eq!(p.problem.num_tests(), 8, "{p:?}");
+            assert!(p
+                .problem
+                .prompt
+                .starts_with("Write a Python function `cases(x)`: if x is"));
+            assert!(
+                mimo_reward::score(&p.problem, &p.response, &settings).all_passed(),
+                "{p:?}"
+            );
+            // Only the default expression: the default's tests pass, the rules' tests fail.
+            let default = p.response.lines().rev().nth(1).unwrap();
+            let only_default = format!("```python\ndef cases(x):\n{default}\n```");
+            let s = mimo_reward::score(&p.problem, &only_default, &settings);
+            let passed = s.passed.iter().filter(|&&x| x).count();
+            assert!(
+                (2..8).contains(&passed),
+                "{passed} of 8 for {only_default}: {p:?}"
+            );
+            partial += passed;
+        }
+        assert!(partial > 24 * 2);
     }
 
     #[test]
