@@ -371,6 +371,39 @@ mod tests {
     }
 
     #[test]
+    fn code_samples_report_their_partial_test_pass_rate() {
+        let problem = |id: &str| Problem {
+            id: id.into(),
+            kind: Some("code".into()),
+            prompt: "p".into(),
+            check: mimo_reward::Check::Code {
+                tests: vec!["assert f(1) == 1".into(); 4],
+            },
+        };
+        let sample = |p: &str, s: usize, passed: f64| Sample {
+            problem: p.into(),
+            sample: s,
+            text: String::new(),
+            completion_tokens: 1,
+            pred: None,
+            correct: passed == 1.0,
+            tests_passed: passed,
+        };
+        let r = report(
+            &[problem("a"), problem("b")],
+            vec![
+                sample("a", 0, 1.0),
+                sample("a", 1, 0.5),
+                sample("b", 0, 0.25),
+            ],
+            2,
+        );
+        // a: (1 + 0.5) / 2, b: 0.25 → mean 0.5; all tests only in one of a's samples.
+        assert!((r.test_pass_rate - 0.5).abs() < 1e-12);
+        assert!((r.avg_at_k - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
     fn pass_at_k_curve_stops_at_the_smallest_sample_count() {
         let r = counts(&[("a", 16, 4), ("b", 8, 0)]);
         let c = pass_at_k_curve(&r, 16);

@@ -14,7 +14,7 @@ use mimo_reward::{load_problems, Problem};
 use mimo_rl::bench::{rollout_bench, rollout_bench_simulated, BenchSection, SimDevice};
 use mimo_rl::rl::{run_rl, RlArgs, RlReport, RlStepMetrics};
 use mimo_rl::RolloutStats;
-use mimo_train::synth::{SynthArgs, SynthKind};
+use mimo_train::synth::SynthArgs;
 use mimo_train::tokenizer::TokenizerTrainArgs;
 use mimo_train::TrainArgs;
 use serde_json::json;

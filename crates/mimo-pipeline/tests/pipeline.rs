@@ -12,6 +12,7 @@ const MICRO: &str = r#"
 [synth]
 train = 400
 heldout = 60
+terse_fraction = 0.7
 [model]
 hidden_size = 64
 intermediate_size = 128
@@ -129,7 +130,7 @@ fn micro_pipeline_runs_every_stage_and_writes_a_loadable_checkpoint() {
         })
         .collect();
     assert_eq!(staleness, vec![(0, 0), (0, 1)]);
-    // The SFT set mixes terse responses in (the default terse_fraction); the stage-3 reasoning corpus keeps
+    // The SFT set mixes terse responses in (terse_fraction 0.7 here); the stage-3 reasoning corpus keeps
     // every response worked digit by digit ("ones …" steps).
     let math_responses = |path: &Path, field: &str| -> Vec<String> {
         std::fs::read_to_string(path)
