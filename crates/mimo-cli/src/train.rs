@@ -73,22 +73,16 @@ pub struct SynthCli {
 /// Runs `mimo data synth`.
 pub fn synth(a: SynthCli) -> Result<()> {
     use mimo_train::synth::SynthKind;
-    let kinds = match a.kinds.is_empty() {
-        true => SynthKind::DEFAULT.to_vec(),
-        false => a
-            .kinds
-            .iter()
-            .map(|k| {
-                SynthKind::parse(k).ok_or_else(|| {
-                    let known: Vec<&str> = SynthKind::ALL.iter().map(|k| k.name()).collect();
-                    crate::UsageError(format!(
-                        "--kinds: unknown kind `{k}` (known: {})",
-                        known.join(", ")
-                    ))
-                })
-            })
-            .collect::<std::result::Result<_, _>>()?,
-    };
+    let known = || SynthKind::ALL.map(|k| k.name()).join(", ");
+    let mut kinds = Vec::with_capacity(a.kinds.len());
+    for k in &a.kinds {
+        kinds.push(SynthKind::parse(k).ok_or_else(|| {
+            crate::UsageError(format!("--kinds: unknown kind `{k}` (known: {})", known()))
+        })?);
+    }
+    if kinds.is_empty() {
+        kinds = SynthKind::DEFAULT.to_vec();
+    }
     let args = mimo_train::synth::SynthArgs {
         kinds,
         out: a.out,

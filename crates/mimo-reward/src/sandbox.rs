@@ -489,23 +489,19 @@ fn cloexec_by_fcntl(bound: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `code` once with `stdin`, under the limits of `cfg`.
-pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig) -> RunOutput {
-    let started = Instant::now();
-    let slot = SlotGuard::acquire();
-    let Some(uid) = run_uid(cfg.uid_base, slot.0) else {
-        return sandbox_error(
-            format!(
-                "no usable uid for slot {} from uid_base {}",
-                slot.0, cfg.uid_base
-            ),
-            started,
-        );
-    };
-    let tmp = match make_temp(cfg, uid, lang, code) {
-        Ok(t) => t,
-        Err(e) => return sandbox_error(format!("temp dir: {e}"), started),
-    };
+/// The CPU-seconds rlimit: `cpu_seconds`, or the wall timeout plus 2 s when unset.
+fn cpu_limit(cfg: &SandboxConfig) -> u64 {
+    if cfg.cpu_seconds > 0 {
+        cfg.cpu_seconds
+    } else {
+        cfg.timeout.as_secs().saturating_add(2)
+    }
+}
+
+/// The `unshare` command that runs `lang`'s program from `dir` (mounted at `/src`) as `uid` in fresh user, pid,
+/// net, mount, ipc and uts namespaces, with a clean environment, piped stdio, its own process group and the
+/// rlimits of `cfg` set between fork and exec.
+fn sandbox_command(lang: Language, cfg: &SandboxConfig, dir: &Path, uid: u32) -> Command {
     let src = format!("/src/{}", lang.file_name());
     let mut cmd = Command::new("unshare");
     cmd.args([
@@ -526,7 +522,7 @@ pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig
         SETUP,
         "sh",
     ]);
-    cmd.arg(&tmp.0).arg(cfg.tmp_bytes.to_string());
+    cmd.arg(dir).arg(cfg.tmp_bytes.to_string());
     for b in &cfg.ro_binds {
         cmd.arg(b);
     }
@@ -542,11 +538,7 @@ pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let cpu = if cfg.cpu_seconds > 0 {
-        cfg.cpu_seconds
-    } else {
-        cfg.timeout.as_secs().saturating_add(2)
-    };
+    let cpu = cpu_limit(cfg);
     let fd_bound = fd_scan_bound();
     let limits = [
         (libc::RLIMIT_CPU, cpu, cpu.saturating_add(1)),
@@ -586,6 +578,27 @@ pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig
             Ok(())
         });
     }
+    cmd
+}
+
+/// Runs `code` once with `stdin`, under the limits of `cfg`.
+pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig) -> RunOutput {
+    let started = Instant::now();
+    let slot = SlotGuard::acquire();
+    let Some(uid) = run_uid(cfg.uid_base, slot.0) else {
+        return sandbox_error(
+            format!(
+                "no usable uid for slot {} from uid_base {}",
+                slot.0, cfg.uid_base
+            ),
+            started,
+        );
+    };
+    let tmp = match make_temp(cfg, uid, lang, code) {
+        Ok(t) => t,
+        Err(e) => return sandbox_error(format!("temp dir: {e}"), started),
+    };
+    let mut cmd = sandbox_command(lang, cfg, &tmp.0, uid);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return sandbox_error(format!("spawn unshare: {e}"), started),
@@ -659,7 +672,7 @@ pub fn run_program(lang: Language, code: &str, stdin: &[u8], cfg: &SandboxConfig
     } else if code == Some(SETUP_FAILED) && stderr.contains("sandbox setup failed") {
         (Status::SandboxError, Some(stderr.clone()))
     } else if signal == Some(libc::SIGXCPU)
-        || (signal == Some(libc::SIGKILL) && started.elapsed().as_secs() >= cpu)
+        || (signal == Some(libc::SIGKILL) && started.elapsed().as_secs() >= cpu_limit(cfg))
     {
         (Status::Timeout, Some("cpu time limit".to_string()))
     } else if code == Some(0) {
