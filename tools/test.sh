@@ -5,15 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# The code sandbox needs util-linux (unshare, setpriv) and a system Python outside /root.
-need=()
-command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-linux)
-[[ -x /usr/bin/python3 ]] || need+=(python3)
-if ((${#need[@]})); then
-  echo "installing Debian packages: ${need[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
+bash tools/setup-debian.sh
 bash tools/setup-python.sh
 venv="${MIMO_VENV:-$root/.venv}"
 export MIMO_PYTHON="$venv/bin/python"
