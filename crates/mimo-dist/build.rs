@@ -10,9 +10,14 @@ fn main() {
     let lib = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys reports DEP_TCH_LIBTORCH_LIB"),
     );
-    let include = lib.parent().expect("libtorch lib dir has a parent").join("include");
+    let include = lib
+        .parent()
+        .expect("libtorch lib dir has a parent")
+        .join("include");
     if !std::path::Path::new("/usr/include/gloo/context.h").exists() {
-        panic!("mimo-dist needs the gloo headers: apt-get install libgloo-dev (tools/test.sh does)");
+        panic!(
+            "mimo-dist needs the gloo headers: apt-get install libgloo-dev (tools/test.sh does)"
+        );
     }
     cc::Build::new()
         .cpp(true)

@@ -56,7 +56,12 @@ extern "C" {
     ) -> *mut RawGroup;
     fn mimo_pg_free(g: *mut RawGroup);
     fn mimo_free_str(s: *mut c_char);
-    fn mimo_pg_allreduce_sum(g: *mut RawGroup, ts: *mut Tp, n: c_int, err: *mut *mut c_char) -> c_int;
+    fn mimo_pg_allreduce_sum(
+        g: *mut RawGroup,
+        ts: *mut Tp,
+        n: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn mimo_pg_broadcast(g: *mut RawGroup, t: Tp, root: c_int, err: *mut *mut c_char) -> c_int;
     fn mimo_pg_barrier(g: *mut RawGroup, err: *mut *mut c_char) -> c_int;
 }
@@ -116,7 +121,11 @@ impl Launch {
                 .parse::<f64>()
                 .ok()
                 .filter(|s| *s > 0.0)
-                .ok_or_else(|| DistError::Env(format!("MIMO_DIST_TIMEOUT_S={v:?} is not a positive number")))?,
+                .ok_or_else(|| {
+                    DistError::Env(format!(
+                        "MIMO_DIST_TIMEOUT_S={v:?} is not a positive number"
+                    ))
+                })?,
             None => 300.0,
         };
         Ok(Some(Launch {
@@ -148,7 +157,9 @@ fn take_err(err: *mut c_char) -> String {
         return "unknown error".into();
     }
     // SAFETY: `err` is a NUL-terminated string malloc'ed by the shim, freed once here.
-    let s = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    let s = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { mimo_free_str(err) };
     s
 }
@@ -157,7 +168,8 @@ impl Group {
     /// Rendezvous with every rank of `launch` at `MASTER_ADDR:MASTER_PORT` (rank 0 serves the store) and
     /// build the gloo group. Fails after `launch.timeout` when a peer never arrives.
     pub fn init(launch: &Launch) -> Result<Group> {
-        let c = |s: &str| CString::new(s).map_err(|_| DistError::Env(format!("{s:?} has a NUL byte")));
+        let c =
+            |s: &str| CString::new(s).map_err(|_| DistError::Env(format!("{s:?} has a NUL byte")));
         let host = c(&launch.master_addr)?;
         let iface = c(&std::env::var("GLOO_SOCKET_IFNAME").unwrap_or_default())?;
         let timeout_ms = launch.timeout.as_millis().min(i32::MAX as u128) as c_int;
@@ -362,7 +374,10 @@ mod tests {
     #[test]
     fn launch_reads_torchrun_variables() {
         assert_eq!(Launch::from_vars(vars(&[])).unwrap(), None);
-        assert_eq!(Launch::from_vars(vars(&[("WORLD_SIZE", "1")])).unwrap(), None);
+        assert_eq!(
+            Launch::from_vars(vars(&[("WORLD_SIZE", "1")])).unwrap(),
+            None
+        );
         let l = Launch::from_vars(vars(&[
             ("WORLD_SIZE", "4"),
             ("RANK", "3"),

@@ -8,7 +8,11 @@ use mimo_dist::{Group, Launch};
 use tch::{Kind, Tensor};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn launch(rank: usize, world: usize, port: u16, timeout_s: f64) -> Launch {
@@ -22,7 +26,10 @@ fn launch(rank: usize, world: usize, port: u16, timeout_s: f64) -> Launch {
     }
 }
 
-fn on_ranks<T: Send + 'static>(world: usize, f: impl Fn(Group) -> T + Send + Sync + Clone + 'static) -> Vec<T> {
+fn on_ranks<T: Send + 'static>(
+    world: usize,
+    f: impl Fn(Group) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
     let port = free_port();
     let handles: Vec<_> = (0..world)
         .map(|r| {
@@ -39,7 +46,13 @@ fn two_ranks_sum_broadcast_and_bucket_gradients() {
         let r = g.rank() as f64;
         let mut x = [1.0 + r, 10.0 * r];
         g.all_reduce_f64(&mut x).unwrap();
-        let msg = g.broadcast_bytes(if g.rank() == 0 { b"from rank 0" } else { b"ignored" }).unwrap();
+        let msg = g
+            .broadcast_bytes(if g.rank() == 0 {
+                b"from rank 0"
+            } else {
+                b"ignored"
+            })
+            .unwrap();
         // Three parameters with gradients rank+1 times their index; a tiny bucket size forces 3 buckets.
         let params: Vec<Tensor> = (0..3)
             .map(|_| Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true))
@@ -51,7 +64,10 @@ fn two_ranks_sum_broadcast_and_bucket_gradients() {
             .fold(Tensor::from(0.0f32), |a, b| a + b);
         loss.backward();
         g.all_reduce_grads(&params, 8).unwrap();
-        let grads: Vec<f64> = params.iter().map(|p| p.grad().double_value(&[1, 2])).collect();
+        let grads: Vec<f64> = params
+            .iter()
+            .map(|p| p.grad().double_value(&[1, 2]))
+            .collect();
         g.check_same("a constant", 42).unwrap();
         let differ = g.check_same("the rank", g.rank() as u64).is_err();
         g.barrier().unwrap();
@@ -68,7 +84,12 @@ fn two_ranks_sum_broadcast_and_bucket_gradients() {
 #[test]
 fn a_lone_rank_times_out_naming_its_peers() {
     let t = Instant::now();
-    let e = Group::init(&launch(0, 2, free_port(), 2.0)).unwrap_err().to_string();
+    let e = Group::init(&launch(0, 2, free_port(), 2.0))
+        .unwrap_err()
+        .to_string();
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
-    assert!(e.contains("rendezvous") && e.contains("waiting for 2 ranks"), "{e}");
+    assert!(
+        e.contains("rendezvous") && e.contains("waiting for 2 ranks"),
+        "{e}"
+    );
 }

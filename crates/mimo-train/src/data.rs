@@ -35,6 +35,19 @@ pub struct Batch {
     pub len: usize,
 }
 
+impl Batch {
+    /// Rows `rows` of the batch (a data-parallel rank's shard).
+    pub fn rows_slice(&self, rows: std::ops::Range<usize>) -> Batch {
+        let cut = |r: &std::ops::Range<usize>| r.start * self.len..r.end * self.len;
+        Batch {
+            tokens: self.tokens[cut(&rows)].to_vec(),
+            mask: self.mask.as_ref().map(|m| m[cut(&rows)].to_vec()),
+            rows: rows.len(),
+            len: self.len,
+        }
+    }
+}
+
 /// One SFT sample as token ids.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftSample {

@@ -40,6 +40,9 @@ pub enum TrainError {
     /// Training diverged (non-finite loss).
     #[error("training diverged at step {step}: loss {loss}")]
     Diverged { step: usize, loss: f64 },
+    /// A data-parallel launch or collective failed (a peer missing or dead, ranks disagreeing).
+    #[error("{0}")]
+    Dist(String),
     /// The crate was built without the `tch` feature.
     #[error("training needs mimo-train's `tch` feature (libtorch)")]
     NoTch,

@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod model;
 #[cfg(feature = "tch")]
 pub mod optim;
+#[cfg(feature = "tch")]
+pub mod parallel;
 pub mod plot;
 pub mod progress;
 #[cfg(feature = "tch")]

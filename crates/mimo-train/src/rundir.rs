@@ -33,6 +33,13 @@ pub struct TrainerState {
     pub total_steps: usize,
     /// Input tokens processed up to `step` (over all resumed segments).
     pub tokens: u64,
+    /// Data-parallel ranks of the run that wrote it.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainerState {
@@ -46,6 +53,7 @@ impl TrainerState {
             seed: args.seed,
             total_steps: args.train.steps,
             tokens,
+            world_size: 1,
         }
     }
 }
@@ -113,8 +121,12 @@ impl RunDir {
     }
 
     /// With `resume` on and a checkpoint present, its state; errors when it was written by a run with other
-    /// `train.steps` or `seed`.
-    pub fn resume_state(&self, args: &TrainArgs) -> Result<Option<TrainerState>> {
+    /// `train.steps`, `seed` or number of data-parallel ranks.
+    pub fn resume_state(
+        &self,
+        args: &TrainArgs,
+        world_size: usize,
+    ) -> Result<Option<TrainerState>> {
         let path = self.state_path();
         if !(args.resume && path.is_file()) {
             return Ok(None);
@@ -127,6 +139,16 @@ impl RunDir {
                     "was written by a run with steps={} seed={}, this one has steps={} seed={} \
                      (use force to start over)",
                     st.total_steps, st.seed, args.train.steps, args.seed
+                ),
+            });
+        }
+        if st.world_size != world_size {
+            return Err(TrainError::Checkpoint {
+                path,
+                msg: format!(
+                    "was written by a run on {} data-parallel rank(s), this one has {world_size}: resume \
+                     with WORLD_SIZE={} (or use force to start over)",
+                    st.world_size, st.world_size
                 ),
             });
         }

@@ -8,6 +8,10 @@
 //!   are dropped and recomputed, so an interrupted + resumed run reproduces the uninterrupted one exactly);
 //! - `model/`: the final HF model (with tokenizer files); `loss.png`; `report.json` marks a finished run.
 //!
+//! Launched with `WORLD_SIZE` > 1 (torchrun, Slurm), the ranks train data-parallel ([`crate::parallel`]):
+//! the same steps as one process to float tolerance; rank 0 alone writes the run directory, a checkpoint
+//! records the world size and resumes only with the same one.
+//!
 //! With `[[stages]]` (design §2.2) the loop switches, at each stage's first step, to the stage's packed dataset
 //! (read from its start), window length, batch size and RoPE θ; checkpoints record the θ (and a raised
 //! `max_position_embeddings`) of the stage in effect.
@@ -24,6 +28,7 @@ use crate::loss::{combine, head_sums};
 pub use crate::metrics::{read_metrics, StepMetrics, TrainReport};
 use crate::model::{Init, TrainModel};
 use crate::optim::AdamW;
+use crate::parallel::{digest, DataParallel};
 pub use crate::rundir::TrainerState;
 use crate::rundir::{extra_files, save_model_dir, RunDir};
 use crate::step::train_step;
@@ -33,15 +38,24 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     args.validate()?;
     let device = parse_device(&args.train.device)?;
     let run = RunDir::new(&args.out);
-    run.prepare(args.force)?;
+    let dp = DataParallel::from_env()?;
+    dp.check_same("the config", digest(&args.to_toml()))?;
+    if dp.is_main() {
+        run.prepare(args.force)?;
+    }
+    dp.barrier()?;
     if args.train.threads > 0 {
         tch::set_num_threads(args.train.threads as i32);
     }
-    let resume = run.resume_state(args)?;
+    let resume = run.resume_state(args, dp.world_size())?;
 
     // Model, stages and data.
     let mut model = init_model(args, resume.is_some(), &run.checkpoint, device)?;
+    dp.broadcast_params(model.params())?;
     let plan = args.stage_plan(model.config().rope_theta);
+    for st in &plan {
+        dp.check_rows("batch_size", st.batch_size)?;
+    }
     let mut cur = resume
         .as_ref()
         .map_or(Ok(0), |st| run.check_stage(st, &plan))?;
@@ -59,12 +73,22 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
         None => (AdamW::new(model.params()), 0),
     };
-    run.write_config(args)?;
-    let mut metrics = run.open_metrics(resume.as_ref().map(|st| st.step))?;
+    let mut metrics = match dp.is_main() {
+        true => {
+            run.write_config(args)?;
+            Some(run.open_metrics(resume.as_ref().map(|st| st.step))?)
+        }
+        false => None,
+    };
 
     let (steps, hp) = (args.train.steps, &args.optim.adamw);
     let staged = !args.stages.is_empty();
-    let mut bar = crate::progress::Progress::new("train", args.train.progress, steps, start_step);
+    let mut bar = crate::progress::Progress::new(
+        "train",
+        args.train.progress && dp.is_main(),
+        steps,
+        start_step,
+    );
     let t0 = Instant::now();
     let mut tokens: u64 = 0;
     let mut tokens_total: u64 = resume.as_ref().map_or(0, |st| st.tokens);
@@ -85,7 +109,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         let batches = (0..args.train.grad_accum)
             .map(|_| data.next_batch(stage.batch_size))
             .collect::<Result<Vec<_>>>()?;
-        let tally = mtp_step(&model, &mut opt, &batches, lr, lambda, hp, device)?;
+        let tally = mtp_step(&model, &mut opt, &batches, lr, lambda, hp, &dp)?;
         tokens += tally.tokens;
         tokens_total += tally.tokens;
         let elapsed = t0.elapsed().as_secs_f64();
@@ -106,15 +130,19 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
                 loss: m.loss,
             });
         }
-        if (step + 1) % args.train.log_every.max(1) == 0 || step + 1 == steps {
-            metrics.append(&m)?;
+        if let (Some(log), true) = (
+            &mut metrics,
+            (step + 1) % args.train.log_every.max(1) == 0 || step + 1 == steps,
+        ) {
+            log.append(&m)?;
         }
         bar.set_message(bar_message(staged.then_some(stage), &m));
         bar.set_position((step + 1) as u64);
         last = Some(m);
         let every = args.train.save_every;
-        if (every > 0 && (step + 1) % every == 0) || step + 1 == steps {
-            let state = TrainerState::at(args, step + 1, stage, data.cursor(), tokens_total);
+        if dp.is_main() && ((every > 0 && (step + 1) % every == 0) || step + 1 == steps) {
+            let mut state = TrainerState::at(args, step + 1, stage, data.cursor(), tokens_total);
+            state.world_size = dp.world_size();
             run.save_checkpoint(&model, &opt, &extra, &state)?;
         }
     }
@@ -129,7 +157,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         elapsed_s: t0.elapsed().as_secs_f64(),
         last,
     };
-    finish(args, &run, &model, &extra, outcome)
+    finish(args, &run, &model, &extra, outcome, dp.is_main())
 }
 
 /// The model to train: the checkpoint's when resuming, else `model.init`, else a random init from
@@ -198,8 +226,9 @@ impl StepTally {
     }
 }
 
-/// One pretraining/SFT optimizer step (the shared [`train_step`]) on the micro-batches `batches`, each
-/// contributing `L_main + λ·mean_k L_mtp,k` with the step-wide per-head token counts as denominators.
+/// One pretraining/SFT optimizer step (the shared [`train_step`]) on the micro-batches `batches` (the global
+/// batch; this rank trains its shard of each one's rows), each contributing `L_main + λ·mean_k L_mtp,k` with
+/// the step-wide per-head token counts of the global batch as denominators.
 fn mtp_step(
     model: &TrainModel,
     opt: &mut AdamW,
@@ -207,14 +236,26 @@ fn mtp_step(
     lr: f64,
     lambda: f64,
     hp: &AdamWArgs,
-    device: Device,
+    dp: &DataParallel,
 ) -> Result<StepTally> {
+    let device = model.device();
     let heads = 1 + model.num_mtp_layers();
     let denoms = head_counts(batches, heads);
+    let tokens: u64 = batches.iter().map(|b| (b.rows * (b.len - 1)) as u64).sum();
+    let shards: Vec<Batch>;
+    let local = match dp.world_size() {
+        1 => batches,
+        _ => {
+            shards = batches
+                .iter()
+                .map(|b| b.rows_slice(dp.shard(b.rows)))
+                .collect();
+            &shards
+        }
+    };
     let mut sums = vec![0.0f64; heads];
     let mut correct = vec![0.0f64; heads];
-    let mut tokens: u64 = 0;
-    let grad_norm = train_step(model.params(), opt, lr, hp, batches, |b| {
+    let grad_norm = train_step(model.params(), opt, lr, hp, dp, local, |b| {
         let (w, m) = to_tensors(b, device);
         let inputs = w.narrow(1, 0, b.len as i64 - 1);
         let out_f = model.forward(&inputs)?;
@@ -223,11 +264,14 @@ fn mtp_step(
             sums[i] += h.loss_sum.double_value(&[]);
             correct[i] += h.correct;
         }
-        tokens += (b.rows * (b.len - 1)) as u64;
         let loss = combine(&hs, &denoms, lambda);
         let value = loss.double_value(&[]);
         Ok((loss, value))
     })?;
+    let mut both = [sums, correct].concat();
+    dp.sum(&mut both)?;
+    let correct = both.split_off(heads);
+    let sums = both;
     Ok(StepTally {
         sums,
         correct,
@@ -308,10 +352,11 @@ fn finish(
     model: &TrainModel,
     extra: &[(String, PathBuf)],
     o: Outcome,
+    main: bool,
 ) -> Result<TrainReport> {
     let model_dir = run.model_dir();
     let mut plot = None;
-    if o.finished {
+    if o.finished && main {
         save_model_dir(&model_dir, model, extra, |_| Ok(()))?;
         if args.train.plot {
             let p = run.plot();
@@ -343,7 +388,7 @@ fn finish(
         final_loss_mtp: last.as_ref().map_or(f64::NAN, |m| m.loss_mtp),
         final_mtp_acc: last.as_ref().map_or(f64::NAN, |m| m.mtp_acc),
     };
-    if o.finished {
+    if o.finished && main {
         crate::io::write_json(&run.report, &report)?;
     }
     Ok(report)

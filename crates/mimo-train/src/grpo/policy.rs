@@ -13,6 +13,7 @@ use super::{
 use crate::error::{Result, TrainError};
 use crate::model::{Param, TrainModel};
 use crate::optim::AdamW;
+use crate::parallel::DataParallel;
 use crate::step::{train_step, zero_grad};
 
 /// Log-ratios are clamped to ±this before `exp`, so that one extreme token cannot overflow to inf (and turn
@@ -372,6 +373,8 @@ pub struct GrpoTrainer {
     /// The initial policy's weights (CPU copies); swapped into `model` to compute reference log-probs once per
     /// update, so that no second model has to be built.
     reference: Option<BTreeMap<String, Tensor>>,
+    /// The data-parallel ranks sharing each update (one process by default).
+    dp: DataParallel,
 }
 
 impl GrpoTrainer {
@@ -396,7 +399,21 @@ impl GrpoTrainer {
             opt,
             args,
             reference,
+            dp: DataParallel::single(),
         })
+    }
+
+    /// Shares every update with the other ranks of `dp` (each trains its shard of each mini-batch's rows;
+    /// rank 0's weights are broadcast now, so all ranks start from the same policy).
+    pub fn with_data_parallel(mut self, dp: DataParallel) -> Result<Self> {
+        dp.broadcast_params(self.model.params())?;
+        self.dp = dp;
+        Ok(self)
+    }
+
+    /// The data-parallel ranks of the updates.
+    pub fn data_parallel(&self) -> &DataParallel {
+        &self.dp
     }
 
     /// The current policy.
@@ -431,7 +448,8 @@ impl GrpoTrainer {
     pub fn update(&mut self, groups: &[Group]) -> Result<UpdateStats> {
         let start = Instant::now();
         validate_groups(groups, self.model.config().vocab_size)?;
-        let (mut plan, mismatch) = self.plan(groups)?;
+        let (mut plan, mut mismatch) = self.plan(groups)?;
+        reduce_mismatch(&self.dp, &mut mismatch)?;
         self.reference_logprobs(&mut plan)?;
 
         let (eps_low, eps_high) = (self.args.eps_low, self.args.eps_high);
@@ -446,6 +464,7 @@ impl GrpoTrainer {
                 &mut self.opt,
                 args.lr,
                 &args.adamw,
+                &self.dp,
                 &mb.chunks,
                 |c| {
                     let new = token_logprobs(model, &c.batch, args.temperature)?;
@@ -466,6 +485,7 @@ impl GrpoTrainer {
                     Ok((loss, s.loss))
                 },
             )?;
+            reduce_loss_stats(&self.dp, &mut st)?;
             grad_norm_sum += grad_norm;
             total.merge(&st);
             per_mb.push(st);
@@ -518,8 +538,8 @@ impl GrpoTrainer {
         self.model.save_hf(dir, extra)
     }
 
-    /// Splits `groups` into mini-batches and micro-batches, with advantages, the old-policy log-probs and the
-    /// mismatch weights against the engine's log-probs.
+    /// Splits `groups` into mini-batches and (this rank's shard of each one's rows) micro-batches, with
+    /// advantages, the old-policy log-probs and the mismatch weights against the engine's log-probs.
     fn plan(&self, groups: &[Group]) -> Result<(Vec<MiniBatch>, MismatchStats)> {
         let vocab = self.model.config().vocab_size;
         let device = self.model.device();
@@ -538,7 +558,8 @@ impl GrpoTrainer {
                 }
             }
             let mut chunks = vec![];
-            for part in rows.chunks(self.args.micro_batch) {
+            let shard = self.dp.shard(rows.len());
+            for part in rows[shard].chunks(self.args.micro_batch) {
                 let rollouts: Vec<&Rollout> = part.iter().map(|p| p.1).collect();
                 let batch = RolloutBatch::new(&rollouts, vocab, device)?;
                 let adv: Vec<f32> = part.iter().map(|p| p.2 as f32).collect();
@@ -617,6 +638,58 @@ impl GrpoTrainer {
         self.model.load_state(&current, origin)?;
         filled
     }
+}
+
+/// Sums a mini-batch's loss stats over the ranks (token-weighted means stay token-weighted).
+fn reduce_loss_stats(dp: &DataParallel, st: &mut LossStats) -> Result<()> {
+    if dp.world_size() == 1 {
+        return Ok(());
+    }
+    let t = st.tokens as f64;
+    let mut v = [
+        st.loss,
+        st.clip_low * t,
+        st.clip_high * t,
+        st.ratio * t,
+        st.approx_kl * t,
+        st.kl_ref * t,
+        t,
+    ];
+    dp.sum(&mut v)?;
+    let n = v[6].max(1.0);
+    *st = LossStats {
+        loss: v[0],
+        clip_low: v[1] / n,
+        clip_high: v[2] / n,
+        ratio: v[3] / n,
+        approx_kl: v[4] / n,
+        kl_ref: v[5] / n,
+        tokens: v[6].round() as usize,
+    };
+    Ok(())
+}
+
+/// Sums the mismatch stats over the ranks (`max_abs_dlogp` stays this rank's).
+fn reduce_mismatch(dp: &DataParallel, st: &mut MismatchStats) -> Result<()> {
+    if dp.world_size() == 1 {
+        return Ok(());
+    }
+    let t = st.tokens as f64;
+    let mut v = [
+        st.mean_abs_dlogp * t,
+        st.kl * t,
+        st.weight * t,
+        st.truncated * t,
+        t,
+    ];
+    dp.sum(&mut v)?;
+    let n = v[4].max(1.0);
+    st.mean_abs_dlogp = v[0] / n;
+    st.kl = v[1] / n;
+    st.weight = v[2] / n;
+    st.truncated = v[3] / n;
+    st.tokens = v[4].round() as usize;
+    Ok(())
 }
 
 /// Deep copies of the weights on the CPU (`state_dict` alone shares storage with CPU parameters).
