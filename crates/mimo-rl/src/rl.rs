@@ -19,6 +19,7 @@ use mimo_reward::{load_problems, CodeReward, RewardSettings};
 use mimo_text::ModelText;
 use mimo_train::grpo::{Group, GrpoArgs, GrpoTrainer, MismatchStats, Rollout, UpdateStats};
 use mimo_train::model::TrainModel;
+use mimo_train::parallel::{digest, DataParallel};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RlError};
@@ -143,7 +144,7 @@ pub struct RlStepMetrics {
 }
 
 /// What `mimo rl` returns (also `report.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RlReport {
     pub steps: usize,
     pub model: PathBuf,
@@ -212,18 +213,26 @@ pub fn to_groups(batch: &[GroupOut]) -> Vec<Group> {
 }
 
 /// Runs `mimo rl`. `on_step` sees every step's metrics (the pipeline uses it for its own progress display).
+///
+/// Launched with `WORLD_SIZE` > 1 (torchrun, Slurm), rank 0 runs the rollouts and every rank shares each GRPO
+/// update data-parallel (rank 0's selected groups are broadcast, each rank trains its shard of the rows):
+/// the single-process run's updates; rank 0 alone writes the run directory.
 pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<RlReport> {
     args.validate()?;
     let out = &args.out;
     let report_path = out.join("report.json");
-    if report_path.exists() && !args.force {
-        return Err(RlError::Config(format!(
-            "{} holds a finished run (set force = true to start over)",
-            out.display()
-        )));
+    let dp = DataParallel::from_env()?;
+    dp.check_same("the rl config", digest(&args.to_toml()))?;
+    if dp.is_main() {
+        if report_path.exists() && !args.force {
+            return Err(RlError::Config(format!(
+                "{} holds a finished run (set force = true to start over)",
+                out.display()
+            )));
+        }
+        std::fs::create_dir_all(out).map_err(|e| RlError::io(out, e))?;
+        std::fs::write(out.join("config.toml"), args.to_toml()).map_err(|e| RlError::io(out, e))?;
     }
-    std::fs::create_dir_all(out).map_err(|e| RlError::io(out, e))?;
-    std::fs::write(out.join("config.toml"), args.to_toml()).map_err(|e| RlError::io(out, e))?;
     if args.threads > 0 {
         tch::set_num_threads(args.threads as i32);
     }
@@ -239,7 +248,10 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
         },
         ..args.grpo.clone()
     };
-    let mut trainer = GrpoTrainer::new(policy, grpo)?;
+    let mut trainer = GrpoTrainer::new(policy, grpo)?.with_data_parallel(dp)?;
+    if !trainer.data_parallel().is_main() {
+        return follow_updates(args, &mut trainer, t_start);
+    }
     let (mut engine, mut rollout) = rollout_side(args, &trainer, &cfg)?;
 
     let mut log = StepLog::create(&out.join("metrics.jsonl"), args.steps)?;
@@ -440,9 +452,33 @@ impl StepLog {
     }
 }
 
-/// One GRPO update on the selected groups (none when every group was dropped).
+/// A rank other than 0: takes part in every step's update on rank 0's groups, writes nothing.
+fn follow_updates(args: &RlArgs, trainer: &mut GrpoTrainer, t_start: Instant) -> Result<RlReport> {
+    for _ in 0..args.steps {
+        update_on(trainer, &[])?;
+    }
+    Ok(RlReport {
+        steps: args.steps,
+        model: args.out.join("model"),
+        seconds: t_start.elapsed().as_secs_f64(),
+        ..Default::default()
+    })
+}
+
+/// Rank 0's `groups` on every data-parallel rank (JSON over a c10d broadcast; others pass nothing).
+fn share_groups(dp: &DataParallel, groups: Vec<Group>) -> Result<Vec<Group>> {
+    if dp.world_size() == 1 {
+        return Ok(groups);
+    }
+    let bytes = serde_json::to_vec(&groups).map_err(|e| RlError::Data(e.to_string()))?;
+    let bytes = dp.broadcast_bytes(bytes)?;
+    serde_json::from_slice(&bytes).map_err(|e| RlError::Data(format!("broadcast groups: {e}")))
+}
+
+/// One GRPO update on the selected groups (none when every group was dropped), shared by the data-parallel
+/// ranks.
 fn update_on(trainer: &mut GrpoTrainer, batch: &[GroupOut]) -> Result<UpdateStats> {
-    let groups = to_groups(batch);
+    let groups = share_groups(trainer.data_parallel(), to_groups(batch))?;
     Ok(if groups.is_empty() {
         UpdateStats::default()
     } else {

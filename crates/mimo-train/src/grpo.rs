@@ -29,7 +29,7 @@ use crate::error::{Result, TrainError};
 pub const ADV_EPS: f64 = 1e-6;
 
 /// One sampled response to a prompt with its reward.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     /// Prompt token ids (non-empty; the chat-formatted question).
     pub prompt: Vec<u32>,
@@ -87,7 +87,7 @@ impl Rollout {
 }
 
 /// The rollouts of one prompt; the advantages are computed from their rewards.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     /// The sampled responses (at least one).
     pub rollouts: Vec<Rollout>,

@@ -6,7 +6,8 @@
 
 use std::ops::Range;
 
-use mimo_dist::{Group, Launch};
+use mimo_dist::Group;
+pub use mimo_dist::Launch;
 
 use crate::error::{Result, TrainError};
 use crate::grpo::split_even;
@@ -37,7 +38,12 @@ impl DataParallel {
         let Some(launch) = Launch::from_env().map_err(dist)? else {
             return Ok(Self::single());
         };
-        let group = Group::init(&launch).map_err(dist)?;
+        Self::init(&launch)
+    }
+
+    /// Rendezvous as `launch` says (what [`DataParallel::from_env`] does with the environment's launch).
+    pub fn init(launch: &Launch) -> Result<Self> {
+        let group = Group::init(launch).map_err(dist)?;
         tracing::info!(
             "data parallel: rank {} of {} (rendezvous {}:{})",
             launch.rank,

@@ -438,3 +438,75 @@ fn trainer_rejects_bad_groups_without_touching_weights() {
     };
     assert!(GrpoTrainer::new(tiny_model(1), bad_args).is_err());
 }
+
+/// GRPO updates data-parallel over 2 ranks (threads with their own c10d gloo group on loopback, rank 1
+/// starting from other weights that rank 0's broadcast replaces) take the single-process steps: the same
+/// losses, grad norms and weights after 3 updates of 2 mini-batches (rows split across micro-batches).
+#[test]
+fn two_rank_grpo_updates_equal_one_process() {
+    use mimo_train::parallel::{DataParallel, Launch};
+    let args = GrpoArgs {
+        lr: 2e-3,
+        mini_batches: 2,
+        micro_batch: 3,
+        ..Default::default()
+    };
+    let run = |mut trainer: GrpoTrainer| {
+        let stats: Vec<(f64, f64, usize)> = (0..3)
+            .map(|_| {
+                let s = trainer.update(&groups()).unwrap();
+                (s.loss, s.grad_norm, s.tokens)
+            })
+            .collect();
+        (stats, snapshot(trainer.model()))
+    };
+    let (single, w_single) = run(GrpoTrainer::new(tiny_model(11), args.clone()).unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let args = args.clone();
+            std::thread::spawn(move || {
+                let launch = Launch {
+                    rank,
+                    world_size: 2,
+                    local_rank: rank,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                    timeout: std::time::Duration::from_secs(60),
+                };
+                let dp = DataParallel::init(&launch).unwrap();
+                let t = GrpoTrainer::new(tiny_model(11 + rank as u64), args).unwrap();
+                run(t.with_data_parallel(dp).unwrap())
+            })
+        })
+        .collect();
+    for h in ranks {
+        let (stats, w) = h.join().unwrap();
+        for (a, b) in single.iter().zip(&stats) {
+            assert!(close(a.0, b.0, 1e-6), "loss {} vs {}", a.0, b.0);
+            assert!(
+                close(a.1, b.1, 1e-5 * (1.0 + a.1)),
+                "grad norm {} vs {}",
+                a.1,
+                b.1
+            );
+            assert_eq!(a.2, b.2, "tokens");
+        }
+        // The key bias gets a gradient that is zero in exact arithmetic (softmax ignores a shift shared by all
+        // keys of a query), so AdamW's g/√v turns its rounding noise into lr-sized steps of either sign: it
+        // may differ by up to the 3 steps' lr. Every other weight agrees to float tolerance.
+        for (name, t) in &w_single {
+            let d = (t - &w[name]).abs().max().double_value(&[]);
+            let tol = if name.ends_with("k_proj.bias") {
+                3.0 * 2e-3
+            } else {
+                2e-6
+            };
+            assert!(d < tol, "{name}: max |Δ| {d}");
+        }
+    }
+}
