@@ -60,6 +60,10 @@ pub struct ServeCli {
     /// (aliases qwen, qwen25, qwen3, mimo).
     #[arg(long, default_value = "auto")]
     tool_call_parser: String,
+    /// Accept new weights from an RL trainer: `POST /v1/weights {"path": DIR, "version": N}` (requires
+    /// --api-key unless bound to loopback); in-flight requests finish on the old weights.
+    #[arg(long)]
+    enable_weight_updates: bool,
     #[command(flatten)]
     pool: crate::PoolArgs,
 }
@@ -94,6 +98,7 @@ pub fn run(a: ServeCli) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         pool: a.pool.settings(),
         tool_call_parser: a.tool_call_parser,
+        enable_weight_updates: a.enable_weight_updates,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

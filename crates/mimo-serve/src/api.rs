@@ -122,6 +122,9 @@ pub struct CommonFields {
     pub logit_bias: Option<Value>,
     /// vLLM's extension: EOS does not end the completion (`stop`/`stop_token_ids` still do).
     pub ignore_eos: Option<bool>,
+    /// vLLM's extension: each choice also carries `token_ids` (every generated token, a final EOS included) and,
+    /// with log-probs, mimo's `token_logprobs` beside them; responses carry `weight_version`. For RL rollouts.
+    pub return_token_ids: Option<bool>,
     /// Chat only: functions the model may call, and whether it must (see `crate::tools`).
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,

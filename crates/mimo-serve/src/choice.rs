@@ -146,6 +146,10 @@ pub struct Piece {
     pub stop_hit: bool,
     /// Tool-call starts and argument pieces found in the content (when the request parses tool calls).
     pub tool_events: Vec<ToolEvent>,
+    /// Every new token as generated (a final EOS or stop token included), for `return_token_ids`.
+    pub token_ids: Vec<u32>,
+    /// The sampled log-prob of each of `token_ids` (when log-probs were requested).
+    pub token_logprobs: Vec<f32>,
 }
 
 /// The text state of one choice.
@@ -225,6 +229,10 @@ impl ChoiceText {
         let mut stopped = false;
         for (i, &tok) in tokens.iter().enumerate() {
             self.tokens += 1;
+            piece.token_ids.push(tok);
+            if let Some(lp) = logprobs.get(i) {
+                piece.token_logprobs.push(finite(lp.logprob));
+            }
             let is_stop_token = finish == Some(FinishReason::Stop)
                 && i + 1 == tokens.len()
                 && self.stop_ids.contains(&tok);

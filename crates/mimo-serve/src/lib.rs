@@ -5,7 +5,8 @@
 //! (incremental detokenization, stop strings, `<think>` reasoning split) for plain JSON or SSE responses.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`,
-//! `GET /metrics` (Prometheus text).
+//! `GET /metrics` (Prometheus text), and with [`ServeArgs::enable_weight_updates`] `POST /v1/weights`
+//! (`{"path": DIR, "version": N}`: new weights from a shared path; in-flight sequences finish on the old ones).
 
 pub mod api;
 pub mod choice;
@@ -73,6 +74,8 @@ pub struct ServeArgs {
     pub pool: mimo_engine::engine::PoolSettings,
     /// Tool-call format: `auto` (from the chat template), `none`, or a name in [`tools::TOOL_PARSERS`].
     pub tool_call_parser: String,
+    /// Accept `POST /v1/weights` (new weights from an RL trainer; guarded by `api_key`).
+    pub enable_weight_updates: bool,
 }
 
 impl Default for ServeArgs {
@@ -96,6 +99,7 @@ impl Default for ServeArgs {
             max_body_bytes: 32 << 20,
             pool: Default::default(),
             tool_call_parser: "auto".into(),
+            enable_weight_updates: false,
         }
     }
 }
@@ -116,6 +120,14 @@ impl Server {
     pub async fn start(args: ServeArgs) -> anyhow::Result<Server> {
         if args.max_num_seqs == 0 {
             bail!("--max-num-seqs must be ≥ 1");
+        }
+        let api_key = args.api_key.clone().filter(|k| !k.is_empty());
+        if args.enable_weight_updates && api_key.is_none() {
+            let loopback = matches!(args.host.as_str(), "127.0.0.1" | "localhost" | "::1");
+            if !loopback {
+                bail!("--enable-weight-updates on {} needs --api-key (anyone who can reach the server could replace its weights)", args.host);
+            }
+            tracing::warn!("weight updates are enabled without an API key (loopback only)");
         }
         let text = mimo_engine::model_text(&args.model)
             .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?
@@ -155,6 +167,10 @@ impl Server {
             think_end: text.tokenizer.token_to_id(choice::THINK_END),
         };
         let dir = args.model.clone();
+        let weight_loader = args.enable_weight_updates.then(|| server::WeightLoader {
+            format: fmt.clone(),
+            device: device.clone(),
+        });
         let wmetrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("mimo-engine".into())
@@ -204,7 +220,7 @@ impl Server {
             vocab_size,
             cmd: cmd_tx,
             metrics: metrics.clone(),
-            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            api_key,
             draining: AtomicBool::new(false),
             reasoning,
             grammar,
@@ -218,6 +234,8 @@ impl Server {
             max_body_bytes: args.max_body_bytes,
             read_timeout: args.limits.header_read_timeout,
             prep_slots: Arc::new(tokio::sync::Semaphore::new(prep_threads)),
+            weight_loader,
+            update_lock: tokio::sync::Mutex::new(()),
         });
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .await

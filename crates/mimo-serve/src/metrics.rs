@@ -111,6 +111,10 @@ pub struct Metrics {
     pub mtp_accepted: AtomicU64,
     /// Sequences aborted because the client went away or a stop string matched.
     pub aborted: AtomicU64,
+    /// Version of the weights being served (0: as loaded; set by `POST /v1/weights`).
+    pub weight_version: AtomicU64,
+    /// Weight updates installed.
+    pub weight_updates: AtomicU64,
     /// Time from submission to the first token of a sequence.
     pub ttft: Histogram,
     /// Time per output token (step latency divided by the tokens the step produced).
@@ -140,6 +144,8 @@ impl Default for Metrics {
             mtp_drafted: AtomicU64::new(0),
             mtp_accepted: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
+            weight_version: AtomicU64::new(0),
+            weight_updates: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BUCKETS),
             tpot: Histogram::new(TPOT_BUCKETS),
             e2e: Histogram::new(E2E_BUCKETS),
@@ -183,7 +189,19 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         };
-        let scalars: [(&str, &str, &str, &AtomicU64); 15] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 17] = [
+            (
+                "mimo_weight_version",
+                "gauge",
+                "Version of the weights being served (set by weight updates; 0 as loaded).",
+                &self.weight_version,
+            ),
+            (
+                "mimo_weight_updates_total",
+                "counter",
+                "Weight updates installed.",
+                &self.weight_updates,
+            ),
             (
                 "mimo_num_requests_waiting",
                 "gauge",

@@ -1,4 +1,5 @@
-//! HTTP routes: OpenAI chat and text completions (plain and SSE), models, health and metrics.
+//! HTTP routes: OpenAI chat and text completions (plain and SSE), models, health and metrics, and (with
+//! `--enable-weight-updates`) `POST /v1/weights`, which installs new weights from a shared path (RL trainers).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +59,16 @@ pub(crate) struct AppState {
     pub read_timeout: std::time::Duration,
     /// Requests being parsed, templated and tokenized at once (on blocking threads, off the async runtime).
     pub prep_slots: Arc<tokio::sync::Semaphore>,
+    /// How `POST /v1/weights` loads new weights; `None`: weight updates are disabled.
+    pub weight_loader: Option<WeightLoader>,
+    /// One weight update at a time.
+    pub update_lock: tokio::sync::Mutex<()>,
+}
+
+/// The format and device new weights are loaded with (those of the served model).
+pub(crate) struct WeightLoader {
+    pub format: mimo_model::WeightFormat,
+    pub device: candle_core::Device,
 }
 
 type St = Arc<AppState>;
@@ -86,6 +97,7 @@ pub(crate) fn router(state: St) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/weights", post(update_weights))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -168,8 +180,76 @@ async fn models(State(st): State<St>) -> axum::Json<Value> {
             "owned_by": "mimo",
             "root": st.served_name,
             "max_model_len": st.max_model_len,
+            "weight_version": st.metrics.weight_version.load(Ordering::Relaxed),
         }]
     }))
+}
+
+/// `POST /v1/weights` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightUpdate {
+    /// A checkpoint directory (or GGUF file) this server can read, of the served model's architecture.
+    path: std::path::PathBuf,
+    /// The version to report from now on (`/v1/models`, `/metrics`, `weight_version` of responses).
+    version: u64,
+}
+
+/// Loads new weights from a shared path (off the engine thread), then has the engine thread install them once
+/// the sequences in flight finish on the old ones ([`Command::UpdateWeights`]). Answers when they serve.
+async fn update_weights(State(st): State<St>, req: Request) -> Response {
+    let Some(loader) = &st.weight_loader else {
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "weight updates are disabled (start the server with --enable-weight-updates)",
+        );
+        e.code = Some("weight_updates_disabled");
+        return e.into_response();
+    };
+    let body = match read_body(&st, req).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let upd: WeightUpdate = match parse_object(&body).and_then(|v| parse(&v)) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let _one = st.update_lock.lock().await;
+    let t0 = std::time::Instant::now();
+    let (format, device, path) = (loader.format.clone(), loader.device.clone(), upd.path);
+    let loaded = tokio::task::spawn_blocking(move || {
+        mimo_model::MimoModel::open(&path, format, &device)
+            .map_err(|e| format!("loading {}: {e}", path.display()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("loading the weights failed: {e}")));
+    let model = match loaded {
+        Ok(m) => Arc::new(m),
+        Err(m) => return ApiError::bad_param("path", m).into_response(),
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let (reply, rx) = oneshot::channel();
+    let sent = st.cmd.send(Command::UpdateWeights {
+        model,
+        version: upd.version,
+        reply,
+    });
+    match (sent, rx.await) {
+        (Ok(()), Ok(Ok(()))) => axum::Json(json!({
+            "weight_version": upd.version,
+            "load_s": load_s,
+            "total_s": t0.elapsed().as_secs_f64(),
+        }))
+        .into_response(),
+        (Ok(()), Ok(Err(m))) => ApiError::bad_param("path", m).into_response(),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the engine is not running",
+        )
+        .into_response(),
+    }
 }
 
 /// Everything a request needs after validation.
@@ -180,6 +260,8 @@ struct Prepared {
     stream: bool,
     include_usage: bool,
     logprobs: bool,
+    /// Report token ids (and sampled log-probs) per choice and the weight version.
+    return_token_ids: bool,
 }
 
 fn check_model(st: &AppState, c: &CommonFields) -> Result<(), ApiError> {
@@ -522,6 +604,7 @@ fn prepare_chat(st: &AppState, body: &Value) -> Result<Prepared, ApiError> {
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         logprobs: logprobs.is_some(),
+        return_token_ids: c.return_token_ids.unwrap_or(false),
     };
     let parse_calls = tools.as_ref().is_some_and(|t| t.choice != ToolChoice::None);
     let out = Output {
@@ -581,6 +664,7 @@ fn prepare_completion(st: &AppState, body: &Value) -> Result<Prepared, ApiError>
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         logprobs: logprobs.is_some(),
+        return_token_ids: c.return_token_ids.unwrap_or(false),
     };
     for prompt in &prompts {
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= st.vocab_size) {
@@ -610,6 +694,8 @@ struct Generation {
     choices: Vec<ChoiceText>,
     cmd: mpsc::UnboundedSender<Command>,
     open: usize,
+    /// The weights that generate this request.
+    weight_version: u64,
 }
 
 impl Generation {
@@ -686,8 +772,8 @@ async fn submit(st: &AppState, prep: &mut Prepared) -> Result<Generation, ApiErr
             reply: reply_tx,
         })
         .map_err(|_| unavailable())?;
-    let keys = match reply_rx.await.map_err(|_| unavailable())? {
-        Ok(keys) => keys,
+    let (keys, weight_version) = match reply_rx.await.map_err(|_| unavailable())? {
+        Ok(r) => r,
         Err(SubmitError::QueueFull) => {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -706,6 +792,7 @@ async fn submit(st: &AppState, prep: &mut Prepared) -> Result<Generation, ApiErr
         open: choices.len(),
         choices,
         cmd: st.cmd.clone(),
+        weight_version,
     })
 }
 
@@ -862,6 +949,8 @@ struct Acc {
     logprobs: Vec<LogprobEntry>,
     finish: Option<&'static str>,
     tools: Assembled,
+    token_ids: Vec<u32>,
+    token_logprobs: Vec<f32>,
 }
 
 async fn collect(
@@ -880,6 +969,8 @@ async fn collect(
             a.logprobs.extend(p.logprobs);
             a.finish = p.finish.or(a.finish);
             a.tools.add(&p.tool_events);
+            a.token_ids.extend(p.token_ids);
+            a.token_logprobs.extend(p.token_logprobs);
         }
     }
     let usage = usage(prep.prompt_tokens, gen.completion_tokens());
@@ -888,7 +979,10 @@ async fn collect(
         .enumerate()
         .map(|(i, a)| {
             let finish = a.finish.unwrap_or("stop");
-            match kind {
+            let ids = prep
+                .return_token_ids
+                .then(|| (a.token_ids.clone(), a.token_logprobs.clone()));
+            let mut choice = match kind {
                 Kind::Chat => {
                     let mut msg = json!({"role": "assistant", "content": a.content});
                     if !a.tools.calls.is_empty() {
@@ -914,21 +1008,37 @@ async fn collect(
                     "logprobs": if prep.logprobs { completion_logprobs(&a.logprobs, &mut 0) } else { Value::Null },
                     "finish_reason": finish,
                 }),
+            };
+            if let Some((ids, lps)) = ids {
+                add_token_ids(&mut choice, ids, lps, prep.logprobs);
             }
+            choice
         })
         .collect();
     let (id, object) = match kind {
         Kind::Chat => (st.new_id("chatcmpl"), "chat.completion"),
         Kind::Completion => (st.new_id("cmpl"), "text_completion"),
     };
-    Ok(json!({
+    let mut resp = json!({
         "id": id,
         "object": object,
         "created": now_secs(),
         "model": st.served_name,
         "choices": choices,
         "usage": usage,
-    }))
+    });
+    if prep.return_token_ids {
+        resp["weight_version"] = Value::from(gen.weight_version);
+    }
+    Ok(resp)
+}
+
+/// `return_token_ids`: the choice's generated token ids and, with log-probs, their sampled log-probs.
+fn add_token_ids(choice: &mut Value, ids: Vec<u32>, lps: Vec<f32>, logprobs: bool) {
+    choice["token_ids"] = Value::from(ids);
+    if logprobs {
+        choice["token_logprobs"] = Value::from(lps);
+    }
 }
 
 fn sse(v: &Value) -> Bytes {
@@ -943,6 +1053,7 @@ fn stream_response(st: St, prep: Prepared, mut gen: Generation, kind: Kind) -> R
     };
     let created = now_secs();
     let model = st.served_name.clone();
+    let version = gen.weight_version;
     tokio::spawn(async move {
         let chunk = |choices: Value| {
             let mut v = json!({
@@ -950,6 +1061,9 @@ fn stream_response(st: St, prep: Prepared, mut gen: Generation, kind: Kind) -> R
             });
             if prep.include_usage {
                 v["usage"] = Value::Null;
+            }
+            if prep.return_token_ids {
+                v["weight_version"] = Value::from(version);
             }
             v
         };
@@ -983,11 +1097,15 @@ fn stream_response(st: St, prep: Prepared, mut gen: Generation, kind: Kind) -> R
                 && p.content.is_empty()
                 && p.logprobs.is_empty()
                 && p.tool_events.is_empty()
+                && p.token_ids.is_empty()
                 && p.finish.is_none()
             {
                 continue;
             }
-            let choice = match kind {
+            let ids = prep
+                .return_token_ids
+                .then(|| (p.token_ids.clone(), p.token_logprobs.clone()));
+            let mut choice = match kind {
                 Kind::Chat => {
                     let mut delta = json!({});
                     if !p.content.is_empty() {
@@ -1016,6 +1134,9 @@ fn stream_response(st: St, prep: Prepared, mut gen: Generation, kind: Kind) -> R
                     json!({"index": i, "text": p.content, "logprobs": lp, "finish_reason": p.finish})
                 }
             };
+            if let Some((ids, lps)) = ids {
+                add_token_ids(&mut choice, ids, lps, prep.logprobs);
+            }
             if tx.send(sse(&chunk(json!([choice])))).await.is_err() {
                 return;
             }

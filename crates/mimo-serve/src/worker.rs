@@ -1,6 +1,11 @@
 //! The engine thread: owns the [`Engine`], takes new sequences and aborts over a channel between steps, and
 //! sends each sequence's tokens back over its request's channel (continuous batching).
 //!
+//! Weight updates ([`Command::UpdateWeights`]) never mix weights inside a sequence: from the moment one arrives
+//! new submissions are held back, the sequences already queued or running finish on the old weights, then the
+//! model is swapped (which clears the prefix cache) and the held submissions are admitted on the new weights.
+//! Each submission's reply carries the weight version that generates it.
+//!
 //! It also sets each sequence's logits hook ([`RequestHook`]): the thinking budget (once a sequence has
 //! produced `max_thinking_tokens` tokens inside `<think>…`, its next token is forced to `</think>`, reported
 //! to the client as generated, logprob 0) and the request's output grammar (structured outputs, required or
@@ -13,6 +18,7 @@ use std::time::Instant;
 
 use mimo_engine::engine::{Engine, FinishReason, TokenLogprob};
 use mimo_engine::{Constrained, LogitsProcessor, NextToken, SamplingParams};
+use mimo_model::MimoModel;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -59,12 +65,22 @@ pub(crate) enum SubmitError {
     Invalid(String),
 }
 
+/// A submission's reply: the sequences' keys and the weight version that generates them.
+pub(crate) type SubmitReply = oneshot::Sender<Result<(Vec<u64>, u64), SubmitError>>;
+
 /// Commands to the engine thread.
 pub(crate) enum Command {
     Submit {
         seqs: Vec<SeqSpec>,
         events: mpsc::UnboundedSender<Event>,
-        reply: oneshot::Sender<Result<Vec<u64>, SubmitError>>,
+        reply: SubmitReply,
+    },
+    /// Install `model` as weight `version` once the sequences queued or running have finished (see the module
+    /// docs); `reply` hears back when it serves.
+    UpdateWeights {
+        model: Arc<MimoModel>,
+        version: u64,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     /// Abort the sequence with this key (no further events are sent for it).
     Abort(u64),
@@ -184,9 +200,12 @@ pub(crate) fn run(
         next_key: 0,
         cfg,
         metrics,
+        update: None,
+        held: vec![],
     };
     w.update_gauges(&engine);
     loop {
+        w.install_update(&mut engine);
         if !engine.has_work() {
             match rx.blocking_recv() {
                 Some(cmd) => {
@@ -207,6 +226,7 @@ pub(crate) fn run(
         if stop {
             break;
         }
+        w.install_update(&mut engine);
         w.abort_closed(&mut engine);
         // Gauges reflect admissions and aborts before the (possibly long) step.
         w.update_gauges(&engine);
@@ -230,8 +250,21 @@ pub(crate) fn run(
         w.update_gauges(&engine);
     }
     w.abort_all(&mut engine);
+    if let Some(u) = w.update.take() {
+        let _ = u.reply.send(Err("the server is shutting down".into()));
+    }
     w.update_gauges(&engine);
 }
+
+/// A weight update waiting for the engine to drain.
+struct PendingUpdate {
+    model: Arc<MimoModel>,
+    version: u64,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// A submission held back while a weight update waits.
+type Held = (Vec<SeqSpec>, mpsc::UnboundedSender<Event>, SubmitReply);
 
 struct Worker {
     tracks: HashMap<u64, Track>,
@@ -239,6 +272,8 @@ struct Worker {
     next_key: u64,
     cfg: WorkerConfig,
     metrics: Arc<Metrics>,
+    update: Option<PendingUpdate>,
+    held: Vec<Held>,
 }
 
 impl Worker {
@@ -250,11 +285,33 @@ impl Worker {
                 events,
                 reply,
             } => {
-                let r = self.submit(engine, seqs, events);
-                // Gauges show the new sequences before the client hears back (a /metrics read right after a
-                // reply must not see an idle engine).
-                self.update_gauges(engine);
-                let _ = reply.send(r);
+                if self.update.is_some() {
+                    let held: usize = self.held.iter().map(|h| h.0.len()).sum();
+                    if held + seqs.len() > self.cfg.max_queue.max(seqs.len()) {
+                        let _ = reply.send(Err(SubmitError::QueueFull));
+                    } else {
+                        self.held.push((seqs, events, reply));
+                    }
+                    return false;
+                }
+                self.admit(engine, seqs, events, reply);
+                false
+            }
+            Command::UpdateWeights {
+                model,
+                version,
+                reply,
+            } => {
+                if self.update.is_some() {
+                    let _ = reply.send(Err("another weight update is in progress".into()));
+                } else {
+                    tracing::info!(version, "weight update: draining the running sequences");
+                    self.update = Some(PendingUpdate {
+                        model,
+                        version,
+                        reply,
+                    });
+                }
                 false
             }
             Command::Abort(key) => {
@@ -266,6 +323,47 @@ impl Worker {
                 false
             }
             Command::Shutdown => true,
+        }
+    }
+
+    /// Submits `seqs` and replies with their keys and the weight version.
+    fn admit(
+        &mut self,
+        engine: &mut Engine,
+        seqs: Vec<SeqSpec>,
+        events: mpsc::UnboundedSender<Event>,
+        reply: SubmitReply,
+    ) {
+        let version = self.metrics.weight_version.load(Ordering::Relaxed);
+        let r = self
+            .submit(engine, seqs, events)
+            .map(|keys| (keys, version));
+        // Gauges show the new sequences before the client hears back (a /metrics read right after a reply must
+        // not see an idle engine).
+        self.update_gauges(engine);
+        let _ = reply.send(r);
+    }
+
+    /// Installs the pending weight update once nothing is queued or running, then admits the submissions held
+    /// back meanwhile.
+    fn install_update(&mut self, engine: &mut Engine) {
+        if engine.has_work() {
+            return;
+        }
+        let Some(u) = self.update.take() else {
+            return;
+        };
+        let r = engine.replace_model(u.model).map_err(|e| e.to_string());
+        if r.is_ok() {
+            self.metrics
+                .weight_version
+                .store(u.version, Ordering::Relaxed);
+            self.metrics.weight_updates.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(version = u.version, "weight update installed");
+        }
+        let _ = u.reply.send(r);
+        for (seqs, events, reply) in std::mem::take(&mut self.held) {
+            self.admit(engine, seqs, events, reply);
         }
     }
 
