@@ -45,6 +45,13 @@ pub struct RlCli {
     /// Turn the rollout engine's prefix caching off (config key `kv.prefix_caching`).
     #[arg(long)]
     no_prefix_caching: bool,
+    /// Roll out on these `mimo serve --enable-weight-updates` servers instead of in process (comma-separated
+    /// base URLs; config key `rollout_servers`).
+    #[arg(long, value_delimiter = ',')]
+    rollout_servers: Vec<String>,
+    /// API key of the rollout servers (default: $OPENAI_API_KEY when set); never written to the run.
+    #[arg(long)]
+    rollout_api_key: Option<String>,
     /// Print the effective config and exit.
     #[arg(long)]
     print_config: bool,
@@ -139,6 +146,13 @@ fn layered_rl(opts: &RlCli) -> Result<mimo_rl::rl::RlArgs> {
     if opts.no_prefix_caching {
         args.kv.prefix_caching = false;
     }
+    if !opts.rollout_servers.is_empty() {
+        args.rollout_servers = opts.rollout_servers.clone();
+    }
+    args.rollout_api_key = opts
+        .rollout_api_key
+        .clone()
+        .or_else(|| std::env::var("OPENAI_API_KEY").ok());
     let parse = |what: &str, v: &str| -> Result<toml::Value> {
         Ok(toml::Value::try_from(v).map_err(|e| UsageError(format!("--{what}: {e}")))?)
     };

@@ -37,5 +37,8 @@ pub use device::{parse_device, parse_dtype, parse_kv_dtype};
 pub use error::{ModelError, Result};
 pub use gguf::{gguf_path, GgufFile};
 pub use linear::QuantType;
-pub use model::{parameter_counts, HostWeights, MainOutput, MimoModel, MtpOutput, WeightFormat};
+pub use model::{
+    parameter_counts, save_host_weights, HostWeights, MainOutput, MimoModel, MtpOutput,
+    WeightFormat,
+};
 pub use weights::{expected_tensors, TensorSpec, WeightStore};

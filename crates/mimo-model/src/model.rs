@@ -294,6 +294,41 @@ impl TensorSource for HostWeights {
     }
 }
 
+/// Writes `weights` as one f32 safetensors file at `path` (through a temporary file and a rename, so a reader
+/// never sees a torn file): with the model's `config.json` beside it, a checkpoint any engine can load. Used to
+/// hand RL weights to remote rollout servers.
+pub fn save_host_weights(weights: &HostWeights, path: &std::path::Path) -> Result<()> {
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
+    let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = names
+        .into_iter()
+        .map(|n| {
+            let (shape, data) = &weights[n];
+            (
+                n,
+                shape,
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), b)
+                .map(|v| (n.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| ModelError::Input(format!("{}: {e}", path.display())))?;
+    let io = |e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, None, &tmp)
+        .map_err(|e| ModelError::Input(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
 /// How weights are held in memory: the dtype float weights are loaded in, and an optional block quantization
 /// applied at load (`--quant`). On the CPU activations are f32 whatever the weights.
 #[derive(Debug, Clone, Copy, PartialEq)]

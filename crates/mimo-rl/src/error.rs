@@ -16,6 +16,9 @@ pub enum RlError {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(String),
+    /// The remote rollout servers failed (after retries).
+    #[error("rollout servers: {0}")]
+    Remote(String),
     #[error(transparent)]
     Engine(#[from] mimo_engine::engine::EngineError),
     #[error(transparent)]

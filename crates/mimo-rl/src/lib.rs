@@ -4,6 +4,7 @@
 //! * [`sampler`]: dynamic sampling's validity rule and the easy-data pool (α re-sampling).
 //! * [`rollout`]: the Seamless Rollout Engine (continuous rollout, asynchronous reward, FIFO early
 //!   termination) and the `naive` baseline, over the candle engine.
+//! * [`remote`]: the rollout engine's generator over remote `mimo serve --enable-weight-updates` servers.
 //! * [`overlap`]: rollouts of later steps generated while earlier steps train, with a staleness bound.
 //! * `rl` (feature `tch`): the GRPO loop — rollouts from the engine, the update in the libtorch trainer, the new
 //!   weights handed back to the engine in process.
@@ -11,6 +12,7 @@
 pub mod bench;
 pub mod error;
 pub mod overlap;
+pub mod remote;
 #[cfg(feature = "tch")]
 pub mod rl;
 pub mod rollout;

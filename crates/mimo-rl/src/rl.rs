@@ -3,6 +3,8 @@
 //! Each step: the rollout engine fills a batch of valid groups from the candle engine (current policy), the
 //! libtorch [`GrpoTrainer`] recomputes old log-probs and runs its mini-batch updates (MTP layers frozen), and
 //! the new weights go back to the engine **in process** ([`MimoModel::from_host_weights`], no disk round-trip).
+//! With `rollout_servers`, rollouts come from remote `mimo serve --enable-weight-updates` servers instead
+//! ([`crate::remote`]) and each new policy is written to `weights_dir` and posted to them.
 //!
 //! Run directory (`out`): `config.toml`, `metrics.jsonl` (one line per step: rollout timings, waste, reward,
 //! loss, clip fractions), `model/` (final HF checkpoint with tokenizer files), `report.json`.
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RlError};
 use crate::overlap::run_overlapped;
+use crate::remote::{FleetSettings, RemoteFleet};
 use crate::rollout::{EngineGenerator, GroupOut, RolloutArgs, RolloutEngine, RolloutStats};
 
 /// `mimo rl` settings (TOML; every key has a default).
@@ -56,6 +59,20 @@ pub struct RlArgs {
     /// Off-policy overlap ([`crate::overlap`]): the batch of step `s` is sampled with the policy after
     /// `max(0, s − max_staleness)` updates while earlier steps train; 0 is the sequential loop.
     pub max_staleness: usize,
+    /// Remote rollout servers (`mimo serve --enable-weight-updates` base URLs); empty: the in-process engine.
+    /// `max_num_seqs` is then the requests in flight per server.
+    pub rollout_servers: Vec<String>,
+    /// Where each new policy is written for the servers to load: a path they can read as it is named here
+    /// (a shared file system); empty: `<out>/weights`.
+    pub weights_dir: PathBuf,
+    /// Longest time one remote rollout request may take, in seconds.
+    pub remote_timeout_s: f64,
+    /// Tries per remote rollout request, across servers, before the step fails.
+    pub remote_attempts: usize,
+    /// The servers' API key; never written to `config.toml` (`mimo rl --rollout-api-key`, default
+    /// `$OPENAI_API_KEY`).
+    #[serde(skip)]
+    pub rollout_api_key: Option<String>,
     /// Start over even if `out` holds a finished run.
     pub force: bool,
 }
@@ -77,6 +94,11 @@ impl Default for RlArgs {
             rollout: RolloutArgs::default(),
             grpo: GrpoArgs::default(),
             max_staleness: 0,
+            rollout_servers: vec![],
+            weights_dir: PathBuf::new(),
+            remote_timeout_s: 600.0,
+            remote_attempts: 4,
+            rollout_api_key: None,
             force: false,
         }
     }
@@ -110,8 +132,56 @@ impl RlArgs {
         if self.steps == 0 || self.max_num_seqs == 0 {
             return Err(RlError::Config("steps and max_num_seqs must be > 0".into()));
         }
+        let remote_ok = self.remote_timeout_s.is_finite()
+            && self.remote_timeout_s > 0.0
+            && self.remote_attempts > 0;
+        if !self.rollout_servers.is_empty() && !remote_ok {
+            return Err(RlError::Config(
+                "remote_timeout_s must be > 0 and remote_attempts ≥ 1".into(),
+            ));
+        }
         self.grpo.validate()?;
         Ok(())
+    }
+}
+
+/// Where rollouts are generated: the in-process candle engine, or remote servers.
+enum Rollouts {
+    Local(Box<Engine>),
+    Remote(RemoteFleet),
+}
+
+impl Rollouts {
+    /// Serves policy `version` from now on (an update's weights; between batches only).
+    fn install(
+        &mut self,
+        args: &RlArgs,
+        version: u64,
+        w: &mimo_model::HostWeights,
+        cfg: &mimo_model::ModelConfig,
+    ) -> Result<()> {
+        match self {
+            Rollouts::Local(e) => Ok(e.replace_model(Arc::new(host_model(w, cfg)?))?),
+            Rollouts::Remote(f) => {
+                let dir = match args.weights_dir.as_os_str().is_empty() {
+                    true => crate::remote::default_weights_dir(&args.out),
+                    false => args.weights_dir.clone(),
+                };
+                f.publish(version, w, &args.model, &dir)
+            }
+        }
+    }
+
+    /// One training batch of valid groups from the current policy.
+    fn collect(
+        &mut self,
+        rollout: &mut RolloutEngine,
+        max_num_seqs: usize,
+    ) -> Result<(Vec<GroupOut>, RolloutStats)> {
+        match self {
+            Rollouts::Local(e) => rollout.collect(&mut EngineGenerator::new(e, max_num_seqs)),
+            Rollouts::Remote(f) => rollout.collect(f),
+        }
     }
 }
 
@@ -154,6 +224,9 @@ pub struct RlReport {
     pub easy_pool: usize,
     pub rollout_wall_s: f64,
     pub update_s: f64,
+    /// Remote rollout requests retried on another server (0 in process).
+    #[serde(default)]
+    pub remote_retries: u64,
 }
 
 /// Builds a candle model from the trainer's current weights.
@@ -252,7 +325,7 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
     if !trainer.data_parallel().is_main() {
         return follow_updates(args, &mut trainer, t_start);
     }
-    let (mut engine, mut rollout) = rollout_side(args, &trainer, &cfg)?;
+    let (mut rollouts, mut rollout) = rollout_side(args, &trainer, &cfg)?;
 
     let mut log = StepLog::create(&out.join("metrics.jsonl"), args.steps)?;
     let mut record = |step: usize,
@@ -269,32 +342,27 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
     };
     if args.max_staleness == 0 {
         for step in 0..args.steps {
-            let (batch, rstats) = {
-                let mut gen = EngineGenerator::new(&mut engine, args.max_num_seqs);
-                rollout.collect(&mut gen)?
-            };
+            let (batch, rstats) = rollouts.collect(&mut rollout, args.max_num_seqs)?;
             let upd = update_on(&mut trainer, &batch)?;
             let t0 = Instant::now();
-            engine.replace_model(Arc::new(engine_model(&trainer, &cfg)?))?;
+            rollouts.install(args, step as u64 + 1, &trainer.export_weights(), &cfg)?;
             let handoff_s = t0.elapsed().as_secs_f64();
             record(step, &batch, rstats, &upd, handoff_s, step as u64)?;
         }
     } else {
-        // The rollout thread owns the engine; new weights travel to it as host tensors and are installed
-        // (the hand-off) between its batches, never inside one.
-        let (engine, rollout, trainer, cfg) = (&mut engine, &mut rollout, &mut trainer, &cfg);
-        let max_num_seqs = args.max_num_seqs;
+        // The rollout thread owns the engine (or the fleet); new weights travel to it as host tensors and are
+        // installed (the hand-off) between its batches, never inside one.
+        let (rollouts, rollout, trainer, cfg) = (&mut rollouts, &mut rollout, &mut trainer, &cfg);
         run_overlapped(
             args.steps,
             args.max_staleness,
             |_, install: Option<(u64, mimo_model::HostWeights)>| {
                 let t0 = Instant::now();
-                if let Some((_, w)) = install {
-                    engine.replace_model(Arc::new(host_model(&w, cfg)?))?;
+                if let Some((version, w)) = install {
+                    rollouts.install(args, version, &w, cfg)?;
                 }
                 let handoff_s = t0.elapsed().as_secs_f64();
-                let mut gen = EngineGenerator::new(engine, max_num_seqs);
-                let (batch, rstats) = rollout.collect(&mut gen)?;
+                let (batch, rstats) = rollouts.collect(rollout, args.max_num_seqs)?;
                 Ok((batch, rstats, handoff_s))
             },
             |step, (batch, rstats, handoff_s), version| {
@@ -320,18 +388,23 @@ pub fn run_rl(args: &RlArgs, mut on_step: impl FnMut(&RlStepMetrics)) -> Result<
         easy_pool: rollout.sampler.easy_pool_len(),
         rollout_wall_s: log.rollout_wall,
         update_s: log.update_total,
+        remote_retries: match &rollouts {
+            Rollouts::Remote(f) => f.retries(),
+            Rollouts::Local(_) => 0,
+        },
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| RlError::Data(e.to_string()))?;
     std::fs::write(&report_path, json).map_err(|e| RlError::io(&report_path, e))?;
     Ok(report)
 }
 
-/// The candle engine on the trainer's current weights, and the rollout engine over the chat-formatted problems.
+/// The candle engine on the trainer's current weights (or the remote servers, handed them as version 0), and the
+/// rollout engine over the chat-formatted problems.
 fn rollout_side(
     args: &RlArgs,
     trainer: &GrpoTrainer,
     cfg: &mimo_model::ModelConfig,
-) -> Result<(Engine, RolloutEngine)> {
+) -> Result<(Rollouts, RolloutEngine)> {
     let text = ModelText::load(&args.model)?;
     let problems = load_problems(&args.data, &args.kinds)?;
     let prompts = problems
@@ -339,22 +412,34 @@ fn rollout_side(
         .map(|p| text.user_prompt_ids(&p.user_message(&args.instruction)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
 
-    let engine = Engine::new(
-        Arc::new(engine_model(trainer, cfg)?),
-        args.kv.apply(EngineConfig {
-            max_num_seqs: args.max_num_seqs,
-            eos_ids: text.eos_ids.clone(),
-            max_model_len: Some(
-                prompts.iter().map(Vec::len).max().unwrap_or(0)
-                    + args
-                        .rollout
-                        .max_tokens
-                        .max(args.rollout.length_skew.map_or(0, |s| s.long))
-                    + 8,
-            ),
-            ..Default::default()
-        }),
-    )?;
+    let rollouts = if args.rollout_servers.is_empty() {
+        Rollouts::Local(Box::new(Engine::new(
+            Arc::new(engine_model(trainer, cfg)?),
+            args.kv.apply(EngineConfig {
+                max_num_seqs: args.max_num_seqs,
+                eos_ids: text.eos_ids.clone(),
+                max_model_len: Some(
+                    prompts.iter().map(Vec::len).max().unwrap_or(0)
+                        + args
+                            .rollout
+                            .max_tokens
+                            .max(args.rollout.length_skew.map_or(0, |s| s.long))
+                        + 8,
+                ),
+                ..Default::default()
+            }),
+        )?))
+    } else {
+        let mut r = Rollouts::Remote(RemoteFleet::new(&FleetSettings {
+            urls: args.rollout_servers.clone(),
+            api_key: args.rollout_api_key.clone(),
+            per_server: args.max_num_seqs,
+            request_timeout: std::time::Duration::from_secs_f64(args.remote_timeout_s),
+            attempts: args.remote_attempts,
+        })?);
+        r.install(args, 0, &trainer.export_weights(), cfg)?;
+        r
+    };
     let tokenizer = text.tokenizer.clone();
     let settings = RewardSettings {
         code: args.code_reward,
@@ -368,7 +453,7 @@ fn rollout_side(
         args.seed,
         Box::new(move |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default()),
     )?;
-    Ok((engine, rollout))
+    Ok((rollouts, rollout))
 }
 
 /// One line of `metrics.jsonl` for a step whose batch was sampled with weight `version`.

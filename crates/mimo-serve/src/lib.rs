@@ -168,7 +168,7 @@ impl Server {
         };
         let dir = args.model.clone();
         let weight_loader = args.enable_weight_updates.then(|| server::WeightLoader {
-            format: fmt.clone(),
+            format: fmt,
             device: device.clone(),
         });
         let wmetrics = metrics.clone();

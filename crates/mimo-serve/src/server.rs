@@ -217,7 +217,7 @@ async fn update_weights(State(st): State<St>, req: Request) -> Response {
     };
     let _one = st.update_lock.lock().await;
     let t0 = std::time::Instant::now();
-    let (format, device, path) = (loader.format.clone(), loader.device.clone(), upd.path);
+    let (format, device, path) = (loader.format, loader.device.clone(), upd.path);
     let loaded = tokio::task::spawn_blocking(move || {
         mimo_model::MimoModel::open(&path, format, &device)
             .map_err(|e| format!("loading {}: {e}", path.display()))
